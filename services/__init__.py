@@ -1,0 +1,1 @@
+"""Agent Platform services: one package per bounded context, plus the shared `rpc` plumbing."""

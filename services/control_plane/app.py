@@ -1,0 +1,138 @@
+"""Assemble the control plane: pool, event fan-out, listener, servicers, gRPC server."""
+
+from __future__ import annotations
+
+import structlog
+from agentplatform.dispatch.v1 import dispatch_service_pb2, dispatch_service_pb2_grpc
+from agentplatform.v1 import (
+    profile_service_pb2,
+    profile_service_pb2_grpc,
+    run_service_pb2,
+    run_service_pb2_grpc,
+    session_service_pb2,
+    session_service_pb2_grpc,
+)
+
+from services.control_plane.auth import Authenticator
+from services.control_plane.dispatch import DispatchService
+from services.control_plane.events import ClaimWaiters, EventBus, Listener, Notifier
+from services.control_plane.profiles import ProfileService
+from services.control_plane.runs import RunService
+from services.control_plane.runtime import Runtime
+from services.control_plane.sessions import SessionService
+from services.control_plane.settings import ControlPlaneSettings
+from services.rpc.db import create_pool
+from services.rpc.server import GrpcServer, ServiceBinding
+from services.rpc.settings import HostedModelSettings, SettingsError
+
+log = structlog.get_logger().bind(service="control_plane")
+
+
+def _full_name(module: object, service: str) -> str:
+    return module.DESCRIPTOR.services_by_name[service].full_name  # type: ignore[attr-defined,no-any-return]
+
+
+class ControlPlane:
+    """One control-plane process."""
+
+    def __init__(self, settings: ControlPlaneSettings, model: HostedModelSettings) -> None:
+        if not settings.database_url:
+            raise SettingsError("AP_DATABASE_URL is required by the control plane")
+        if settings.internal_token is None:
+            raise SettingsError("AP_INTERNAL_TOKEN is required by the control plane")
+        self.settings = settings
+        self.model = model
+        self._server: GrpcServer | None = None
+        self._runtime: Runtime | None = None
+        self._listener: Listener | None = None
+
+    @property
+    def address(self) -> str:
+        """Return the gRPC address once started."""
+        assert self._server is not None
+        return self._server.address
+
+    @property
+    def runtime(self) -> Runtime:
+        """Return the shared runtime once started."""
+        assert self._runtime is not None
+        return self._runtime
+
+    async def start(self) -> None:
+        """Connect to Postgres, start the fan-out and serve gRPC."""
+        settings = self.settings
+        assert settings.database_url is not None and settings.internal_token is not None
+        pool = await create_pool(
+            settings.database_url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            application_name="ap-control-plane",
+        )
+        bus = EventBus(pool, poll_interval=settings.poll_interval_seconds)
+        waiters = ClaimWaiters()
+        runtime = Runtime(settings, self.model, pool, bus, Notifier(pool), waiters)
+        self._runtime = runtime
+        self._listener = Listener(
+            settings.database_url,
+            on_events=bus.hint,
+            on_queued=waiters.wake_one,
+            on_reconnect=bus.refresh_all,
+        )
+        bus.start()
+        runtime.notifier.start()
+        self._listener.start()
+        if not self.model.configured:
+            log.warning(
+                "hosted_model_unavailable",
+                detail="AP_MODEL_BASE_URL / AP_MODEL_NAME unset: CreateSession will fail",
+            )
+        self._server = GrpcServer(
+            host=settings.grpc_host,
+            port=settings.grpc_port,
+            authenticator=Authenticator(pool, settings.internal_token.get_secret_value()),
+            max_message_bytes=settings.max_message_bytes,
+            quiet_methods={
+                "/agentplatform.dispatch.v1.DispatchService/AppendRunEvents",
+                "/agentplatform.dispatch.v1.DispatchService/HeartbeatRun",
+                "/agentplatform.dispatch.v1.DispatchService/ClaimRun",
+            },
+            bindings=[
+                ServiceBinding(
+                    _full_name(session_service_pb2, "SessionService"),
+                    lambda s: session_service_pb2_grpc.add_SessionServiceServicer_to_server(
+                        SessionService(runtime), s
+                    ),
+                ),
+                ServiceBinding(
+                    _full_name(run_service_pb2, "RunService"),
+                    lambda s: run_service_pb2_grpc.add_RunServiceServicer_to_server(
+                        RunService(runtime), s
+                    ),
+                ),
+                ServiceBinding(
+                    _full_name(profile_service_pb2, "ProfileService"),
+                    lambda s: profile_service_pb2_grpc.add_ProfileServiceServicer_to_server(
+                        ProfileService(runtime), s
+                    ),
+                ),
+                ServiceBinding(
+                    _full_name(dispatch_service_pb2, "DispatchService"),
+                    lambda s: dispatch_service_pb2_grpc.add_DispatchServiceServicer_to_server(
+                        DispatchService(runtime), s
+                    ),
+                ),
+            ],
+        )
+        await self._server.start()
+        log.info("control_plane_listening", address=self.address)
+
+    async def stop(self) -> None:
+        """Stop serving (streams end with UNAVAILABLE after the grace period), then disconnect."""
+        if self._server is not None:
+            await self._server.stop(self.settings.shutdown_grace_seconds)
+        if self._listener is not None:
+            await self._listener.stop()
+        if self._runtime is not None:
+            await self._runtime.bus.stop()
+            await self._runtime.notifier.stop()
+            await self._runtime.pool.close()

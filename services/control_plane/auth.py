@@ -1,0 +1,102 @@
+"""API keys and the authenticator that turns call metadata into a principal."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.control_plane import store
+from services.rpc.errors import unauthenticated
+from services.rpc.internal_auth import InternalTokenAuthenticator
+
+KEY_PREFIX = "ap_"
+_DISPATCH_PREFIX = "/agentplatform.dispatch."
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated end user acting in one workspace."""
+
+    workspace_id: uuid.UUID
+    user_id: uuid.UUID
+    role: str
+    display_name: str
+
+
+@dataclass(frozen=True)
+class ServicePrincipal:
+    """An authenticated internal caller (a worker)."""
+
+    service: str
+
+
+@dataclass(frozen=True)
+class NewApiKey:
+    """A freshly made API key: the full key is shown once, only its hash is stored."""
+
+    key: str
+    prefix: str
+    secret_sha256: bytes
+
+
+def new_api_key() -> NewApiKey:
+    """Make a random API key of the form ap_<prefix>_<secret>."""
+    prefix = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    return NewApiKey(
+        key=f"{KEY_PREFIX}{prefix}_{secret}",
+        prefix=prefix,
+        secret_sha256=hashlib.sha256(secret.encode()).digest(),
+    )
+
+
+def _split_key(key: str) -> tuple[str, str] | None:
+    if not key.startswith(KEY_PREFIX) or len(key) > 200:
+        return None
+    prefix, sep, secret = key[len(KEY_PREFIX) :].partition("_")
+    if not sep or len(prefix) != 12 or not secret:
+        return None
+    return prefix, secret
+
+
+class Authenticator:
+    """Resolve API keys for the public API and the internal token for dispatch."""
+
+    def __init__(self, pool: asyncpg.Pool, internal_token: str) -> None:
+        self._pool = pool
+        self._internal = InternalTokenAuthenticator(internal_token)
+
+    async def __call__(
+        self, method: str, metadata: Mapping[str, str]
+    ) -> Principal | ServicePrincipal:
+        if method.startswith(_DISPATCH_PREFIX):
+            await self._internal(method, metadata)
+            return ServicePrincipal("worker")
+        return await self._api_key(metadata)
+
+    async def _api_key(self, metadata: Mapping[str, str]) -> Principal:
+        header = metadata.get("authorization")
+        if header is None:
+            raise unauthenticated("Missing 'authorization: Bearer <API key>' metadata.")
+        scheme, _, key = header.partition(" ")
+        parts = _split_key(key.strip()) if scheme.lower() == "bearer" else None
+        if parts is None:
+            raise unauthenticated("Malformed API key; expected 'Bearer ap_…'.")
+        prefix, secret = parts
+        async with self._pool.acquire() as conn:
+            row = await store.api_key_principal(conn, prefix)
+        digest = hashlib.sha256(secret.encode()).digest()
+        if row is None or not hmac.compare_digest(digest, row["secret_sha256"]):
+            raise unauthenticated("Unknown or revoked API key.")
+        return Principal(
+            workspace_id=row["workspace_id"],
+            user_id=row["user_id"],
+            role=row["role"],
+            display_name=row["display_name"],
+        )

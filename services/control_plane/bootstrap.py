@@ -1,0 +1,89 @@
+"""First-run set-up: the first workspace, its owner (with a profile) and an owner API key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.control_plane import store
+from services.control_plane.auth import new_api_key
+from services.rpc.names import user_name, workspace_name
+
+
+@dataclass(frozen=True)
+class Bootstrapped:
+    """What the set-up created; the key is shown once and never stored in clear."""
+
+    workspace: str
+    user: str
+    api_key: str
+
+
+async def create_workspace(
+    conn: asyncpg.Connection,
+    *,
+    workspace_display_name: str,
+    owner_display_name: str,
+    role: str = "owner",
+) -> Bootstrapped:
+    """Create a workspace with one user of the given role and an API key for them."""
+    key = new_api_key()
+    workspace_id, user_id = await store.workspace_create_with_owner(
+        conn,
+        workspace_display_name=workspace_display_name,
+        user_display_name=owner_display_name,
+        key_name="bootstrap",
+        key_prefix=key.prefix,
+        key_secret_sha256=key.secret_sha256,
+        role=role,
+    )
+    return Bootstrapped(workspace_name(workspace_id), user_name(user_id), key.key)
+
+
+async def bootstrap(
+    dsn: str, *, workspace_display_name: str, owner_display_name: str
+) -> Bootstrapped | None:
+    """Create the first workspace and owner; return None when one exists already."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            # Serialise concurrent bootstraps so only one can see an empty table.
+            await conn.execute("LOCK TABLE workspaces IN EXCLUSIVE MODE")
+            if await store.workspace_count(conn) > 0:
+                return None
+            return await create_workspace(
+                conn,
+                workspace_display_name=workspace_display_name,
+                owner_display_name=owner_display_name,
+            )
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    """Run the bootstrap against AP_DATABASE_URL and print the result as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workspace", default="Default workspace")
+    parser.add_argument("--display-name", default="Owner")
+    args = parser.parse_args()
+    dsn = os.environ.get("AP_DATABASE_URL")
+    if not dsn:
+        print("AP_DATABASE_URL must be set (the control plane's database URL)", file=sys.stderr)
+        raise SystemExit(2)
+    done = asyncio.run(
+        bootstrap(dsn, workspace_display_name=args.workspace, owner_display_name=args.display_name)
+    )
+    if done is None:
+        print("already bootstrapped: a workspace exists", file=sys.stderr)
+        raise SystemExit(1)
+    print(json.dumps({"workspace": done.workspace, "user": done.user, "api_key": done.api_key}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Translate stored rows into public API messages."""
+
+from __future__ import annotations
+
+import uuid
+
+from agentplatform.v1 import run_pb2, session_pb2
+
+from services.control_plane import store
+from services.rpc.names import message_name, run_name, session_name
+
+RUN_STATES = {
+    "queued": run_pb2.Run.QUEUED,
+    "running": run_pb2.Run.RUNNING,
+    "completed": run_pb2.Run.COMPLETED,
+    "failed": run_pb2.Run.FAILED,
+    "cancelled": run_pb2.Run.CANCELLED,
+}
+MESSAGE_ROLES = {"user": session_pb2.Message.USER, "assistant": session_pb2.Message.ASSISTANT}
+
+
+def session_to_proto(row: store.Record) -> session_pb2.Session:
+    """Build a Session from its row."""
+    session = session_pb2.Session(
+        name=session_name(row["id"]),
+        title=row["title"],
+        instructions=row["instructions"],
+        metadata=row["metadata"],
+        model=row["model"],
+    )
+    session.create_time.FromDatetime(row["create_time"])
+    session.update_time.FromDatetime(row["update_time"])
+    if row["active_run_id"] is not None:
+        session.active_run = run_name(row["id"], row["active_run_id"])
+    return session
+
+
+def message_to_proto(session_id: uuid.UUID, row: store.Record) -> session_pb2.Message:
+    """Build a Message from its row."""
+    message = session_pb2.Message(
+        name=message_name(session_id, row["id"]),
+        role=MESSAGE_ROLES[row["role"]],
+        text=row["text"],
+        author_display_name=row["author_display_name"] or "assistant",
+    )
+    if row["run_id"] is not None:
+        message.run = run_name(session_id, row["run_id"])
+    message.create_time.FromDatetime(row["create_time"])
+    return message
+
+
+def run_to_proto(row: store.Record) -> run_pb2.Run:
+    """Build a Run from its row."""
+    session_id = row["session_id"]
+    run = run_pb2.Run(
+        name=run_name(session_id, row["id"]),
+        state=RUN_STATES[row["state"]],
+        input_message=message_name(session_id, row["input_message_id"]),
+        attempt=row["attempt"],
+        last_event_sequence=row["last_event_sequence"],
+        error_reason=row["error_reason"] or "",
+        error_message=row["error_message"] or "",
+        usage=run_pb2.Usage(
+            input_tokens=row["input_tokens"],
+            output_tokens=row["output_tokens"],
+            reasoning_tokens=row["reasoning_tokens"],
+        ),
+    )
+    if row["output_message_id"] is not None:
+        run.output_message = message_name(session_id, row["output_message_id"])
+    run.create_time.FromDatetime(row["create_time"])
+    if row["start_time"] is not None:
+        run.start_time.FromDatetime(row["start_time"])
+    if row["end_time"] is not None:
+        run.end_time.FromDatetime(row["end_time"])
+    return run
+
+
+def event_type(event: run_pb2.RunEvent) -> str:
+    """Return the dotted type of an event from its payload."""
+    kind = event.WhichOneof("payload")
+    if kind is None:
+        raise ValueError("event has no payload")
+    return EVENT_TYPES[kind]
+
+
+EVENT_TYPES = {
+    "run_queued": "run.queued",
+    "run_started": "run.started",
+    "run_attempt_started": "run.attempt_started",
+    "reasoning_summary_delta": "reasoning.summary.delta",
+    "output_text_delta": "output_text.delta",
+    "tool_call_started": "tool_call.started",
+    "tool_call_progress": "tool_call.progress",
+    "tool_call_completed": "tool_call.completed",
+    "usage": "usage",
+    "run_completed": "run.completed",
+    "run_failed": "run.failed",
+    "run_cancelled": "run.cancelled",
+}

@@ -1,0 +1,274 @@
+"""DispatchService: workers claim runs under a lease, append events, heartbeat and finish."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from agentplatform.dispatch.v1 import dispatch_service_pb2 as pb
+from agentplatform.dispatch.v1 import dispatch_service_pb2_grpc
+from agentplatform.v1 import error_reason_pb2, run_pb2
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.control_plane import store
+from services.control_plane.convert import event_type
+from services.control_plane.events import stamp
+from services.control_plane.runtime import Runtime
+from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
+from services.rpc.names import message_name, parse_run_name, user_name, workspace_name
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+MAX_EVENTS_PER_APPEND = 1000
+_TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
+
+
+def lease_lost(run: str) -> ApiError:
+    """Build the refusal sent to a worker whose lease was taken over."""
+    return ApiError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        Reason.LEASE_LOST,
+        f"The lease on {run} is no longer held by this worker; stop the run.",
+        metadata={"run": run},
+    )
+
+
+def _to_new_events(events: Sequence[run_pb2.RunEvent]) -> list[store.NewEvent]:
+    if len(events) > MAX_EVENTS_PER_APPEND:
+        raise invalid_argument("events", f"At most {MAX_EVENTS_PER_APPEND} events per call.")
+    stored = []
+    for i, event in enumerate(events):
+        if i and event.sequence != events[i - 1].sequence + 1:
+            raise invalid_argument("events", "Event sequences must be consecutive.")
+        kind = event.WhichOneof("payload")
+        if kind is None or kind in _TERMINAL_PAYLOADS:
+            raise invalid_argument(
+                "events", "Events need a payload; terminal events come from FinishRun."
+            )
+        event.type = event_type(event)
+        event.ClearField("name")
+        event.ClearField("create_time")
+        stored.append(store.NewEvent(event.sequence, event.type, event.attempt, b""))
+    return [
+        store.NewEvent(s.sequence, s.type, s.attempt, e.SerializeToString())
+        for s, e in zip(stored, events, strict=True)
+    ]
+
+
+class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
+    """Serve the worker-facing dispatch API."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    async def ClaimRun(self, request: pb.ClaimRunRequest, context: Context) -> pb.ClaimRunResponse:
+        settings = self._rt.settings
+        wait = min(request.wait.ToTimedelta().total_seconds(), settings.claim_max_wait_seconds)
+        deadline = asyncio.get_running_loop().time() + max(wait, 0.0)
+        while True:
+            claim = await self._claim(request.worker_id or "unknown")
+            if claim is not None:
+                return pb.ClaimRunResponse(claim=claim)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return pb.ClaimRunResponse()
+            # Woken at once by a local create or a peer's NOTIFY; the poll interval is the net.
+            await self._rt.claim_waiters.wait(min(remaining, settings.poll_interval_seconds))
+
+    async def _claim(self, worker_id: str) -> pb.RunClaim | None:
+        lease = self._rt.settings.lease_seconds
+        async with self._rt.pool.acquire() as conn, conn.transaction():
+            row = await store.run_claim(conn, worker_id=worker_id[:200], lease_seconds=lease)
+            if row is None:
+                return None
+            context = await store.run_claim_context(conn, row)
+            transcript = await store.transcript_before(
+                conn, row["session_id"], context["input_position"]
+            )
+        lease_expire = Timestamp()
+        lease_expire.FromDatetime(row["lease_expire_time"])
+        heartbeat = Duration()
+        heartbeat.FromMilliseconds(int(lease * 1000 / 3))
+        return pb.RunClaim(
+            run=f"sessions/{row['session_id']}/runs/{row['id']}",
+            attempt=row["attempt"],
+            fencing_token=row["fencing_token"],
+            lease_expire_time=lease_expire,
+            heartbeat_interval=heartbeat,
+            last_event_sequence=row["last_event_sequence"],
+            workspace=workspace_name(row["workspace_id"]),
+            workspace_display_name=context["workspace_display_name"],
+            caller=user_name(row["created_by"]),
+            caller_display_name=context["caller_display_name"] or "",
+            caller_role=context["caller_role"],
+            session_instructions=context["instructions"],
+            transcript=[pb.TranscriptEntry(role=m["role"], content=m["text"]) for m in transcript],
+            input_text=context["input_text"],
+        )
+
+    async def _explain_refusal(
+        self, run: str, run_id: uuid.UUID, fencing_token: int, last: int
+    ) -> int:
+        """Return the stored last sequence if the refused write was a retry already applied."""
+        async with self._rt.pool.acquire() as conn:
+            check = await store.run_fence_check(conn, run_id, fencing_token)
+        if check is None:
+            raise not_found(run)
+        if check.lease_lost:
+            raise lease_lost(run)
+        if check.last_event_sequence >= last:
+            return check.last_event_sequence
+        raise ApiError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            Reason.SEQUENCE_MISMATCH,
+            f"Events must continue after sequence {check.last_event_sequence}.",
+            metadata={"last_event_sequence": str(check.last_event_sequence)},
+        )
+
+    async def AppendRunEvents(
+        self, request: pb.AppendRunEventsRequest, context: Context
+    ) -> pb.AppendRunEventsResponse:
+        name = parse_run_name(request.run, "run")
+        if not request.events:
+            raise invalid_argument("events", "At least one event is required.")
+        events = list(request.events)
+        new_events = _to_new_events(events)
+        now = _now()
+        async with self._rt.pool.acquire() as conn:
+            row = await store.run_events_append(
+                conn,
+                run_id=name.run_id,
+                fencing_token=request.fencing_token,
+                events=new_events,
+                at=now,
+            )
+        if row is None:
+            last = await self._explain_refusal(
+                request.run, name.run_id, request.fencing_token, new_events[-1].sequence
+            )
+            return pb.AppendRunEventsResponse(last_event_sequence=last)
+        for event in events:
+            stamp(event, name.session_id, name.run_id, now)
+        self._rt.bus.publish(name.run_id, events)
+        self._rt.notifier.run_events(name.run_id, row["last_event_sequence"])
+        return pb.AppendRunEventsResponse(
+            last_event_sequence=row["last_event_sequence"],
+            cancel_requested=row["cancel_requested"],
+        )
+
+    async def HeartbeatRun(
+        self, request: pb.HeartbeatRunRequest, context: Context
+    ) -> pb.HeartbeatRunResponse:
+        name = parse_run_name(request.run, "run")
+        async with self._rt.pool.acquire() as conn:
+            row = await store.run_heartbeat(
+                conn,
+                run_id=name.run_id,
+                fencing_token=request.fencing_token,
+                lease_seconds=self._rt.settings.lease_seconds,
+            )
+        if row is None:
+            raise lease_lost(request.run)
+        response = pb.HeartbeatRunResponse(cancel_requested=row["cancel_requested"])
+        response.lease_expire_time.FromDatetime(row["lease_expire_time"])
+        return response
+
+    async def FinishRun(
+        self, request: pb.FinishRunRequest, context: Context
+    ) -> pb.FinishRunResponse:
+        name = parse_run_name(request.run, "run")
+        events = list(request.events)
+        new_events = _to_new_events(events)
+        outcome = request.WhichOneof("outcome")
+        if outcome is None:
+            raise invalid_argument("outcome", "outcome is required.")
+        output_message_id = uuid.uuid4() if outcome == "completed" else None
+        terminal, state, reason, message = self._terminal(
+            request, name.session_id, output_message_id
+        )
+        async with self._rt.pool.acquire() as conn:
+            position = await store.run_position(conn, name.run_id)
+        if position is None:
+            raise not_found(request.run)
+        first = new_events[0].sequence if new_events else position["last_event_sequence"] + 1
+        terminal.sequence = first + len(new_events)
+        terminal.type = event_type(terminal)
+        terminal.attempt = position["attempt"]
+        all_events = [*events, terminal]
+        stored = [
+            *new_events,
+            store.NewEvent(
+                terminal.sequence, terminal.type, terminal.attempt, terminal.SerializeToString()
+            ),
+        ]
+        usage = request.completed.usage
+        now = _now()
+        async with self._rt.pool.acquire() as conn:
+            row = await store.run_finish(
+                conn,
+                run_id=name.run_id,
+                fencing_token=request.fencing_token,
+                events=stored,
+                state=state,
+                reply_text=request.completed.text if outcome == "completed" else None,
+                error_reason=reason,
+                error_message=message,
+                usage=(usage.input_tokens, usage.output_tokens, usage.reasoning_tokens),
+                output_message_id=output_message_id,
+                at=now,
+            )
+        if row is None:
+            last = await self._explain_refusal(
+                request.run, name.run_id, request.fencing_token, terminal.sequence
+            )
+            return pb.FinishRunResponse(terminal_sequence=last)
+        for event in all_events:
+            stamp(event, name.session_id, name.run_id, now)
+        self._rt.bus.publish(name.run_id, all_events)
+        self._rt.notifier.run_events(name.run_id, terminal.sequence)
+        return pb.FinishRunResponse(terminal_sequence=terminal.sequence)
+
+    @staticmethod
+    def _terminal(
+        request: pb.FinishRunRequest, session_id: uuid.UUID, output_message_id: uuid.UUID | None
+    ) -> tuple[run_pb2.RunEvent, str, str | None, str | None]:
+        outcome = request.WhichOneof("outcome")
+        if outcome == "completed":
+            assert output_message_id is not None
+            return (
+                run_pb2.RunEvent(
+                    run_completed=run_pb2.RunCompleted(
+                        output_message=message_name(session_id, output_message_id)
+                    )
+                ),
+                "completed",
+                None,
+                None,
+            )
+        if outcome == "failed":
+            reason = request.failed.reason
+            if reason not in error_reason_pb2.ErrorReason.keys() or reason.endswith("UNSPECIFIED"):  # noqa: SIM118 - an enum wrapper, not a dict
+                raise invalid_argument("failed.reason", f"Unknown error reason {reason!r}.")
+            message = request.failed.message[:4000]
+            return (
+                run_pb2.RunEvent(run_failed=run_pb2.RunFailed(reason=reason, message=message)),
+                "failed",
+                reason,
+                message,
+            )
+        cancel_reason = request.cancelled.reason[:1000]
+        return (
+            run_pb2.RunEvent(run_cancelled=run_pb2.RunCancelled(reason=cancel_reason)),
+            "cancelled",
+            "RUN_CANCELLED",
+            cancel_reason,
+        )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

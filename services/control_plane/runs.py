@@ -1,0 +1,190 @@
+"""RunService: create runs, read them, and list or stream their events."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import grpc
+from agentplatform.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
+
+from services.control_plane import store
+from services.control_plane.auth import Principal
+from services.control_plane.convert import run_to_proto
+from services.control_plane.events import event_from_row, stamp
+from services.control_plane.runtime import Runtime
+from services.rpc import validate
+from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
+from services.rpc.interceptors import current_principal
+from services.rpc.names import (
+    message_name,
+    parse_run_name,
+    parse_session_name,
+    run_name,
+    session_name,
+)
+from services.rpc.pagination import clamp_page_size, decode_page_token, encode_page_token
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def run_already_active(active_run: str) -> ApiError:
+    """Build the refusal of a second active run in a session."""
+    return ApiError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        Reason.RUN_ALREADY_ACTIVE,
+        f"The session already has an active run, {active_run}; wait for it to finish.",
+        metadata={"active_run": active_run},
+    )
+
+
+class RunService(run_service_pb2_grpc.RunServiceServicer):
+    """Serve runs and run events of the caller's workspace."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    async def CreateRun(
+        self, request: run_service_pb2.CreateRunRequest, context: Context
+    ) -> run_pb2.Run:
+        principal: Principal = current_principal()
+        session_id = parse_session_name(request.parent, "parent")
+        input_text = validate.text_field(
+            "input_text",
+            request.input_text,
+            max_chars=self._rt.settings.max_input_bytes,
+            max_bytes=self._rt.settings.max_input_bytes,
+            required=True,
+        )
+        request_id = validate.request_id(request.request_id)
+        run_id, message_id = uuid.uuid4(), uuid.uuid4()
+        queued = run_pb2.RunEvent(
+            sequence=1,
+            type="run.queued",
+            attempt=0,
+            run_queued=run_pb2.RunQueued(input_message=message_name(session_id, message_id)),
+        )
+        async with self._rt.pool.acquire() as conn:
+            if request_id is not None:
+                existing = await store.run_by_request_id(conn, principal.workspace_id, request_id)
+                if existing is not None:
+                    return self._replayed(existing, session_id)
+            if not await store.session_exists(conn, principal.workspace_id, session_id):
+                raise not_found(request.parent)
+            try:
+                row = await store.run_create(
+                    conn,
+                    workspace_id=principal.workspace_id,
+                    session_id=session_id,
+                    created_by=principal.user_id,
+                    input_text=input_text,
+                    request_id=request_id,
+                    queued_event=store.NewEvent(1, "run.queued", 0, queued.SerializeToString()),
+                    run_id=run_id,
+                    message_id=message_id,
+                )
+            except (store.RunAlreadyActiveError, asyncpg.UniqueViolationError) as err:
+                # A concurrent create with the same request_id may have won the race.
+                if request_id is not None:
+                    existing = await store.run_by_request_id(
+                        conn, principal.workspace_id, request_id
+                    )
+                    if existing is not None:
+                        return self._replayed(existing, session_id)
+                if isinstance(err, store.RunAlreadyActiveError) and err.active_run_id:
+                    raise run_already_active(run_name(session_id, err.active_run_id)) from None
+                raise
+        stamp(queued, session_id, run_id, row["create_time"])
+        self._rt.bus.publish(run_id, [queued])
+        self._rt.claim_waiters.wake_one()
+        self._rt.notifier.run_queued()
+        return run_to_proto(row)
+
+    @staticmethod
+    def _replayed(existing: store.Record, session_id: uuid.UUID) -> run_pb2.Run:
+        if existing["session_id"] != session_id:
+            raise ApiError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                Reason.REQUEST_ID_REUSED,
+                "request_id was already used for a run in another session.",
+                field="request_id",
+            )
+        return run_to_proto(existing)
+
+    async def _run_row(self, principal: Principal, name: str, field: str) -> store.Record:
+        parsed = parse_run_name(name, field)
+        async with self._rt.pool.acquire() as conn:
+            row = await store.run_get(
+                conn, principal.workspace_id, parsed.session_id, parsed.run_id
+            )
+        if row is None:
+            raise not_found(name)
+        return row
+
+    async def GetRun(self, request: run_service_pb2.GetRunRequest, context: Context) -> run_pb2.Run:
+        return run_to_proto(await self._run_row(current_principal(), request.name, "name"))
+
+    async def ListRuns(
+        self, request: run_service_pb2.ListRunsRequest, context: Context
+    ) -> run_service_pb2.ListRunsResponse:
+        principal: Principal = current_principal()
+        session_id = parse_session_name(request.parent, "parent")
+        limit = clamp_page_size(request.page_size, default=50, maximum=1000)
+        scope = f"runs:{session_name(session_id)}"
+        cursor = decode_page_token(request.page_token, scope)
+        before = None
+        if cursor is not None:
+            try:
+                before = (datetime.fromisoformat(cursor["t"]), uuid.UUID(cursor["i"]))
+            except (KeyError, TypeError, ValueError):
+                raise invalid_argument("page_token", "page_token is malformed.") from None
+        async with self._rt.pool.acquire() as conn:
+            if not await store.session_exists(conn, principal.workspace_id, session_id):
+                raise not_found(request.parent)
+            rows = await store.run_list(conn, session_id, before=before, limit=limit + 1)
+        response = run_service_pb2.ListRunsResponse(runs=[run_to_proto(r) for r in rows[:limit]])
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            response.next_page_token = encode_page_token(
+                scope, {"t": last["create_time"].isoformat(), "i": str(last["id"])}
+            )
+        return response
+
+    async def ListRunEvents(
+        self, request: run_service_pb2.ListRunEventsRequest, context: Context
+    ) -> run_service_pb2.ListRunEventsResponse:
+        principal: Principal = current_principal()
+        row = await self._run_row(principal, request.parent, "parent")
+        limit = clamp_page_size(request.page_size, default=500, maximum=5000)
+        scope = f"events:{request.parent}"
+        cursor = decode_page_token(request.page_token, scope)
+        after = 0
+        if cursor is not None:
+            after = cursor.get("q", -1)
+            if not isinstance(after, int) or after < 0:
+                raise invalid_argument("page_token", "page_token is malformed.")
+        async with self._rt.pool.acquire() as conn:
+            rows = await store.run_event_list(
+                conn, row["id"], after_sequence=after, limit=limit + 1
+            )
+        response = run_service_pb2.ListRunEventsResponse(
+            events=[event_from_row(row["session_id"], row["id"], r) for r in rows[:limit]]
+        )
+        if len(rows) > limit:
+            response.next_page_token = encode_page_token(scope, {"q": rows[limit - 1]["sequence"]})
+        return response
+
+    async def StreamRunEvents(
+        self, request: run_service_pb2.StreamRunEventsRequest, context: Context
+    ) -> AsyncIterator[run_service_pb2.StreamRunEventsResponse]:
+        principal: Principal = current_principal()
+        if request.after_sequence < 0:
+            raise invalid_argument("after_sequence", "after_sequence must not be negative.")
+        row = await self._run_row(principal, request.name, "name")
+        async for event in self._rt.bus.stream(
+            row["session_id"], row["id"], request.after_sequence
+        ):
+            yield run_service_pb2.StreamRunEventsResponse(event=event)

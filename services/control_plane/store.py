@@ -1,0 +1,559 @@
+"""SQL of the control plane, one function per query, named noun-first (run_claim, run_get…)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from services.rpc.db import Connection
+
+Record = asyncpg.Record
+
+ACTIVE_STATES = ("queued", "running")
+
+
+# ── tenancy and keys ────────────────────────────────────────────────────────────────────────
+
+
+async def workspace_create_with_owner(
+    conn: Connection,
+    *,
+    workspace_display_name: str,
+    user_display_name: str,
+    key_name: str,
+    key_prefix: str,
+    key_secret_sha256: bytes,
+    role: str = "owner",
+) -> tuple[uuid.UUID, uuid.UUID]:
+    """Create a workspace, a user with a profile, their membership and an API key."""
+    workspace_id, user_id = uuid.uuid4(), uuid.uuid4()
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO workspaces (id, display_name) VALUES ($1, $2)",
+            workspace_id,
+            workspace_display_name,
+        )
+        await conn.execute("INSERT INTO users (id) VALUES ($1)", user_id)
+        await conn.execute(
+            "INSERT INTO profiles (user_id, display_name) VALUES ($1, $2)",
+            user_id,
+            user_display_name,
+        )
+        await conn.execute(
+            "INSERT INTO memberships (workspace_id, user_id, role) VALUES ($1, $2, $3)",
+            workspace_id,
+            user_id,
+            role,
+        )
+        await api_key_insert(
+            conn,
+            workspace_id=workspace_id,
+            user_id=user_id,
+            name=key_name,
+            prefix=key_prefix,
+            secret_sha256=key_secret_sha256,
+        )
+    return workspace_id, user_id
+
+
+async def workspace_count(conn: Connection) -> int:
+    """Count the workspaces."""
+    count: int = await conn.fetchval("SELECT count(*) FROM workspaces")
+    return count
+
+
+async def api_key_insert(
+    conn: Connection,
+    *,
+    workspace_id: uuid.UUID,
+    user_id: uuid.UUID,
+    name: str,
+    prefix: str,
+    secret_sha256: bytes,
+) -> None:
+    """Store an API key by its prefix and the hash of its secret part."""
+    await conn.execute(
+        "INSERT INTO api_keys (id, workspace_id, user_id, name, prefix, secret_sha256)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        uuid.uuid4(),
+        workspace_id,
+        user_id,
+        name,
+        prefix,
+        secret_sha256,
+    )
+
+
+async def api_key_principal(conn: Connection, prefix: str) -> Record | None:
+    """Find a live API key by prefix, with its user's role and display name."""
+    return await conn.fetchrow(
+        "SELECT k.secret_sha256, k.workspace_id, k.user_id, m.role, p.display_name"
+        " FROM api_keys k"
+        " JOIN memberships m USING (workspace_id, user_id)"
+        " JOIN profiles p ON p.user_id = k.user_id"
+        " WHERE k.prefix = $1 AND k.revoke_time IS NULL",
+        prefix,
+    )
+
+
+async def profile_get(conn: Connection, user_id: uuid.UUID) -> Record | None:
+    """Get a user's profile."""
+    return await conn.fetchrow(
+        "SELECT user_id, display_name FROM profiles WHERE user_id = $1", user_id
+    )
+
+
+async def profile_update(conn: Connection, user_id: uuid.UUID, display_name: str) -> Record | None:
+    """Change a user's display name."""
+    return await conn.fetchrow(
+        "UPDATE profiles SET display_name = $2, update_time = now() WHERE user_id = $1"
+        " RETURNING user_id, display_name",
+        user_id,
+        display_name,
+    )
+
+
+# ── sessions and messages ───────────────────────────────────────────────────────────────────
+
+_SESSION_COLUMNS = (
+    "s.id, s.title, s.instructions, s.metadata, s.model, s.create_time, s.update_time,"
+    " (SELECT r.id FROM runs r WHERE r.session_id = s.id AND r.state IN ('queued', 'running'))"
+    " AS active_run_id"
+)
+
+
+async def session_insert(
+    conn: Connection,
+    *,
+    workspace_id: uuid.UUID,
+    created_by: uuid.UUID,
+    title: str,
+    instructions: str,
+    metadata: dict[str, str],
+    model: str,
+    request_id: str | None,
+) -> Record:
+    """Insert a session, or return the one an earlier call with the same request_id made."""
+    row = await conn.fetchrow(
+        "INSERT INTO sessions (id, workspace_id, created_by, title, instructions, metadata,"
+        " model, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT (workspace_id, request_id) DO NOTHING RETURNING id",
+        uuid.uuid4(),
+        workspace_id,
+        created_by,
+        title,
+        instructions,
+        metadata,
+        model,
+        request_id,
+    )
+    if row is None:
+        row = await conn.fetchrow(
+            "SELECT id FROM sessions WHERE workspace_id = $1 AND request_id = $2",
+            workspace_id,
+            request_id,
+        )
+    assert row is not None
+    got = await session_get(conn, workspace_id, row["id"])
+    assert got is not None
+    return got
+
+
+async def session_get(
+    conn: Connection, workspace_id: uuid.UUID, session_id: uuid.UUID
+) -> Record | None:
+    """Get a session of the workspace."""
+    return await conn.fetchrow(
+        f"SELECT {_SESSION_COLUMNS} FROM sessions s WHERE s.workspace_id = $1 AND s.id = $2",
+        workspace_id,
+        session_id,
+    )
+
+
+async def session_exists(conn: Connection, workspace_id: uuid.UUID, session_id: uuid.UUID) -> bool:
+    """Tell whether the workspace has the session."""
+    found = await conn.fetchval(
+        "SELECT 1 FROM sessions WHERE workspace_id = $1 AND id = $2", workspace_id, session_id
+    )
+    return found is not None
+
+
+async def session_list(
+    conn: Connection,
+    workspace_id: uuid.UUID,
+    *,
+    before: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Record]:
+    """List the workspace's sessions, newest first, after a keyset cursor."""
+    if before is None:
+        return await conn.fetch(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions s WHERE s.workspace_id = $1"
+            " ORDER BY s.create_time DESC, s.id DESC LIMIT $2",
+            workspace_id,
+            limit,
+        )
+    return await conn.fetch(
+        f"SELECT {_SESSION_COLUMNS} FROM sessions s WHERE s.workspace_id = $1"
+        " AND (s.create_time, s.id) < ($2, $3)"
+        " ORDER BY s.create_time DESC, s.id DESC LIMIT $4",
+        workspace_id,
+        before[0],
+        before[1],
+        limit,
+    )
+
+
+async def message_list(
+    conn: Connection, session_id: uuid.UUID, *, after_position: int, limit: int
+) -> list[Record]:
+    """List a session's messages in transcript order, with their authors' display names."""
+    return await conn.fetch(
+        "SELECT m.id, m.position, m.role, m.text, m.run_id, m.create_time,"
+        " coalesce(p.display_name, '') AS author_display_name"
+        " FROM messages m LEFT JOIN profiles p ON p.user_id = m.author_user_id"
+        " WHERE m.session_id = $1 AND m.position > $2 ORDER BY m.position LIMIT $3",
+        session_id,
+        after_position,
+        limit,
+    )
+
+
+# ── runs ────────────────────────────────────────────────────────────────────────────────────
+
+_RUN_COLUMNS = (
+    "id, session_id, workspace_id, state, attempt, input_message_id, output_message_id,"
+    " last_event_sequence, error_reason, error_message, input_tokens, output_tokens,"
+    " reasoning_tokens, create_time, start_time, end_time"
+)
+
+
+class RunAlreadyActiveError(Exception):
+    """The session already has a queued or running run."""
+
+    def __init__(self, active_run_id: uuid.UUID | None) -> None:
+        super().__init__("run already active")
+        self.active_run_id = active_run_id
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event ready to store: its sequence, dotted type, attempt and serialized body."""
+
+    sequence: int
+    type: str
+    attempt: int
+    body: bytes
+
+
+async def run_by_request_id(
+    conn: Connection, workspace_id: uuid.UUID, request_id: str
+) -> Record | None:
+    """Find the run an earlier create with this request_id made."""
+    return await conn.fetchrow(
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE workspace_id = $1 AND request_id = $2",
+        workspace_id,
+        request_id,
+    )
+
+
+async def run_create(
+    conn: Connection,
+    *,
+    workspace_id: uuid.UUID,
+    session_id: uuid.UUID,
+    created_by: uuid.UUID,
+    input_text: str,
+    request_id: str | None,
+    queued_event: NewEvent,
+    run_id: uuid.UUID,
+    message_id: uuid.UUID,
+) -> Record:
+    """Store the input message, the queued run and its first event in one transaction."""
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO messages (id, session_id, role, text, run_id, author_user_id)"
+                " VALUES ($1, $2, 'user', $3, $4, $5)",
+                message_id,
+                session_id,
+                input_text,
+                run_id,
+                created_by,
+            )
+            row = await conn.fetchrow(
+                "INSERT INTO runs (id, session_id, workspace_id, created_by, input_message_id,"
+                " state, last_event_sequence, request_id)"
+                f" VALUES ($1, $2, $3, $4, $5, 'queued', 1, $6) RETURNING {_RUN_COLUMNS}",
+                run_id,
+                session_id,
+                workspace_id,
+                created_by,
+                message_id,
+                request_id,
+            )
+            assert row is not None
+            await run_events_insert(conn, run_id, [queued_event], row["create_time"])
+            await conn.execute("UPDATE sessions SET update_time = now() WHERE id = $1", session_id)
+    except asyncpg.UniqueViolationError as err:
+        if err.constraint_name == "runs_one_active_per_session":
+            active = await conn.fetchval(
+                "SELECT id FROM runs WHERE session_id = $1 AND state IN ('queued', 'running')",
+                session_id,
+            )
+            raise RunAlreadyActiveError(active) from None
+        raise
+    assert row is not None
+    return row
+
+
+async def run_get(
+    conn: Connection, workspace_id: uuid.UUID, session_id: uuid.UUID, run_id: uuid.UUID
+) -> Record | None:
+    """Get a run of the workspace's session."""
+    return await conn.fetchrow(
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE workspace_id = $1 AND session_id = $2 AND id = $3",
+        workspace_id,
+        session_id,
+        run_id,
+    )
+
+
+async def run_list(
+    conn: Connection,
+    session_id: uuid.UUID,
+    *,
+    before: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Record]:
+    """List a session's runs, newest first, after a keyset cursor."""
+    if before is None:
+        return await conn.fetch(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE session_id = $1"
+            " ORDER BY create_time DESC, id DESC LIMIT $2",
+            session_id,
+            limit,
+        )
+    return await conn.fetch(
+        f"SELECT {_RUN_COLUMNS} FROM runs WHERE session_id = $1"
+        " AND (create_time, id) < ($2, $3) ORDER BY create_time DESC, id DESC LIMIT $4",
+        session_id,
+        before[0],
+        before[1],
+        limit,
+    )
+
+
+async def run_position(conn: Connection, run_id: uuid.UUID) -> Record | None:
+    """Return the run's current attempt and the sequence of its latest stored event."""
+    return await conn.fetchrow(
+        "SELECT attempt, last_event_sequence FROM runs WHERE id = $1", run_id
+    )
+
+
+async def run_events_insert(
+    conn: Connection, run_id: uuid.UUID, events: Sequence[NewEvent], at: datetime
+) -> None:
+    """Insert events of one run in one statement, all stamped with the same time."""
+    await conn.execute(
+        "INSERT INTO run_events (run_id, create_time, sequence, type, attempt, body)"
+        " SELECT $1, $6, * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::bytea[])",
+        run_id,
+        [e.sequence for e in events],
+        [e.type for e in events],
+        [e.attempt for e in events],
+        [e.body for e in events],
+        at,
+    )
+
+
+async def run_event_list(
+    conn: Connection, run_id: uuid.UUID, *, after_sequence: int, limit: int
+) -> list[Record]:
+    """List a run's events after a sequence, in order."""
+    return await conn.fetch(
+        "SELECT sequence, body, create_time FROM run_events"
+        " WHERE run_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+        run_id,
+        after_sequence,
+        limit,
+    )
+
+
+# ── dispatch ────────────────────────────────────────────────────────────────────────────────
+
+
+async def run_claim(conn: Connection, *, worker_id: str, lease_seconds: float) -> Record | None:
+    """Claim the oldest queued run and lease it to the caller, with a new attempt and fence."""
+    return await conn.fetchrow(
+        "WITH next AS ("
+        "  SELECT id FROM runs WHERE state = 'queued' ORDER BY create_time"
+        "  LIMIT 1 FOR UPDATE SKIP LOCKED)"
+        " UPDATE runs r SET state = 'running', attempt = r.attempt + 1,"
+        "  fencing_token = r.fencing_token + 1, lease_owner = $1,"
+        "  lease_expire_time = now() + make_interval(secs => $2),"
+        "  start_time = coalesce(r.start_time, now())"
+        " FROM next WHERE r.id = next.id"
+        " RETURNING r.id, r.session_id, r.workspace_id, r.created_by, r.input_message_id,"
+        "  r.attempt, r.fencing_token, r.lease_expire_time, r.last_event_sequence",
+        worker_id,
+        lease_seconds,
+    )
+
+
+async def run_claim_context(conn: Connection, claim: Record) -> Record:
+    """Load what a worker needs besides the transcript: workspace, caller, session settings."""
+    row = await conn.fetchrow(
+        "SELECT w.display_name AS workspace_display_name, p.display_name AS caller_display_name,"
+        " coalesce(m.role, '') AS caller_role, s.instructions, i.text AS input_text,"
+        " i.position AS input_position"
+        " FROM sessions s JOIN workspaces w ON w.id = s.workspace_id"
+        " JOIN messages i ON i.id = $3"
+        " LEFT JOIN profiles p ON p.user_id = $2"
+        " LEFT JOIN memberships m ON m.workspace_id = s.workspace_id AND m.user_id = $2"
+        " WHERE s.id = $1",
+        claim["session_id"],
+        claim["created_by"],
+        claim["input_message_id"],
+    )
+    assert row is not None
+    return row
+
+
+async def transcript_before(conn: Connection, session_id: uuid.UUID, position: int) -> list[Record]:
+    """Return a session's messages stored before a position, oldest first."""
+    return await conn.fetch(
+        "SELECT role, text FROM messages WHERE session_id = $1 AND position < $2 ORDER BY position",
+        session_id,
+        position,
+    )
+
+
+@dataclass(frozen=True)
+class FenceCheck:
+    """Why a fenced update matched no row."""
+
+    lease_lost: bool
+    last_event_sequence: int
+
+
+async def run_fence_check(
+    conn: Connection, run_id: uuid.UUID, fencing_token: int
+) -> FenceCheck | None:
+    """Explain a refused fenced update: lost lease, or a sequence that does not follow."""
+    row = await conn.fetchrow(
+        "SELECT state, fencing_token, last_event_sequence FROM runs WHERE id = $1", run_id
+    )
+    if row is None:
+        return None
+    return FenceCheck(
+        lease_lost=row["state"] != "running" or row["fencing_token"] != fencing_token,
+        last_event_sequence=row["last_event_sequence"],
+    )
+
+
+async def run_events_append(
+    conn: Connection,
+    *,
+    run_id: uuid.UUID,
+    fencing_token: int,
+    events: Sequence[NewEvent],
+    at: datetime,
+) -> Record | None:
+    """Append events if the fence holds and they continue the log; None when refused.
+
+    The fence check and the sequence allocation happen in the statement that locks the run,
+    so a worker whose lease was taken over cannot slip an event in.
+    """
+    first, last = events[0].sequence, events[-1].sequence
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE runs SET last_event_sequence = $4"
+            " WHERE id = $1 AND fencing_token = $2 AND state = 'running'"
+            "  AND last_event_sequence = $3 - 1"
+            " RETURNING last_event_sequence, cancel_requested",
+            run_id,
+            fencing_token,
+            first,
+            last,
+        )
+        if row is not None:
+            await run_events_insert(conn, run_id, events, at)
+    return row
+
+
+async def run_heartbeat(
+    conn: Connection, *, run_id: uuid.UUID, fencing_token: int, lease_seconds: float
+) -> Record | None:
+    """Extend a lease the caller still holds; None when it was lost."""
+    return await conn.fetchrow(
+        "UPDATE runs SET lease_expire_time = now() + make_interval(secs => $3)"
+        " WHERE id = $1 AND fencing_token = $2 AND state = 'running'"
+        " RETURNING lease_expire_time, cancel_requested",
+        run_id,
+        fencing_token,
+        lease_seconds,
+    )
+
+
+async def run_finish(
+    conn: Connection,
+    *,
+    run_id: uuid.UUID,
+    fencing_token: int,
+    events: Sequence[NewEvent],
+    state: str,
+    reply_text: str | None,
+    error_reason: str | None,
+    error_message: str | None,
+    usage: tuple[int, int, int],
+    output_message_id: uuid.UUID | None,
+    at: datetime,
+) -> Record | None:
+    """Store the last events, the assistant message and the run's end in one transaction."""
+    first, last = events[0].sequence, events[-1].sequence
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE runs SET state = $5, last_event_sequence = $4, output_message_id = $6,"
+            " error_reason = $7, error_message = $8, input_tokens = $9, output_tokens = $10,"
+            " reasoning_tokens = $11, end_time = now(), lease_owner = NULL,"
+            " lease_expire_time = NULL"
+            " WHERE id = $1 AND fencing_token = $2 AND state = 'running'"
+            "  AND last_event_sequence = $3 - 1"
+            " RETURNING session_id",
+            run_id,
+            fencing_token,
+            first,
+            last,
+            state,
+            output_message_id,
+            error_reason,
+            error_message,
+            *usage,
+        )
+        if row is None:
+            return None
+        await run_events_insert(conn, run_id, events, at)
+        if reply_text is not None and output_message_id is not None:
+            await conn.execute(
+                "INSERT INTO messages (id, session_id, role, text, run_id)"
+                " VALUES ($1, $2, 'assistant', $3, $4)",
+                output_message_id,
+                row["session_id"],
+                reply_text,
+                run_id,
+            )
+        await conn.execute(
+            "UPDATE sessions SET update_time = now() WHERE id = $1", row["session_id"]
+        )
+    return row
+
+
+def as_dict(record: Record) -> dict[str, Any]:
+    """Turn a record into a plain dict."""
+    return dict(record.items())

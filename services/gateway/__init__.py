@@ -1,0 +1,1 @@
+"""The gateway: tool registry and guarded tool calls (behaviour lands with its own issue)."""

@@ -1,0 +1,123 @@
+"""Domain errors and their gRPC statuses.
+
+Every error status carries one `google.rpc.ErrorInfo` whose reason is an `ErrorReason` name
+from `agentplatform/v1/error_reason.proto`; bad input adds a `google.rpc.BadRequest`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from agentplatform.v1 import error_reason_pb2
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "agentplatform.dev"
+
+Reason = error_reason_pb2.ErrorReason
+
+
+class ApiError(Exception):
+    """An error that reaches the client as a gRPC status with an ErrorInfo."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: Reason.ValueType,
+        message: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.metadata = dict(metadata or {})
+        self.field = field
+        if field is not None:
+            self.metadata.setdefault("field", field)
+
+    @property
+    def reason_name(self) -> str:
+        """Return the stable reason string, e.g. ``RUN_ALREADY_ACTIVE``."""
+        return Reason.Name(self.reason)
+
+    def to_status(self) -> grpc.Status:
+        """Build the rich gRPC status for this error."""
+        info = any_pb2.Any()
+        info.Pack(
+            error_details_pb2.ErrorInfo(
+                reason=self.reason_name, domain=ERROR_DOMAIN, metadata=self.metadata
+            )
+        )
+        details = [info]
+        if self.field is not None and self.code == grpc.StatusCode.INVALID_ARGUMENT:
+            bad_request = any_pb2.Any()
+            bad_request.Pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=self.field, description=self.message
+                        )
+                    ]
+                )
+            )
+            details.append(bad_request)
+        status = status_pb2.Status(
+            code=getattr(code_pb2, self.code.name), message=self.message, details=details
+        )
+        return rpc_status.to_status(status)
+
+
+def invalid_argument(field: str, message: str) -> ApiError:
+    """Build an INVALID_ARGUMENT error naming the offending field."""
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, Reason.INVALID_ARGUMENT, message, field=field)
+
+
+def limit_exceeded(field: str, limit: int, unit: str = "characters") -> ApiError:
+    """Build an INVALID_ARGUMENT error for a value over its size limit."""
+    return ApiError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.LIMIT_EXCEEDED,
+        f"{field} exceeds its limit of {limit} {unit}.",
+        field=field,
+        metadata={"limit": str(limit)},
+    )
+
+
+def not_found(resource: str) -> ApiError:
+    """Build a NOT_FOUND error; another workspace's resources read the same."""
+    return ApiError(
+        grpc.StatusCode.NOT_FOUND,
+        Reason.NOT_FOUND,
+        f"{resource} not found.",
+        metadata={"resource": resource},
+    )
+
+
+def unauthenticated(message: str) -> ApiError:
+    """Build an UNAUTHENTICATED error."""
+    return ApiError(grpc.StatusCode.UNAUTHENTICATED, Reason.UNAUTHENTICATED, message)
+
+
+def internal_error() -> ApiError:
+    """Build the INTERNAL error that hides an unexpected failure's details."""
+    return ApiError(grpc.StatusCode.INTERNAL, Reason.INTERNAL_ERROR, "Internal error.")
+
+
+def reason_of(err: grpc.aio.AioRpcError) -> str | None:
+    """Return the ErrorInfo reason a failed call carried, if any."""
+    try:
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    except ValueError:
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return str(info.reason)
+    return None

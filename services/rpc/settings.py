@@ -1,0 +1,72 @@
+"""Typed service settings read from `AP_*` environment variables."""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(SystemExit):
+    """Raised when the environment holds a missing or malformed setting."""
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service reads."""
+
+    model_config = SettingsConfigDict(env_prefix="AP_", extra="ignore", frozen=True)
+
+    database_url: str | None = Field(
+        default=None, description="Postgres URL, connecting as this service's own role."
+    )
+    db_pool_min: int = Field(default=2, ge=1)
+    db_pool_max: int = Field(default=16, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=0, ge=0, le=65535)
+    internal_token: SecretStr | None = Field(
+        default=None, description="Shared token internal callers present (no mTLS configured)."
+    )
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Self:
+        """Load settings from the environment, exiting with a clear message on a bad value."""
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            lines = [f"invalid configuration for {cls.__name__}:"]
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err["loc"])
+                lines.append(f"  AP_{field.upper()}: {err['msg']}")
+            print("\n".join(lines), file=sys.stderr)
+            raise SettingsError(2) from None
+
+
+class HostedModelSettings(BaseSettings):
+    """The platform-hosted model: an OpenAI-compatible Chat Completions endpoint."""
+
+    model_config = SettingsConfigDict(env_prefix="AP_MODEL_", extra="ignore", frozen=True)
+
+    base_url: str | None = Field(default=None, description="e.g. https://api.openai.com/v1")
+    name: str | None = Field(default=None, description="The model id sent to the endpoint.")
+    api_key: SecretStr | None = None
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    idle_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Longest silence allowed inside a model stream."
+    )
+
+    @model_validator(mode="after")
+    def _strip_slash(self) -> Self:
+        if self.base_url is not None:
+            object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        return self
+
+    @property
+    def configured(self) -> bool:
+        """Tell whether both the endpoint and the model id are set."""
+        return bool(self.base_url) and bool(self.name)

@@ -1,0 +1,1 @@
+"""The vault: envelope-encrypted integration credentials (behaviour lands with its own issue)."""

@@ -1,0 +1,1 @@
+"""The worker: claims runs, calls the hosted model, streams events back. Stateless."""

@@ -1,0 +1,124 @@
+"""Assemble a worker: claim loops, the model client, a health-only gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+import httpx
+import structlog
+from agentplatform.dispatch.v1 import dispatch_service_pb2 as pb
+from agentplatform.dispatch.v1 import dispatch_service_pb2_grpc
+from google.protobuf.duration_pb2 import Duration
+
+from services.rpc.internal_auth import INTERNAL_TOKEN_HEADER
+from services.rpc.server import GrpcServer
+from services.rpc.settings import HostedModelSettings, SettingsError
+from services.worker.execution import RunExecution
+from services.worker.model import ChatCompletionsClient
+from services.worker.settings import WorkerSettings
+
+log = structlog.get_logger().bind(service="worker")
+
+
+class Worker:
+    """One worker process running up to `worker_concurrency` runs at once."""
+
+    def __init__(self, settings: WorkerSettings, model: HostedModelSettings) -> None:
+        if settings.internal_token is None:
+            raise SettingsError("AP_INTERNAL_TOKEN is required by the worker")
+        self.settings = settings
+        self.model = model
+        self._metadata = ((INTERNAL_TOKEN_HEADER, settings.internal_token.get_secret_value()),)
+        self._stopping = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._executing: set[asyncio.Task[None]] = set()
+        self._channel: grpc.aio.Channel | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._server = GrpcServer(
+            host=settings.grpc_host,
+            port=settings.grpc_port,
+            bindings=[],
+            authenticator=None,
+            max_message_bytes=settings.max_message_bytes,
+        )
+
+    async def start(self) -> None:
+        """Connect to the control plane and start claiming."""
+        if self.model.configured:
+            log.info("hosted_model", base_url=self.model.base_url, model=self.model.name)
+        else:
+            log.warning("hosted_model_unavailable", detail="runs will fail")
+        self._channel = grpc.aio.insecure_channel(self.settings.control_plane_address)
+        self._http = httpx.AsyncClient(
+            trust_env=False,
+            limits=httpx.Limits(max_connections=self.settings.worker_concurrency * 2),
+        )
+        stub: dispatch_service_pb2_grpc.DispatchServiceAsyncStub = (
+            dispatch_service_pb2_grpc.DispatchServiceStub(self._channel)
+        )
+        model = ChatCompletionsClient(self.model, self._http)
+        self._loops = [
+            asyncio.create_task(self._claim_forever(stub, model), name=f"claim-{i}")
+            for i in range(self.settings.worker_concurrency)
+        ]
+        await self._server.start()
+        log.info("worker_started", control_plane=self.settings.control_plane_address)
+
+    async def _claim_forever(
+        self, stub: dispatch_service_pb2_grpc.DispatchServiceAsyncStub, model: ChatCompletionsClient
+    ) -> None:
+        wait = Duration()
+        wait.FromMilliseconds(int(self.settings.claim_wait_seconds * 1000))
+        backoff = 0.05
+        while not self._stopping.is_set():
+            try:
+                response = await stub.ClaimRun(
+                    pb.ClaimRunRequest(worker_id=self.settings.worker_id, wait=wait),
+                    metadata=self._metadata,
+                    timeout=self.settings.claim_wait_seconds + 10,
+                )
+                backoff = 0.05
+            except grpc.aio.AioRpcError as err:
+                log.warning("claim_failed", code=err.code().name, details=err.details())
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if not response.HasField("claim"):
+                continue
+            current = asyncio.current_task()
+            assert current is not None
+            self._executing.add(current)
+            try:
+                await RunExecution(
+                    stub, response.claim, self.model, model, self._metadata
+                ).execute()
+            except grpc.aio.AioRpcError as err:
+                # The run stays leased; once the lease expires it is rescued as a new attempt.
+                log.warning("run_execution_failed", run=response.claim.run, code=err.code().name)
+            finally:
+                self._executing.discard(current)
+
+    async def stop(self) -> None:
+        """Stop claiming, give running runs the grace period, then cancel what is left."""
+        self._stopping.set()
+        # Loops waiting in ClaimRun hold nothing: stop them now; running runs get the grace.
+        for task in self._loops:
+            if task not in self._executing:
+                task.cancel()
+        pending: set[asyncio.Task[None]] = set()
+        if self._loops:
+            _done, pending = await asyncio.wait(
+                self._loops, timeout=self.settings.shutdown_grace_seconds
+            )
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._server.stop(0)
+        if self._http is not None:
+            await self._http.aclose()
+        if self._channel is not None:
+            await self._channel.close(None)

@@ -1,0 +1,158 @@
+"""Start real services in-process on loopback ports for tests."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import asyncpg
+import grpc
+from agentplatform.v1 import (
+    profile_service_pb2_grpc,
+    run_pb2,
+    run_service_pb2,
+    run_service_pb2_grpc,
+    session_service_pb2_grpc,
+)
+from pydantic import SecretStr
+
+from devtools.devmodel import DevModel
+from services.control_plane.app import ControlPlane
+from services.control_plane.bootstrap import Bootstrapped, create_workspace
+from services.control_plane.settings import ControlPlaneSettings
+from services.rpc.db import role_dsn
+from services.rpc.settings import HostedModelSettings
+from services.worker.app import Worker
+from services.worker.settings import WorkerSettings
+
+TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
+
+
+@dataclass
+class Client:
+    """Typed stubs on one channel, authenticated with one API key."""
+
+    channel: grpc.aio.Channel
+    api_key: str
+    workspace: str = ""
+    sessions: session_service_pb2_grpc.SessionServiceAsyncStub = field(init=False)
+    runs: run_service_pb2_grpc.RunServiceAsyncStub = field(init=False)
+    profiles: profile_service_pb2_grpc.ProfileServiceAsyncStub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sessions = session_service_pb2_grpc.SessionServiceStub(self.channel)
+        self.runs = run_service_pb2_grpc.RunServiceStub(self.channel)
+        self.profiles = profile_service_pb2_grpc.ProfileServiceStub(self.channel)
+
+    @property
+    def auth(self) -> tuple[tuple[str, str], ...]:
+        """Return the call metadata carrying the API key."""
+        return (("authorization", f"Bearer {self.api_key}"),)
+
+    async def stream(self, run: str, after: int = 0) -> list[run_pb2.RunEvent]:
+        """Read a run's events after a cursor until its terminal event."""
+        call = self.runs.StreamRunEvents(
+            run_service_pb2.StreamRunEventsRequest(name=run, after_sequence=after),
+            metadata=self.auth,
+            timeout=30,
+        )
+        return [response.event async for response in call]
+
+
+@dataclass
+class Stack:
+    """A running control plane, worker and dev model on one database."""
+
+    admin_dsn: str
+    control_plane: ControlPlane
+    worker: Worker | None
+    devmodel: DevModel
+    internal_token: str
+    owner: Client
+    _channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        """Return the control plane's address."""
+        return self.control_plane.address
+
+    async def new_workspace(self, name: str = "Other", role: str = "owner") -> Client:
+        """Create another workspace with one user and return a client for them."""
+        made = await self._create_workspace(name, role)
+        return self.client(made.api_key, made.workspace)
+
+    async def _create_workspace(self, name: str, role: str) -> Bootstrapped:
+        conn = await asyncpg.connect(role_dsn(self.admin_dsn, "ap_control_plane"))
+        try:
+            return await create_workspace(
+                conn, workspace_display_name=name, owner_display_name=f"{name} user", role=role
+            )
+        finally:
+            await conn.close()
+
+    def client(self, api_key: str, workspace: str = "") -> Client:
+        """Open a client with its own channel."""
+        channel = grpc.aio.insecure_channel(self.address)
+        self._channels.append(channel)
+        return Client(channel, api_key, workspace)
+
+
+@contextlib.asynccontextmanager
+async def start_stack(
+    admin_dsn: str,
+    *,
+    internal_token: str,
+    control_plane_model: bool = True,
+    worker_model: bool = True,
+    with_worker: bool = True,
+    model_idle_timeout: float = 2.0,
+) -> AsyncIterator[Stack]:
+    """Start the dev model, a control plane and (optionally) a worker; stop them after."""
+    devmodel = DevModel()
+    await devmodel.start()
+    configured = HostedModelSettings(
+        base_url=devmodel.base_url,
+        name="ap-dev-model",
+        api_key=None,
+        connect_timeout_seconds=2.0,
+        idle_timeout_seconds=model_idle_timeout,
+    )
+    unconfigured = HostedModelSettings(base_url=None, name=None, api_key=None)
+    control_plane = ControlPlane(
+        ControlPlaneSettings(
+            database_url=role_dsn(admin_dsn, "ap_control_plane"),
+            grpc_port=0,
+            internal_token=SecretStr(internal_token),
+            shutdown_grace_seconds=0.5,
+            log_level="warning",
+        ),
+        configured if control_plane_model else unconfigured,
+    )
+    await control_plane.start()
+    worker = None
+    if with_worker:
+        worker = Worker(
+            WorkerSettings(
+                grpc_port=0,
+                control_plane_address=control_plane.address,
+                internal_token=SecretStr(internal_token),
+                worker_concurrency=8,
+                shutdown_grace_seconds=1.0,
+                log_level="warning",
+            ),
+            configured if worker_model else unconfigured,
+        )
+        await worker.start()
+    stack = Stack(admin_dsn, control_plane, worker, devmodel, internal_token, owner=None)  # type: ignore[arg-type]
+    made = await stack._create_workspace("Test workspace", "owner")
+    stack.owner = stack.client(made.api_key, made.workspace)
+    try:
+        yield stack
+    finally:
+        for channel in stack._channels:
+            await channel.close(None)
+        if worker is not None:
+            await worker.stop()
+        await control_plane.stop()
+        await devmodel.stop()
