@@ -1,0 +1,1 @@
+"""Command-line client `ap` for the Agent Platform public API."""

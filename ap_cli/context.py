@@ -1,0 +1,60 @@
+"""Carry what every command needs: the event loop, the client and the output streams."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TextIO, TypeVar
+
+from ap_cli.client import Client
+from ap_cli.errors import RpcFailure
+
+T = TypeVar("T")
+
+
+def wants_color(stream: TextIO) -> bool:
+    """Say whether ANSI styling suits the stream: a terminal, and NO_COLOR not set."""
+    isatty = getattr(stream, "isatty", None)
+    return (
+        bool(isatty and isatty())
+        and not os.environ.get("NO_COLOR")
+        and os.environ.get("TERM") != "dumb"
+    )
+
+
+@dataclass
+class Context:
+    """One CLI invocation's loop, client and streams."""
+
+    runner: asyncio.Runner
+    client: Client
+    out: TextIO
+    err: TextIO
+
+    @property
+    def color(self) -> bool:
+        """Say whether stdout gets ANSI styling."""
+        return wants_color(self.out)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the invocation's loop; Ctrl-C cancels it and raises."""
+        return self.runner.run(coro)
+
+    def say(self, text: str = "") -> None:
+        """Write a line to stdout."""
+        print(text, file=self.out, flush=True)
+
+    def note(self, text: str) -> None:
+        """Write a diagnostic line to stderr."""
+        print(text, file=self.err, flush=True)
+
+    def error(self, failure: RpcFailure | str) -> None:
+        """Write `error: <message> (<REASON>)` to stderr."""
+        self.note(f"error: {failure}")
+
+    def reconnect_notice(self, failure: RpcFailure | None, last_sequence: int) -> None:
+        """Tell the user the event stream broke and is being resumed."""
+        why = f" ({failure.reason}: {failure.message})" if failure else ""
+        self.note(f"[stream interrupted{why}; resuming after event {last_sequence}]")
