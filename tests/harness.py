@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -15,6 +15,8 @@ from agentplatform.v1 import (
     run_service_pb2_grpc,
     session_service_pb2_grpc,
 )
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from pydantic import SecretStr
 
 from devtools.devmodel import DevModel
@@ -156,3 +158,25 @@ async def start_stack(
             await worker.stop()
         await control_plane.stop()
         await devmodel.stop()
+
+
+async def expect_error(
+    call: Awaitable[object], code: grpc.StatusCode, reason: str
+) -> error_details_pb2.ErrorInfo:
+    """Await a call that must fail with this status code and ErrorInfo reason."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == code, f"expected {code}, got {err.code()}: {err.details()}"
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+        assert status is not None, "the error carries no rich status"
+        infos = []
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                infos.append(info)
+        assert len(infos) == 1, f"expected one ErrorInfo, got {infos}"
+        assert infos[0].reason == reason, f"expected {reason}, got {infos[0].reason}"
+        assert infos[0].domain == "agentplatform.dev"
+        return infos[0]
+    raise AssertionError(f"the call succeeded; expected {code.name} {reason}")

@@ -66,6 +66,31 @@ async def bootstrap(
         await conn.close()
 
 
+async def issue_owner_key(dsn: str, *, key_name: str = "dev") -> Bootstrapped | None:
+    """Issue a new API key for the first workspace's owner; None when not bootstrapped."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT m.workspace_id, m.user_id FROM memberships m"
+            " JOIN workspaces w ON w.id = m.workspace_id"
+            " WHERE m.role = 'owner' ORDER BY w.create_time, m.create_time LIMIT 1"
+        )
+        if row is None:
+            return None
+        key = new_api_key()
+        await store.api_key_insert(
+            conn,
+            workspace_id=row["workspace_id"],
+            user_id=row["user_id"],
+            name=key_name,
+            prefix=key.prefix,
+            secret_sha256=key.secret_sha256,
+        )
+        return Bootstrapped(workspace_name(row["workspace_id"]), user_name(row["user_id"]), key.key)
+    finally:
+        await conn.close()
+
+
 def main() -> None:
     """Run the bootstrap against AP_DATABASE_URL and print the result as JSON."""
     parser = argparse.ArgumentParser(description=__doc__)

@@ -119,10 +119,12 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             check = await store.run_fence_check(conn, run_id, fencing_token)
         if check is None:
             raise not_found(run)
-        if check.lease_lost:
+        if not check.fence_matches:
             raise lease_lost(run)
         if check.last_event_sequence >= last:
-            return check.last_event_sequence
+            return check.last_event_sequence  # a retry of a write that was applied
+        if not check.running:
+            raise lease_lost(run)
         raise ApiError(
             grpc.StatusCode.FAILED_PRECONDITION,
             Reason.SEQUENCE_MISMATCH,

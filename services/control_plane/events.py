@@ -60,6 +60,7 @@ class RunChannel:
         self.session_id = session_id
         self.subscribers = 0
         self.known_sequence = 0
+        self.terminal_sequence: int | None = None
         self._events: dict[int, run_pb2.RunEvent] = {}
         self._changed = asyncio.Event()
         self.last_change = asyncio.get_running_loop().time()
@@ -79,6 +80,8 @@ class RunChannel:
         for event in events:
             self._events[event.sequence] = event
             self.known_sequence = max(self.known_sequence, event.sequence)
+            if event.type in TERMINAL_TYPES:
+                self.terminal_sequence = event.sequence
         while len(self._events) > _CHANNEL_BUFFER:
             del self._events[min(self._events)]
         self._wake()
@@ -193,19 +196,29 @@ class EventBus:
         return [event_from_row(channel.session_id, channel.run_id, r) for r in rows]
 
     async def stream(
-        self, session_id: uuid.UUID, run_id: uuid.UUID, after_sequence: int
+        self,
+        session_id: uuid.UUID,
+        run_id: uuid.UUID,
+        after_sequence: int,
+        *,
+        terminal_sequence: int | None,
     ) -> AsyncIterator[run_pb2.RunEvent]:
         """Yield the run's events after the cursor, stored ones then live ones, to the terminal.
 
         The subscription opens before the replay, so an event committed in between is seen.
+        A cursor at or past the terminal event ends the stream with nothing to send.
         """
         channel = self._channels.get(run_id)
         if channel is None:
             channel = self._channels[run_id] = RunChannel(run_id, session_id)
+        if terminal_sequence is not None and channel.terminal_sequence is None:
+            channel.terminal_sequence = terminal_sequence
         channel.subscribers += 1
         try:
             cursor, must_read = after_sequence, True
             while True:
+                if channel.terminal_sequence is not None and cursor >= channel.terminal_sequence:
+                    return
                 changed = channel.changed
                 batch = None if must_read else channel.cached_after(cursor)
                 if batch is None:

@@ -184,7 +184,11 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         if request.after_sequence < 0:
             raise invalid_argument("after_sequence", "after_sequence must not be negative.")
         row = await self._run_row(principal, request.name, "name")
+        finished = row["state"] in ("completed", "failed", "cancelled")
         async for event in self._rt.bus.stream(
-            row["session_id"], row["id"], request.after_sequence
+            row["session_id"],
+            row["id"],
+            request.after_sequence,
+            terminal_sequence=row["last_event_sequence"] if finished else None,
         ):
             yield run_service_pb2.StreamRunEventsResponse(event=event)

@@ -438,7 +438,8 @@ async def transcript_before(conn: Connection, session_id: uuid.UUID, position: i
 class FenceCheck:
     """Why a fenced update matched no row."""
 
-    lease_lost: bool
+    fence_matches: bool
+    running: bool
     last_event_sequence: int
 
 
@@ -452,7 +453,8 @@ async def run_fence_check(
     if row is None:
         return None
     return FenceCheck(
-        lease_lost=row["state"] != "running" or row["fencing_token"] != fencing_token,
+        fence_matches=row["fencing_token"] == fencing_token,
+        running=row["state"] == "running",
         last_event_sequence=row["last_event_sequence"],
     )
 

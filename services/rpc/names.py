@@ -13,7 +13,7 @@ def _parse_id(value: str, field: str, what: str) -> uuid.UUID:
         parsed = uuid.UUID(value)
     except ValueError:
         raise invalid_argument(field, f"{field} has a malformed {what} id {value!r}.") from None
-    if str(parsed) != value.lower():
+    if str(parsed) != value:  # one spelling per resource: canonical lowercase
         raise invalid_argument(field, f"{field} has a malformed {what} id {value!r}.")
     return parsed
 

@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
 import asyncpg
 from agentplatform.v1 import run_pb2, run_service_pb2, session_pb2, session_service_pb2
 
 from services.rpc.db import role_dsn
-from tests.harness import Client, Stack
-
-
-async def new_session(client: Client, title: str = "t") -> session_pb2.Session:
-    """Create a session for a test."""
-    return await client.sessions.CreateSession(
-        session_service_pb2.CreateSessionRequest(session=session_pb2.Session(title=title)),
-        metadata=client.auth,
-        timeout=10,
-    )
-
-
-async def new_run(client: Client, session: str, text: str, request_id: str = "") -> run_pb2.Run:
-    """Create a run for a test."""
-    return await client.runs.CreateRun(
-        run_service_pb2.CreateRunRequest(parent=session, input_text=text, request_id=request_id),
-        metadata=client.auth,
-        timeout=10,
-    )
+from tests.harness import Stack
+from tests.integration.helpers import new_run, new_session
 
 
 async def test_run_completes_with_every_event_type_stored_and_streamed(stack: Stack) -> None:
@@ -77,7 +62,7 @@ async def test_run_completes_with_every_event_type_stored_and_streamed(stack: St
     try:
         stored = await conn.fetch(
             "SELECT sequence, type FROM run_events WHERE run_id = $1 ORDER BY sequence",
-            __import__("uuid").UUID(run.name.rsplit("/", 1)[1]),
+            uuid.UUID(run.name.rsplit("/", 1)[1]),
         )
     finally:
         await conn.close()
