@@ -100,6 +100,28 @@ class Stack:
         return Client(channel, api_key, workspace)
 
 
+async def start_control_plane(
+    admin_dsn: str,
+    internal_token: str,
+    model: HostedModelSettings,
+    poll_interval_seconds: float = 1.0,
+) -> ControlPlane:
+    """Start one control-plane replica on a loopback port."""
+    control_plane = ControlPlane(
+        ControlPlaneSettings(
+            database_url=role_dsn(admin_dsn, "ap_control_plane"),
+            grpc_port=0,
+            internal_token=SecretStr(internal_token),
+            shutdown_grace_seconds=0.5,
+            poll_interval_seconds=poll_interval_seconds,
+            log_level="warning",
+        ),
+        model,
+    )
+    await control_plane.start()
+    return control_plane
+
+
 @contextlib.asynccontextmanager
 async def start_stack(
     admin_dsn: str,
@@ -121,17 +143,9 @@ async def start_stack(
         idle_timeout_seconds=model_idle_timeout,
     )
     unconfigured = HostedModelSettings(base_url=None, name=None, api_key=None)
-    control_plane = ControlPlane(
-        ControlPlaneSettings(
-            database_url=role_dsn(admin_dsn, "ap_control_plane"),
-            grpc_port=0,
-            internal_token=SecretStr(internal_token),
-            shutdown_grace_seconds=0.5,
-            log_level="warning",
-        ),
-        configured if control_plane_model else unconfigured,
+    control_plane = await start_control_plane(
+        admin_dsn, internal_token, configured if control_plane_model else unconfigured
     )
-    await control_plane.start()
     worker = None
     if with_worker:
         worker = Worker(

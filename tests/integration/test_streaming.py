@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 from agentplatform.v1 import run_service_pb2
 
-from tests.harness import Stack
+from tests.harness import Client, Stack, start_control_plane
 from tests.integration.helpers import new_run, new_session
 
 
@@ -71,3 +72,25 @@ async def test_stream_subscribed_before_the_worker_starts_sees_everything(stack:
     assert events[0].type == "run.queued"
     assert events[-1].type == "run.completed"
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_a_run_streams_to_a_client_of_another_replica(stack: Stack) -> None:
+    """A second control plane delivers the run live through NOTIFY, not through its poller."""
+    replica = await start_control_plane(
+        stack.admin_dsn,
+        stack.internal_token,
+        stack.control_plane.model,
+        # Long enough that only the NOTIFY path can deliver this run in time.
+        poll_interval_seconds=30.0,
+    )
+    channel = grpc.aio.insecure_channel(replica.address)
+    try:
+        remote = Client(channel, stack.owner.api_key)
+        session = await new_session(stack.owner)
+        run = await new_run(stack.owner, session.name, "cross [[tokens=10]] [[delay_ms=30]]")
+        events = await asyncio.wait_for(remote.stream(run.name), 10)
+        assert events == await stack.owner.stream(run.name)
+        assert events[-1].type == "run.completed"
+    finally:
+        await channel.close(None)
+        await replica.stop()
