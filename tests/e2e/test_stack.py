@@ -1,0 +1,344 @@
+"""Run `python -m devtools.stack run` for real and drive it with the `ap` CLI and gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.control_plane.bootstrap import bootstrap
+from services.rpc.db import role_dsn
+
+REPO = Path(__file__).resolve().parents[2]
+AP = Path(sys.executable).with_name("ap")
+READY = "AP stack ready on"
+SERVICES = ("control_plane", "worker", "vault", "gateway")
+
+_READY_TIMEOUT_S = 30.0
+_STOP_TIMEOUT_S = 15.0
+_CLI_TIMEOUT_S = 20.0
+
+
+def _port_free(port: int) -> bool:
+    """Tell whether nothing listens on 127.0.0.1:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_base_port() -> int:
+    """Pick 5 free consecutive ports: the four services' and the dev model's."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        # Below Linux's ephemeral range, so outgoing connections do not take them meanwhile.
+        base = rng.randrange(20000, 32000)
+        if all(_port_free(base + offset) for offset in range(5)):
+            return base
+    raise RuntimeError("no 5 free consecutive ports found")
+
+
+def stack_env(admin_dsn: str, config_home: Path) -> dict[str, str]:
+    """Return the environment of a stack (and of `ap`) isolated from the developer's own."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AP_")}
+    base = free_base_port()
+    env.update(
+        AP_DATABASE_URL=admin_dsn,
+        AP_STACK_BASE_PORT=str(base),
+        AP_DEVMODEL_PORT=str(base + 4),
+        AP_OWNER_NAME="E2E owner",
+        XDG_CONFIG_HOME=str(config_home),
+    )
+    return env
+
+
+def ports(env: dict[str, str]) -> list[int]:
+    """Return the four service ports of a stack environment."""
+    base = int(env["AP_STACK_BASE_PORT"])
+    return [base + offset for offset in range(len(SERVICES))]
+
+
+def client_config(config_home: Path) -> dict[str, str]:
+    """Read the client config file the stack wrote."""
+    data: dict[str, str] = json.loads((config_home / "agentplatform" / "client.json").read_text())
+    return data
+
+
+class StackProcess:
+    """A running `devtools.stack run` and the output it has printed."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        """Follow a started stack process."""
+        self.proc = proc
+        self.lines: list[str] = []
+        self._rest: asyncio.Task[None] | None = None
+
+    @property
+    def output(self) -> str:
+        """Return everything printed so far."""
+        return "\n".join(self.lines)
+
+    async def _readline(self) -> str | None:
+        assert self.proc.stdout is not None
+        raw = await self.proc.stdout.readline()
+        if not raw:
+            return None
+        line = raw.decode("utf-8", errors="replace").rstrip("\n")
+        self.lines.append(line)
+        return line
+
+    async def wait_ready(self) -> str:
+        """Read output until the ready line and return the endpoint it names."""
+        try:
+            async with asyncio.timeout(_READY_TIMEOUT_S):
+                while (line := await self._readline()) is not None:
+                    if line.startswith(READY):
+                        break
+                else:
+                    raise AssertionError(f"the stack exited before it was ready:\n{self.output}")
+        except TimeoutError:
+            raise AssertionError(f"the stack was not ready in time:\n{self.output}") from None
+        # Keep draining, or a full pipe would block the stack's logging.
+        self._rest = asyncio.create_task(self._read_rest())
+        return line.removeprefix(READY).strip()
+
+    async def _read_rest(self) -> None:
+        while await self._readline() is not None:
+            pass
+
+    async def stop(self) -> int:
+        """Send SIGTERM and return the exit code, which must come within a bound."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), _STOP_TIMEOUT_S)
+        except TimeoutError:
+            raise AssertionError(f"the stack did not stop in time:\n{self.output}") from None
+        await self.finish_reading()
+        return code
+
+    async def finish_reading(self) -> None:
+        """Read the output up to its end."""
+        if self._rest is None:
+            self._rest = asyncio.create_task(self._read_rest())
+        await asyncio.wait_for(self._rest, 5)
+
+
+@pytest.fixture
+def process_groups() -> Iterator[list[int]]:
+    """Collect the process groups of the stacks a test starts; kill them all afterwards."""
+    groups: list[int] = []
+    yield groups
+    # Runs even when pytest-timeout interrupts the test before its own clean-up.
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+
+
+@contextlib.asynccontextmanager
+async def running_stack(env: dict[str, str], groups: list[int]) -> AsyncIterator[StackProcess]:
+    """Start a stack in its own process group; kill the whole group on the way out."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "devtools.stack",
+        "run",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+        limit=1024 * 1024,
+    )
+    groups.append(proc.pid)
+    stack = StackProcess(proc)
+    try:
+        yield stack
+    finally:
+        # The services share the stack's group, so this also ends any it left behind.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        await stack.finish_reading()
+
+
+async def run_cli(env: dict[str, str], *args: str, stdin: str = "") -> tuple[int, str]:
+    """Run the real `ap` and return its exit code and output."""
+    proc = await asyncio.create_subprocess_exec(
+        str(AP),
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(stdin.encode()), _CLI_TIMEOUT_S)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode("utf-8", errors="replace")
+
+
+async def health_status(port: int) -> int:
+    """Return the overall gRPC health status of the server on a port."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+        status: int = reply.status
+        return status
+
+
+async def reflected_services(port: int) -> set[str]:
+    """List the services the server on a port reports through reflection."""
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        names: set[str] = set()
+        async for reply in stub.ServerReflectionInfo(iter([request]), timeout=5):
+            names.update(s.name for s in reply.list_services_response.service)
+        return names
+
+
+async def answers(port: int) -> bool:
+    """Tell whether anything accepts TCP connections on 127.0.0.1:port."""
+    try:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+async def count_workspaces(admin_dsn: str) -> int:
+    """Count the workspaces in a database."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        count: int = await conn.fetchval("SELECT count(*) FROM control_plane.workspaces")
+        return count
+    finally:
+        await conn.close()
+
+
+@pytest.mark.timeout(90)
+async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
+    database: str, tmp_path: Path, process_groups: list[int]
+) -> None:
+    """`stack run` serves `ap chat`, health and reflection, and exits 0 on SIGTERM."""
+    env = stack_env(database, tmp_path)
+    async with running_stack(env, process_groups) as stack:
+        endpoint = await stack.wait_ready()
+        assert endpoint == f"127.0.0.1:{env['AP_STACK_BASE_PORT']}"
+        assert "NOT a real LLM" in stack.output
+        config = client_config(tmp_path)
+        assert config["endpoint"] == endpoint
+        assert config["api_key"] in stack.output
+        assert (tmp_path / "agentplatform" / "client.json").stat().st_mode & 0o777 == 0o600
+
+        code, out = await run_cli(env, "chat", stdin="hello from e2e [[tokens=4]]\n")
+        assert code == 0, out
+        assert "alpha bravo charlie delta" in out
+        code, out = await run_cli(env, "sessions", "list")
+        assert code == 0, out
+        assert "sessions/" in out
+
+        for port in ports(env):
+            assert await health_status(port) == health_pb2.HealthCheckResponse.SERVING
+        assert "agentplatform.v1.RunService" in await reflected_services(ports(env)[0])
+
+        assert await stack.stop() == 0, stack.output
+        assert "stack stopped" in stack.output
+        for port in ports(env):
+            assert not await answers(port), f"port {port} still answers"
+
+
+@pytest.mark.timeout(90)
+async def test_second_run_on_the_same_database_reuses_workspace_and_stored_key(
+    database: str, tmp_path: Path, process_groups: list[int]
+) -> None:
+    """A second run on the same database skips the bootstrap and the stored key still works."""
+    env = stack_env(database, tmp_path)
+    async with running_stack(env, process_groups) as first:
+        await first.wait_ready()
+        assert await first.stop() == 0, first.output
+    assert "bootstrap: created" in first.output
+    key = client_config(tmp_path)["api_key"]
+
+    env = stack_env(database, tmp_path)
+    async with running_stack(env, process_groups) as second:
+        await second.wait_ready()
+        assert "bootstrap: created" not in second.output
+        assert "reusing the API key" in second.output
+        assert client_config(tmp_path) == {"endpoint": f"127.0.0.1:{ports(env)[0]}", "api_key": key}
+        code, out = await run_cli(env, "sessions", "list")
+        assert code == 0, out
+        assert await second.stop() == 0, second.output
+    assert await count_workspaces(database) == 1
+
+
+@pytest.mark.timeout(60)
+async def test_a_service_dying_stops_the_stack_with_exit_code_1(
+    database: str, tmp_path: Path, process_groups: list[int]
+) -> None:
+    """When a service dies while the stack runs, the stack reports it, stops all, exits 1."""
+    env = stack_env(database, tmp_path)
+    async with running_stack(env, process_groups) as stack:
+        await stack.wait_ready()
+        found = await asyncio.create_subprocess_exec(
+            "pgrep",
+            "-P",
+            str(stack.proc.pid),
+            "-f",
+            "services.vault",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await found.communicate()
+        (vault_pid,) = [int(pid) for pid in out.split()]
+        os.kill(vault_pid, signal.SIGKILL)
+        assert await asyncio.wait_for(stack.proc.wait(), _STOP_TIMEOUT_S) == 1
+        await stack.finish_reading()
+        assert "vault exited unexpectedly" in stack.output
+        for port in ports(env):
+            assert not await answers(port), f"port {port} still answers"
+
+
+@pytest.mark.timeout(60)
+async def test_run_without_a_stored_key_issues_a_new_owner_key(
+    database: str, tmp_path: Path, process_groups: list[int]
+) -> None:
+    """With a workspace but no client config, a run issues a fresh owner key that works."""
+    made = await bootstrap(
+        role_dsn(database, "ap_control_plane"),
+        workspace_display_name="Existing",
+        owner_display_name="Someone",
+    )
+    assert made is not None
+    env = stack_env(database, tmp_path)
+    async with running_stack(env, process_groups) as stack:
+        await stack.wait_ready()
+        assert "issued a new API key" in stack.output
+        key = client_config(tmp_path)["api_key"]
+        assert key != made.api_key
+        code, out = await run_cli(env, "sessions", "list")
+        assert code == 0, out
+        assert await stack.stop() == 0, stack.output
+    assert await count_workspaces(database) == 1
