@@ -20,7 +20,7 @@ from services.control_plane.convert import event_type
 from services.control_plane.events import stamp
 from services.control_plane.runtime import Runtime
 from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
-from services.rpc.names import message_name, parse_run_name, user_name, workspace_name
+from services.rpc.names import message_name, parse_run_name, run_name, user_name, workspace_name
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -82,46 +82,50 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
 
     async def _claim(self, worker_id: str) -> pb.RunClaim | None:
         lease = self._rt.settings.lease_seconds
-        async with self._rt.pool.acquire() as conn, conn.transaction():
+        async with self._rt.pool.acquire() as conn:
             row = await store.run_claim(conn, worker_id=worker_id[:200], lease_seconds=lease)
-            if row is None:
-                return None
-            context = await store.run_claim_context(conn, row)
-            transcript = await store.transcript_before(
-                conn, row["session_id"], context["input_position"]
-            )
+        if row is None:
+            return None
         lease_expire = Timestamp()
         lease_expire.FromDatetime(row["lease_expire_time"])
         heartbeat = Duration()
         heartbeat.FromMilliseconds(int(lease * 1000 / 3))
         return pb.RunClaim(
-            run=f"sessions/{row['session_id']}/runs/{row['id']}",
+            run=run_name(row["session_id"], row["id"]),
             attempt=row["attempt"],
             fencing_token=row["fencing_token"],
             lease_expire_time=lease_expire,
             heartbeat_interval=heartbeat,
             last_event_sequence=row["last_event_sequence"],
             workspace=workspace_name(row["workspace_id"]),
-            workspace_display_name=context["workspace_display_name"],
+            workspace_display_name=row["workspace_display_name"],
             caller=user_name(row["created_by"]),
-            caller_display_name=context["caller_display_name"] or "",
-            caller_role=context["caller_role"],
-            session_instructions=context["instructions"],
-            transcript=[pb.TranscriptEntry(role=m["role"], content=m["text"]) for m in transcript],
-            input_text=context["input_text"],
+            caller_display_name=row["caller_display_name"],
+            caller_role=row["caller_role"],
+            session_instructions=row["instructions"],
+            transcript=[
+                pb.TranscriptEntry(role=role, content=text) for role, text in row["transcript"]
+            ],
+            input_text=row["input_text"],
         )
 
     async def _explain_refusal(
-        self, run: str, run_id: uuid.UUID, fencing_token: int, last: int
+        self, run: str, run_id: uuid.UUID, fencing_token: int, last: int | None
     ) -> int:
-        """Return the stored last sequence if the refused write was a retry already applied."""
+        """Return the stored last sequence if the refused write was a retry already applied.
+
+        `last` is the sequence the write would have reached; None when unknown (a finish with
+        no events), in which case a finished run under the same fence counts as applied.
+        """
         async with self._rt.pool.acquire() as conn:
             check = await store.run_fence_check(conn, run_id, fencing_token)
         if check is None:
             raise not_found(run)
         if not check.fence_matches:
             raise lease_lost(run)
-        if check.last_event_sequence >= last:
+        if (last is None and not check.running) or (
+            last is not None and check.last_event_sequence >= last
+        ):
             return check.last_event_sequence  # a retry of a write that was applied
         if not check.running:
             raise lease_lost(run)
@@ -193,21 +197,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         terminal, state, reason, message = self._terminal(
             request, name.session_id, output_message_id
         )
-        async with self._rt.pool.acquire() as conn:
-            position = await store.run_position(conn, name.run_id)
-        if position is None:
-            raise not_found(request.run)
-        first = new_events[0].sequence if new_events else position["last_event_sequence"] + 1
-        terminal.sequence = first + len(new_events)
         terminal.type = event_type(terminal)
-        terminal.attempt = position["attempt"]
-        all_events = [*events, terminal]
-        stored = [
-            *new_events,
-            store.NewEvent(
-                terminal.sequence, terminal.type, terminal.attempt, terminal.SerializeToString()
-            ),
-        ]
         usage = request.completed.usage
         now = _now()
         async with self._rt.pool.acquire() as conn:
@@ -215,7 +205,9 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 conn,
                 run_id=name.run_id,
                 fencing_token=request.fencing_token,
-                events=stored,
+                events=new_events,
+                terminal_type=terminal.type,
+                terminal_body=terminal.SerializeToString(),
                 state=state,
                 reply_text=request.completed.text if outcome == "completed" else None,
                 error_reason=reason,
@@ -225,10 +217,14 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 at=now,
             )
         if row is None:
+            expected = new_events[-1].sequence + 1 if new_events else None
             last = await self._explain_refusal(
-                request.run, name.run_id, request.fencing_token, terminal.sequence
+                request.run, name.run_id, request.fencing_token, expected
             )
             return pb.FinishRunResponse(terminal_sequence=last)
+        terminal.sequence = row["last_event_sequence"]
+        terminal.attempt = row["attempt"]
+        all_events = [*events, terminal]
         for event in all_events:
             stamp(event, name.session_id, name.run_id, now)
         self._rt.bus.publish(name.run_id, all_events)

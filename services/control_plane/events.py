@@ -39,6 +39,8 @@ _REPLAY_PAGE = 500
 def event_from_row(session_id: uuid.UUID, run_id: uuid.UUID, row: store.Record) -> run_pb2.RunEvent:
     """Rebuild a stored event with its name and time."""
     event = run_pb2.RunEvent.FromString(row["body"])
+    event.sequence = row["sequence"]
+    event.attempt = row["attempt"]
     event.name = run_event_name(session_id, run_id, row["sequence"])
     event.create_time.FromDatetime(row["create_time"])
     return event

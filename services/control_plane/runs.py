@@ -72,8 +72,6 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
                 existing = await store.run_by_request_id(conn, principal.workspace_id, request_id)
                 if existing is not None:
                     return self._replayed(existing, session_id)
-            if not await store.session_exists(conn, principal.workspace_id, session_id):
-                raise not_found(request.parent)
             try:
                 row = await store.run_create(
                     conn,
@@ -97,6 +95,8 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
                 if isinstance(err, store.RunAlreadyActiveError) and err.active_run_id:
                     raise run_already_active(run_name(session_id, err.active_run_id)) from None
                 raise
+        if row is None:
+            raise not_found(request.parent)
         stamp(queued, session_id, run_id, row["create_time"])
         self._rt.bus.publish(run_id, [queued])
         self._rt.claim_waiters.wake_one()

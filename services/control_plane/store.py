@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
@@ -273,33 +272,38 @@ async def run_create(
     queued_event: NewEvent,
     run_id: uuid.UUID,
     message_id: uuid.UUID,
-) -> Record:
-    """Store the input message, the queued run and its first event in one transaction."""
+) -> Record | None:
+    """Store the input message, the queued run and its first event; None if no such session.
+
+    One statement, so one round trip and one implicit transaction.
+    """
     try:
-        async with conn.transaction():
-            await conn.execute(
-                "INSERT INTO messages (id, session_id, role, text, run_id, author_user_id)"
-                " VALUES ($1, $2, 'user', $3, $4, $5)",
-                message_id,
-                session_id,
-                input_text,
-                run_id,
-                created_by,
-            )
-            row = await conn.fetchrow(
-                "INSERT INTO runs (id, session_id, workspace_id, created_by, input_message_id,"
-                " state, last_event_sequence, request_id)"
-                f" VALUES ($1, $2, $3, $4, $5, 'queued', 1, $6) RETURNING {_RUN_COLUMNS}",
-                run_id,
-                session_id,
-                workspace_id,
-                created_by,
-                message_id,
-                request_id,
-            )
-            assert row is not None
-            await run_events_insert(conn, run_id, [queued_event], row["create_time"])
-            await conn.execute("UPDATE sessions SET update_time = now() WHERE id = $1", session_id)
+        return await conn.fetchrow(
+            "WITH s AS ("
+            "  UPDATE sessions SET update_time = now() WHERE id = $2 AND workspace_id = $1"
+            "  RETURNING id),"
+            " m AS ("
+            "  INSERT INTO messages (id, session_id, role, text, run_id, author_user_id)"
+            "  SELECT $5, s.id, 'user', $6, $4, $3 FROM s RETURNING id),"
+            " r AS ("
+            "  INSERT INTO runs (id, session_id, workspace_id, created_by, input_message_id,"
+            "   state, last_event_sequence, request_id)"
+            "  SELECT $4, $2, $1, $3, m.id, 'queued', 1, $7 FROM m"
+            f"  RETURNING {_RUN_COLUMNS}),"
+            " e AS ("
+            "  INSERT INTO run_events (run_id, create_time, sequence, type, attempt, body)"
+            "  SELECT r.id, r.create_time, 1, $8, 0, $9 FROM r)"
+            " SELECT * FROM r",
+            workspace_id,
+            session_id,
+            created_by,
+            run_id,
+            message_id,
+            input_text,
+            request_id,
+            queued_event.type,
+            queued_event.body,
+        )
     except asyncpg.UniqueViolationError as err:
         if err.constraint_name == "runs_one_active_per_session":
             active = await conn.fetchval(
@@ -308,8 +312,6 @@ async def run_create(
             )
             raise RunAlreadyActiveError(active) from None
         raise
-    assert row is not None
-    return row
 
 
 async def run_get(
@@ -349,35 +351,12 @@ async def run_list(
     )
 
 
-async def run_position(conn: Connection, run_id: uuid.UUID) -> Record | None:
-    """Return the run's current attempt and the sequence of its latest stored event."""
-    return await conn.fetchrow(
-        "SELECT attempt, last_event_sequence FROM runs WHERE id = $1", run_id
-    )
-
-
-async def run_events_insert(
-    conn: Connection, run_id: uuid.UUID, events: Sequence[NewEvent], at: datetime
-) -> None:
-    """Insert events of one run in one statement, all stamped with the same time."""
-    await conn.execute(
-        "INSERT INTO run_events (run_id, create_time, sequence, type, attempt, body)"
-        " SELECT $1, $6, * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::bytea[])",
-        run_id,
-        [e.sequence for e in events],
-        [e.type for e in events],
-        [e.attempt for e in events],
-        [e.body for e in events],
-        at,
-    )
-
-
 async def run_event_list(
     conn: Connection, run_id: uuid.UUID, *, after_sequence: int, limit: int
 ) -> list[Record]:
     """List a run's events after a sequence, in order."""
     return await conn.fetch(
-        "SELECT sequence, body, create_time FROM run_events"
+        "SELECT sequence, attempt, body, create_time FROM run_events"
         " WHERE run_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
         run_id,
         after_sequence,
@@ -389,48 +368,36 @@ async def run_event_list(
 
 
 async def run_claim(conn: Connection, *, worker_id: str, lease_seconds: float) -> Record | None:
-    """Claim the oldest queued run and lease it to the caller, with a new attempt and fence."""
+    """Claim the oldest queued run and lease it to the caller, with a new attempt and fence.
+
+    The same statement loads what the worker needs: workspace, caller, session instructions,
+    the input text and the transcript before it.
+    """
     return await conn.fetchrow(
         "WITH next AS ("
         "  SELECT id FROM runs WHERE state = 'queued' ORDER BY create_time"
-        "  LIMIT 1 FOR UPDATE SKIP LOCKED)"
-        " UPDATE runs r SET state = 'running', attempt = r.attempt + 1,"
-        "  fencing_token = r.fencing_token + 1, lease_owner = $1,"
-        "  lease_expire_time = now() + make_interval(secs => $2),"
-        "  start_time = coalesce(r.start_time, now())"
-        " FROM next WHERE r.id = next.id"
-        " RETURNING r.id, r.session_id, r.workspace_id, r.created_by, r.input_message_id,"
-        "  r.attempt, r.fencing_token, r.lease_expire_time, r.last_event_sequence",
+        "  LIMIT 1 FOR UPDATE SKIP LOCKED),"
+        " c AS ("
+        "  UPDATE runs r SET state = 'running', attempt = r.attempt + 1,"
+        "   fencing_token = r.fencing_token + 1, lease_owner = $1,"
+        "   lease_expire_time = now() + make_interval(secs => $2),"
+        "   start_time = coalesce(r.start_time, now())"
+        "  FROM next WHERE r.id = next.id"
+        "  RETURNING r.id, r.session_id, r.workspace_id, r.created_by, r.input_message_id,"
+        "   r.attempt, r.fencing_token, r.lease_expire_time, r.last_event_sequence)"
+        " SELECT c.*, w.display_name AS workspace_display_name,"
+        "  coalesce(p.display_name, '') AS caller_display_name,"
+        "  coalesce(m.role, '') AS caller_role, s.instructions, i.text AS input_text,"
+        "  (SELECT coalesce(jsonb_agg(jsonb_build_array(t.role, t.text) ORDER BY t.position),"
+        "    '[]'::jsonb) FROM messages t"
+        "   WHERE t.session_id = c.session_id AND t.position < i.position) AS transcript"
+        " FROM c JOIN sessions s ON s.id = c.session_id"
+        " JOIN workspaces w ON w.id = c.workspace_id"
+        " JOIN messages i ON i.id = c.input_message_id"
+        " LEFT JOIN profiles p ON p.user_id = c.created_by"
+        " LEFT JOIN memberships m ON m.workspace_id = c.workspace_id AND m.user_id = c.created_by",
         worker_id,
         lease_seconds,
-    )
-
-
-async def run_claim_context(conn: Connection, claim: Record) -> Record:
-    """Load what a worker needs besides the transcript: workspace, caller, session settings."""
-    row = await conn.fetchrow(
-        "SELECT w.display_name AS workspace_display_name, p.display_name AS caller_display_name,"
-        " coalesce(m.role, '') AS caller_role, s.instructions, i.text AS input_text,"
-        " i.position AS input_position"
-        " FROM sessions s JOIN workspaces w ON w.id = s.workspace_id"
-        " JOIN messages i ON i.id = $3"
-        " LEFT JOIN profiles p ON p.user_id = $2"
-        " LEFT JOIN memberships m ON m.workspace_id = s.workspace_id AND m.user_id = $2"
-        " WHERE s.id = $1",
-        claim["session_id"],
-        claim["created_by"],
-        claim["input_message_id"],
-    )
-    assert row is not None
-    return row
-
-
-async def transcript_before(conn: Connection, session_id: uuid.UUID, position: int) -> list[Record]:
-    """Return a session's messages stored before a position, oldest first."""
-    return await conn.fetch(
-        "SELECT role, text FROM messages WHERE session_id = $1 AND position < $2 ORDER BY position",
-        session_id,
-        position,
     )
 
 
@@ -469,24 +436,30 @@ async def run_events_append(
 ) -> Record | None:
     """Append events if the fence holds and they continue the log; None when refused.
 
-    The fence check and the sequence allocation happen in the statement that locks the run,
-    so a worker whose lease was taken over cannot slip an event in.
+    The fence check and the sequence check are in the statement that locks the run, so a
+    worker whose lease was taken over cannot slip an event in.
     """
-    first, last = events[0].sequence, events[-1].sequence
-    async with conn.transaction():
-        row = await conn.fetchrow(
-            "UPDATE runs SET last_event_sequence = $4"
-            " WHERE id = $1 AND fencing_token = $2 AND state = 'running'"
-            "  AND last_event_sequence = $3 - 1"
-            " RETURNING last_event_sequence, cancel_requested",
-            run_id,
-            fencing_token,
-            first,
-            last,
-        )
-        if row is not None:
-            await run_events_insert(conn, run_id, events, at)
-    return row
+    return await conn.fetchrow(
+        "WITH upd AS ("
+        "  UPDATE runs SET last_event_sequence = $4"
+        "  WHERE id = $1 AND fencing_token = $2 AND state = 'running'"
+        "   AND last_event_sequence = $3 - 1"
+        "  RETURNING last_event_sequence, cancel_requested),"
+        " ins AS ("
+        "  INSERT INTO run_events (run_id, create_time, sequence, type, attempt, body)"
+        "  SELECT $1, $5, * FROM unnest($6::bigint[], $7::text[], $8::int[], $9::bytea[])"
+        "  WHERE EXISTS (SELECT 1 FROM upd))"
+        " SELECT * FROM upd",
+        run_id,
+        fencing_token,
+        events[0].sequence,
+        events[-1].sequence,
+        at,
+        [e.sequence for e in events],
+        [e.type for e in events],
+        [e.attempt for e in events],
+        [e.body for e in events],
+    )
 
 
 async def run_heartbeat(
@@ -509,6 +482,8 @@ async def run_finish(
     run_id: uuid.UUID,
     fencing_token: int,
     events: Sequence[NewEvent],
+    terminal_type: str,
+    terminal_body: bytes,
     state: str,
     reply_text: str | None,
     error_reason: str | None,
@@ -517,45 +492,46 @@ async def run_finish(
     output_message_id: uuid.UUID | None,
     at: datetime,
 ) -> Record | None:
-    """Store the last events, the assistant message and the run's end in one transaction."""
-    first, last = events[0].sequence, events[-1].sequence
-    async with conn.transaction():
-        row = await conn.fetchrow(
-            "UPDATE runs SET state = $5, last_event_sequence = $4, output_message_id = $6,"
-            " error_reason = $7, error_message = $8, input_tokens = $9, output_tokens = $10,"
-            " reasoning_tokens = $11, end_time = now(), lease_owner = NULL,"
-            " lease_expire_time = NULL"
-            " WHERE id = $1 AND fencing_token = $2 AND state = 'running'"
-            "  AND last_event_sequence = $3 - 1"
-            " RETURNING session_id",
-            run_id,
-            fencing_token,
-            first,
-            last,
-            state,
-            output_message_id,
-            error_reason,
-            error_message,
-            *usage,
-        )
-        if row is None:
-            return None
-        await run_events_insert(conn, run_id, events, at)
-        if reply_text is not None and output_message_id is not None:
-            await conn.execute(
-                "INSERT INTO messages (id, session_id, role, text, run_id)"
-                " VALUES ($1, $2, 'assistant', $3, $4)",
-                output_message_id,
-                row["session_id"],
-                reply_text,
-                run_id,
-            )
-        await conn.execute(
-            "UPDATE sessions SET update_time = now() WHERE id = $1", row["session_id"]
-        )
-    return row
+    """Store the last events, the terminal event, the reply and the run's end in one statement.
 
-
-def as_dict(record: Record) -> dict[str, Any]:
-    """Turn a record into a plain dict."""
-    return dict(record.items())
+    The terminal event takes the sequence after the others; None when the fence or the
+    sequence does not hold.
+    """
+    return await conn.fetchrow(
+        "WITH upd AS ("
+        "  UPDATE runs SET state = $4, last_event_sequence = last_event_sequence + $5,"
+        "   output_message_id = $6, error_reason = $7, error_message = $8,"
+        "   input_tokens = $9, output_tokens = $10, reasoning_tokens = $11,"
+        "   end_time = $12, lease_owner = NULL, lease_expire_time = NULL"
+        "  WHERE id = $1 AND fencing_token = $2 AND state = 'running'"
+        "   AND ($3::bigint = 0 OR last_event_sequence = $3 - 1)"
+        "  RETURNING session_id, last_event_sequence, attempt),"
+        " ins AS ("
+        "  INSERT INTO run_events (run_id, create_time, sequence, type, attempt, body)"
+        "  SELECT $1, $12, * FROM unnest($13::bigint[], $14::text[], $15::int[], $16::bytea[])"
+        "  WHERE EXISTS (SELECT 1 FROM upd)"
+        "  UNION ALL"
+        "  SELECT $1, $12, upd.last_event_sequence, $17, upd.attempt, $18 FROM upd),"
+        " msg AS ("
+        "  INSERT INTO messages (id, session_id, role, text, run_id)"
+        "  SELECT $6, upd.session_id, 'assistant', $19, $1 FROM upd WHERE $19::text IS NOT NULL),"
+        " ses AS (UPDATE sessions SET update_time = $12 WHERE id = (SELECT session_id FROM upd))"
+        " SELECT * FROM upd",
+        run_id,
+        fencing_token,
+        events[0].sequence if events else 0,
+        state,
+        len(events) + 1,
+        output_message_id,
+        error_reason,
+        error_message,
+        *usage,
+        at,
+        [e.sequence for e in events],
+        [e.type for e in events],
+        [e.attempt for e in events],
+        [e.body for e in events],
+        terminal_type,
+        terminal_body,
+        reply_text,
+    )

@@ -106,8 +106,11 @@ async def _parse_stream(lines: AsyncIterator[str]) -> AsyncIterator[ModelEvent]:
             continue  # blank separators, comments and other SSE fields
         data = line[5:].strip()
         if data == "[DONE]":
+            # Keep reading to the end of the body so the connection goes back to the pool.
             done = True
-            break
+            continue
+        if done:
+            continue
         try:
             chunk = json.loads(data)
             for event in _chunk_events(chunk):
