@@ -197,6 +197,31 @@ async def run_cli(env: dict[str, str], *args: str, stdin: str = "") -> tuple[int
     return proc.returncode, out.decode("utf-8", errors="replace")
 
 
+def readme_walkthrough() -> str:
+    """Return the README's grpcurl walk-through, the shell block under its heading."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## grpcurl walk-through", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+async def run_readme_walkthrough(env: dict[str, str], endpoint: str) -> tuple[int, str]:
+    """Run the README's grpcurl commands as written, pointed at this stack's port."""
+    script = readme_walkthrough().replace("127.0.0.1:50051", endpoint)
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        "-euo",
+        "pipefail",
+        "-c",
+        script,
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), _CLI_TIMEOUT_S)
+    return proc.returncode or 0, out.decode()
+
+
 async def health_status(port: int) -> int:
     """Return the overall gRPC health status of the server on a port."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -260,6 +285,12 @@ async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
         code, out = await run_cli(env, "sessions", "list")
         assert code == 0, out
         assert "sessions/" in out
+
+        code, out = await run_readme_walkthrough(env, endpoint)
+        assert code == 0, out
+        assert "agentplatform.v1.RunService" in out
+        assert '"type": "run.completed"' in out
+        assert out.count('"type": "output_text.delta"') == 5
 
         for port in ports(env):
             assert await health_status(port) == health_pb2.HealthCheckResponse.SERVING
