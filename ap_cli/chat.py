@@ -10,10 +10,10 @@ from contextlib import aclosing
 from typing import TextIO
 
 import grpc
+from agentplatform import ClientError, RpcFailure, describe_rpc_error
 
 from ap_cli.commands import resume_command
 from ap_cli.context import Context
-from ap_cli.errors import CliError, RpcFailure, describe_rpc_error
 from ap_cli.render import EventRenderer
 
 PROMPT = "you> "
@@ -55,7 +55,7 @@ class ChatTurns:
             renderer.finish()
             self._ctx.reconnect_notice(failure, last_sequence)
 
-        stream = self._ctx.client.follow_run(run.name, on_reconnect=on_reconnect)
+        stream = self._ctx.client.stream_run_events(run.name, on_reconnect=on_reconnect)
         try:
             async with aclosing(stream.events()) as events:
                 async for event in events:
@@ -149,7 +149,7 @@ def _turn(ctx: Context, turns: ChatTurns, line: str) -> int:
     except grpc.aio.AioRpcError as err:
         turns.explain(describe_rpc_error(err))
         return 1
-    except CliError as err:
+    except ClientError as err:
         turns.explain(err.failure)
         return 1
     return 0

@@ -6,10 +6,10 @@ import argparse
 import asyncio
 from contextlib import aclosing
 
+from agentplatform import RpcFailure
 from agentplatform.v1 import run_pb2, session_pb2
 
 from ap_cli.context import Context
-from ap_cli.errors import RpcFailure
 from ap_cli.format import format_seconds, format_table, format_time, seconds_between
 from ap_cli.render import EventRenderer, format_usage
 
@@ -170,7 +170,9 @@ def runs_watch(ctx: Context, args: argparse.Namespace) -> int:
         renderer.finish()
         ctx.reconnect_notice(failure, last_sequence)
 
-    stream = ctx.client.follow_run(args.run, after_sequence=args.after, on_reconnect=on_reconnect)
+    stream = ctx.client.stream_run_events(
+        args.run, after_sequence=args.after, on_reconnect=on_reconnect
+    )
 
     async def watch() -> None:
         try:

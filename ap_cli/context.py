@@ -8,8 +8,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 
-from ap_cli.client import Client
-from ap_cli.errors import RpcFailure
+from agentplatform import Client, RpcFailure
 
 T = TypeVar("T")
 

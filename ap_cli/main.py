@@ -8,12 +8,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 import grpc
+from agentplatform import Client, ClientError, describe_rpc_error
 
-from ap_cli import chat, commands
-from ap_cli.client import Client
+from ap_cli import chat, commands, secrets
 from ap_cli.config import ClientConfig, ConfigError, load_client_config
 from ap_cli.context import Context
-from ap_cli.errors import CliError, describe_rpc_error
 from ap_cli.names import run_name, session_name
 
 EXIT_CONFIG = 2
@@ -99,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat_cmd.add_argument("--title", help="title of the new session")
     chat_cmd.add_argument("--instructions", help="instructions of the new session")
     chat_cmd.set_defaults(handler=chat.chat)
+    secrets.add_commands(groups)
     return parser
 
 
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except grpc.aio.AioRpcError as err:
             ctx.error(describe_rpc_error(err))
             return 1
-        except CliError as err:
+        except ClientError as err:
             ctx.error(err.failure)
             return 1
         except KeyboardInterrupt:
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _connect(config: ClientConfig) -> Client:
     """Open the client inside the running loop, which grpc.aio channels bind to."""
-    return Client(config)
+    return Client(config.endpoint, config.api_key)
 
 
 def _silence_stdout() -> None:

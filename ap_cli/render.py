@@ -12,8 +12,6 @@ from typing import Literal, TextIO
 
 from agentplatform.v1 import run_pb2
 
-TERMINAL_EVENT_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})
-_TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 # Payloads an attempt produces; a superseded attempt's stragglers must not mix into the reply.
 _ATTEMPT_OUTPUT_PAYLOADS = frozenset(
     {
@@ -31,11 +29,6 @@ _RED = "\x1b[31m"
 _RESET = "\x1b[0m"
 
 Outcome = Literal["completed", "failed", "cancelled"]
-
-
-def is_terminal(event: run_pb2.RunEvent) -> bool:
-    """Say whether the event ends the run's timeline."""
-    return event.WhichOneof("payload") in _TERMINAL_PAYLOADS or event.type in TERMINAL_EVENT_TYPES
 
 
 def shorten(text: str, limit: int) -> str:

@@ -20,10 +20,9 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import grpc
+from agentplatform import Client, ClientError, RpcFailure, describe_rpc_error
 
-from ap_cli.client import Client
 from ap_cli.config import ClientConfig, ConfigError, load_client_config
-from ap_cli.errors import CliError, RpcFailure, describe_rpc_error
 
 # The dev model's directives: 20 content tokens, no per-token delay, no reasoning.
 INPUT_TEXT = "[[tokens=20]] [[reasoning=0]] bench"
@@ -94,7 +93,7 @@ async def create_run(client: Client, session: str, phase: Phase) -> str:
             await asyncio.sleep(BUSY_RETRY_S)
             continue
         return run.name
-    raise CliError(
+    raise ClientError(
         RpcFailure(
             code=grpc.StatusCode.FAILED_PRECONDITION,
             message=f"{session} kept an active run after its terminal event",
@@ -110,7 +109,7 @@ async def one_run(client: Client, session: str, phase: Phase) -> RunResult:
     """
     start = time.perf_counter()
     name = await create_run(client, session, phase)
-    stream = client.follow_run(name, after_sequence=0)
+    stream = client.stream_run_events(name, after_sequence=0)
     first_text: float | None = None
     async with aclosing(stream.events()) as events:
         async for event in events:
@@ -190,8 +189,9 @@ def report_failures(phase: Phase) -> None:
 
 async def bench(config: ClientConfig, args: argparse.Namespace) -> None:
     """Run every phase and print the results."""
-    clients = [Client(config)] + [
-        Client(config, channel_options=OWN_CONNECTION) for _ in range(args.concurrency)
+    clients = [Client(config.endpoint, config.api_key)] + [
+        Client(config.endpoint, config.api_key, channel_options=OWN_CONNECTION)
+        for _ in range(args.concurrency)
     ]
     try:
         sessions = [
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.aio.AioRpcError as err:
         print(f"error: {describe_rpc_error(err)}", file=sys.stderr)
         return 1
-    except CliError as err:
+    except ClientError as err:
         print(f"error: {err.failure}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

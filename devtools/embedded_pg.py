@@ -26,6 +26,7 @@ import importlib.util
 import os
 import pwd
 import shlex
+import signal
 import socket
 import stat
 import subprocess
@@ -155,14 +156,30 @@ class EmbeddedPostgres:
             [self._tool("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"],
             timeout=_START_TIMEOUT_S,
         )
+        if code < 0 and (running := _read_postmaster(self.data_dir)) is not None:
+            # pg_ctl itself was killed by a signal (seen here: SIGSEGV when run from a busy,
+            # threaded test process); a fast shutdown is SIGINT to the postmaster.
+            self._signal_and_wait(running.pid)
+            code = 0
         if code != 0 and _read_postmaster(self.data_dir) is not None:
             raise EmbeddedPostgresError(
-                f"pg_ctl stop failed for {self.data_dir}:\n{output.strip()}\n{self._log_tail(0)}"
+                f"pg_ctl stop failed (exit {code}) for {self.data_dir}:\n{output.strip()}\n"
+                f"{self._log_tail(0)}"
             )
         if self._socket_dir != self.data_dir:
             # The fallback socket directory sits in the shared temp dir; leave no litter there.
             with contextlib.suppress(OSError):
                 self._socket_dir.rmdir()
+
+    def _signal_and_wait(self, pid: int) -> None:
+        """Ask the postmaster for a fast shutdown and wait until it has exited."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while _read_postmaster(self.data_dir) is not None:
+            if time.monotonic() > deadline:
+                raise EmbeddedPostgresError(f"postmaster {pid} did not stop in {_START_TIMEOUT_S}s")
+            time.sleep(0.05)
 
     def restart(self) -> None:
         """Stop the server and start it again on the same port with the same data."""

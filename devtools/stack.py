@@ -15,7 +15,7 @@ Environment (all optional):
     Port of the embedded Postgres (default 55432).
 ``AP_STACK_BASE_PORT``
     Port of the control plane (default 50051); the worker's health port, the vault and
-    the gateway take the next three.
+    the gateway take the next three. Each service's /metrics is on its port + 1000.
 ``AP_GRPC_HOST``
     Address the services bind (default 127.0.0.1).
 ``AP_MODEL_BASE_URL``, ``AP_MODEL_NAME``, ``AP_MODEL_API_KEY``
@@ -59,13 +59,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ap_cli.config import default_config_path
 from devtools.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, _read_postmaster
+from devtools.pki import DevPki, issue_dev_pki
 from services.control_plane.bootstrap import bootstrap, issue_owner_key
 from services.migrate import migrate_all
 from services.rpc.db import role_dsn
+from services.rpc.settings import METRICS_PORT_OFFSET
+from services.rpc.tls import ServiceTls
+from services.vault.keyring import new_keyring_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PG_DATA_DIR = REPO_ROOT / "var" / "pg"
 LOG_DIR = REPO_ROOT / "var" / "logs"
+MASTER_KEY_FILE = REPO_ROOT / "var" / "vault" / "master-keys.json"
+PKI_DIR = REPO_ROOT / "var" / "pki"
+# The supervisor's own certificate, for health-checking the services that require mTLS.
+STACK_IDENTITY = "stack"
 
 READY_PREFIX = "AP stack ready on"
 DEV_MODEL_NAME = "ap-dev-model"
@@ -128,6 +136,11 @@ class ServiceSpec:
     schema: str | None  # None for the stateless worker
     role: str | None
 
+    @property
+    def metrics_port(self) -> int:
+        """Return the port of the service's /metrics endpoint."""
+        return self.port + METRICS_PORT_OFFSET
+
 
 @dataclass(frozen=True)
 class StackSettings:
@@ -144,8 +157,11 @@ class StackSettings:
     def from_env(cls) -> StackSettings:
         """Read the settings from AP_* variables."""
         base_port = _env_int("AP_STACK_BASE_PORT", 50051)
-        if not 1 <= base_port <= 65535 - 3:
-            raise StackError(f"AP_STACK_BASE_PORT must leave room for 4 ports, not {base_port}")
+        if not 1 <= base_port <= 65535 - 3 - METRICS_PORT_OFFSET:
+            raise StackError(
+                f"AP_STACK_BASE_PORT must leave room for 4 ports and their metrics ports "
+                f"(+{METRICS_PORT_OFFSET}), not {base_port}"
+            )
         base_url = os.environ.get("AP_MODEL_BASE_URL", "").strip()
         model = os.environ.get("AP_MODEL_NAME", "").strip()
         if bool(base_url) != bool(model):
@@ -169,13 +185,18 @@ class StackSettings:
         """Return the control plane's address for clients."""
         return _host_port(self.connect_host, self.base_port)
 
+    @property
+    def vault_port(self) -> int:
+        """Return the vault's port."""
+        return self.base_port + 2
+
     def services(self) -> list[ServiceSpec]:
         """Return the four services with their ports, control plane first."""
         port = self.base_port
         return [
             ServiceSpec("control_plane", port, "control_plane", "ap_control_plane"),
             ServiceSpec("worker", port + 1, None, None),
-            ServiceSpec("vault", port + 2, "vault", "ap_vault"),
+            ServiceSpec("vault", self.vault_port, "vault", "ap_vault"),
             ServiceSpec("gateway", port + 3, "gateway", "ap_gateway"),
         ]
 
@@ -440,11 +461,18 @@ def _exited_early(child: Child) -> StackError:
     )
 
 
-async def wait_serving(child: Child, address: str, deadline: float) -> None:
-    """Poll the gRPC health check at `address` until it answers SERVING."""
+async def wait_serving(
+    child: Child, address: str, deadline: float, tls: ServiceTls | None = None
+) -> None:
+    """Poll the gRPC health check at `address` (over mTLS with `tls`) until it says SERVING."""
     loop = asyncio.get_running_loop()
     serving = health_pb2.HealthCheckResponse.SERVING
-    async with grpc.aio.insecure_channel(address, options=_FAST_RECONNECT) as channel:
+    channel = (
+        grpc.aio.insecure_channel(address, options=_FAST_RECONNECT)
+        if tls is None
+        else grpc.aio.secure_channel(address, tls.channel_credentials(), options=_FAST_RECONNECT)
+    )
+    async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             if child.returncode is not None:
@@ -491,6 +519,7 @@ class Started:
     config_path: Path
     model: str
     logs: list[str]
+    metrics: list[str]
 
 
 def _base_env() -> dict[str, str]:
@@ -508,18 +537,60 @@ def service_env(
     settings: StackSettings,
     admin_dsn: str,
     internal_token: str,
+    *,
+    pki: DevPki,
 ) -> dict[str, str]:
     """Return one service's environment."""
     env = dict(base)
+    env.update(pki.env(spec.name))
     env.setdefault("AP_LOG_FORMAT", "console")
     env["AP_GRPC_HOST"] = settings.bind_host
     env["AP_GRPC_PORT"] = str(spec.port)
+    env["AP_METRICS_PORT"] = str(spec.metrics_port)
     env["AP_INTERNAL_TOKEN"] = internal_token
     if spec.schema is not None and spec.role is not None:
         env["AP_DATABASE_URL"] = _service_dsn(admin_dsn, spec.schema, spec.role)
     if spec.name == "worker":
         env["AP_CONTROL_PLANE_ADDRESS"] = settings.endpoint
+    if spec.name == "control_plane":
+        env["AP_VAULT_ADDRESS"] = _host_port(settings.connect_host, settings.vault_port)
+    if spec.name == "vault" and "AP_VAULT_MASTER_KEYS" not in env:
+        env.setdefault("AP_VAULT_MASTER_KEY_FILE", str(MASTER_KEY_FILE))
     return env
+
+
+def prepare_vault(settings: StackSettings) -> DevPki:
+    """Make sure the vault has master keys, and issue this run's development certificates.
+
+    The key file is created once and kept: the secrets in var/pg are unreadable without it.
+    The CA is new on every run and its private key never touches the disk.
+    """
+    configured = os.environ.get("AP_VAULT_MASTER_KEY_FILE") or os.environ.get(
+        "AP_VAULT_MASTER_KEYS"
+    )
+    if configured:
+        say("vault: master keys from AP_VAULT_MASTER_KEY_FILE / AP_VAULT_MASTER_KEYS")
+    else:
+        try:
+            new_keyring_file(MASTER_KEY_FILE)
+            say(
+                f"vault: created the master key file {_relative(MASTER_KEY_FILE)} (mode 600); "
+                "stored secrets cannot be read without it"
+            )
+        except FileExistsError:
+            say(f"vault: master keys in {_relative(MASTER_KEY_FILE)}")
+    hosts = [] if settings.bind_host in ("0.0.0.0", "::") else [settings.bind_host]
+    names = [spec.name for spec in settings.services()] + [STACK_IDENTITY]
+    # One folder per stack (they differ by port), so concurrent stacks never swap CAs.
+    directory = pki_dir(settings.base_port)
+    pki = issue_dev_pki(directory, names, hosts=hosts)
+    say(f"mTLS: a fresh development CA and service certificates in {_relative(directory)}")
+    return pki
+
+
+def pki_dir(base_port: int) -> Path:
+    """Return where the stack on `base_port` keeps its development certificates."""
+    return PKI_DIR / str(base_port)
 
 
 async def start_model(supervisor: Supervisor, settings: StackSettings, env: dict[str, str]) -> str:
@@ -552,11 +623,14 @@ async def start_stack(admin_dsn: str, settings: StackSettings, supervisor: Super
     specs = settings.services()
     for spec in specs:
         _check_port_free(settings.bind_host, spec.port, spec.name)
+        _check_port_free(settings.bind_host, spec.metrics_port, f"{spec.name}'s metrics")
     report_migrations(await migrate_all(admin_dsn))
     config_path = default_config_path()
     api_key = await owner_key(admin_dsn, settings.owner_name, config_path)
     # A fresh token per run: nothing outside this stack can pose as one of its services.
     internal_token = secrets.token_urlsafe(32)
+    pki = prepare_vault(settings)
+    probe = pki.tls(STACK_IDENTITY)
     env = _base_env()
     model = await start_model(supervisor, settings, env)
 
@@ -564,9 +638,11 @@ async def start_stack(admin_dsn: str, settings: StackSettings, supervisor: Super
         child = await supervisor.start(
             spec.name,
             [sys.executable, "-m", f"services.{spec.name}"],
-            service_env(env, spec, settings, admin_dsn, internal_token),
+            service_env(env, spec, settings, admin_dsn, internal_token, pki=pki),
         )
-        await wait_serving(child, _host_port(settings.connect_host, spec.port), deadline)
+        address = _host_port(settings.connect_host, spec.port)
+        # Only the vault serves mTLS; the other services' internal APIs still take tokens.
+        await wait_serving(child, address, deadline, probe if spec.name == "vault" else None)
 
     loop = asyncio.get_running_loop()
     # The worker's claim loops need the control plane, so it starts once that one serves;
@@ -580,7 +656,11 @@ async def start_stack(admin_dsn: str, settings: StackSettings, supervisor: Super
 
     write_client_config(config_path, settings.endpoint, api_key)
     logs = [child.name for child in supervisor.children]
-    return Started(settings.endpoint, api_key, config_path, model, logs)
+    metrics = [
+        f"http://{_host_port(settings.connect_host, s.metrics_port)}/metrics  ({s.name})"
+        for s in specs
+    ]
+    return Started(settings.endpoint, api_key, config_path, model, logs, metrics)
 
 
 def print_banner(started: Started) -> None:
@@ -593,6 +673,8 @@ def print_banner(started: Started) -> None:
     say(f"  written to   {started.config_path}  (mode 600; `ap` reads it)")
     say(f"  model        {started.model}")
     say(f"  logs         {_relative(LOG_DIR)}/{{{','.join(started.logs)}}}.log")
+    for i, url in enumerate(started.metrics):
+        say(f"  {'metrics' if i == 0 else '':<12} {url}")
     say()
     say("Next steps:")
     say("  .venv/bin/ap chat                       # chat in a new session")

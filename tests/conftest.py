@@ -8,6 +8,10 @@ module gets a fresh clone of it.
 from __future__ import annotations
 
 import os
+
+# gRPC's fork handlers can crash a child forked while other threads are inside gRPC (seen:
+# pg_ctl dying of SIGSEGV when tests restart Postgres); the tests fork only to exec.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import secrets
 import shutil
 import tempfile

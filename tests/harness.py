@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import grpc
@@ -101,25 +102,36 @@ class Stack:
 
 
 async def start_control_plane(
-    admin_dsn: str,
-    internal_token: str,
-    model: HostedModelSettings,
-    poll_interval_seconds: float = 1.0,
+    admin_dsn: str, internal_token: str, model: HostedModelSettings, **overrides: Any
 ) -> ControlPlane:
-    """Start one control-plane replica on a loopback port."""
-    control_plane = ControlPlane(
-        ControlPlaneSettings(
-            database_url=role_dsn(admin_dsn, "ap_control_plane"),
-            grpc_port=0,
-            internal_token=SecretStr(internal_token),
-            shutdown_grace_seconds=0.5,
-            poll_interval_seconds=poll_interval_seconds,
-            log_level="warning",
-        ),
-        model,
-    )
+    """Start one control-plane replica on a loopback port; `overrides` are settings."""
+    settings: dict[str, Any] = {
+        "database_url": role_dsn(admin_dsn, "ap_control_plane"),
+        "grpc_port": 0,
+        "internal_token": SecretStr(internal_token),
+        "shutdown_grace_seconds": 0.5,
+        "log_level": "warning",
+    }
+    control_plane = ControlPlane(ControlPlaneSettings(**(settings | overrides)), model)
     await control_plane.start()
     return control_plane
+
+
+async def start_worker(
+    control_plane_address: str, internal_token: str, model: HostedModelSettings, **overrides: Any
+) -> Worker:
+    """Start one worker attached to a control plane; `overrides` are settings."""
+    settings: dict[str, Any] = {
+        "grpc_port": 0,
+        "control_plane_address": control_plane_address,
+        "internal_token": SecretStr(internal_token),
+        "worker_concurrency": 8,
+        "shutdown_grace_seconds": 1.0,
+        "log_level": "warning",
+    }
+    worker = Worker(WorkerSettings(**(settings | overrides)), model)
+    await worker.start()
+    return worker
 
 
 @contextlib.asynccontextmanager
@@ -131,6 +143,7 @@ async def start_stack(
     worker_model: bool = True,
     with_worker: bool = True,
     model_idle_timeout: float = 2.0,
+    **control_plane_settings: Any,
 ) -> AsyncIterator[Stack]:
     """Start the dev model, a control plane and (optionally) a worker; stop them after."""
     devmodel = DevModel()
@@ -144,22 +157,18 @@ async def start_stack(
     )
     unconfigured = HostedModelSettings(base_url=None, name=None, api_key=None)
     control_plane = await start_control_plane(
-        admin_dsn, internal_token, configured if control_plane_model else unconfigured
+        admin_dsn,
+        internal_token,
+        configured if control_plane_model else unconfigured,
+        **control_plane_settings,
     )
-    worker = None
-    if with_worker:
-        worker = Worker(
-            WorkerSettings(
-                grpc_port=0,
-                control_plane_address=control_plane.address,
-                internal_token=SecretStr(internal_token),
-                worker_concurrency=8,
-                shutdown_grace_seconds=1.0,
-                log_level="warning",
-            ),
-            configured if worker_model else unconfigured,
+    worker = (
+        await start_worker(
+            control_plane.address, internal_token, configured if worker_model else unconfigured
         )
-        await worker.start()
+        if with_worker
+        else None
+    )
     stack = Stack(admin_dsn, control_plane, worker, devmodel, internal_token, owner=None)  # type: ignore[arg-type]
     made = await stack._create_workspace("Test workspace", "owner")
     stack.owner = stack.client(made.api_key, made.workspace)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 from agentplatform.dispatch.v1 import dispatch_service_pb2, dispatch_service_pb2_grpc
 from agentplatform.v1 import (
@@ -13,19 +15,22 @@ from agentplatform.v1 import (
     session_service_pb2_grpc,
 )
 
+from services.control_plane import metrics
 from services.control_plane.auth import Authenticator
 from services.control_plane.dispatch import DispatchService
 from services.control_plane.events import ClaimWaiters, EventBus, Listener, Notifier
+from services.control_plane.lifecycle import RunLifecycle
 from services.control_plane.profiles import ProfileService
 from services.control_plane.runs import RunService
 from services.control_plane.runtime import Runtime
+from services.control_plane.secrets import VaultClient, secret_bindings
 from services.control_plane.sessions import SessionService
 from services.control_plane.settings import ControlPlaneSettings
 from services.rpc.db import create_pool
 from services.rpc.server import GrpcServer, ServiceBinding
 from services.rpc.settings import HostedModelSettings, SettingsError
 
-log = structlog.get_logger().bind(service="control_plane")
+log = structlog.get_logger(service="control_plane")
 
 
 def _full_name(module: object, service: str) -> str:
@@ -45,12 +50,21 @@ class ControlPlane:
         self._server: GrpcServer | None = None
         self._runtime: Runtime | None = None
         self._listener: Listener | None = None
+        self._lifecycle: RunLifecycle | None = None
+        self._vault: VaultClient | None = None
+        self._unwatch_queue: Callable[[], None] | None = None
 
     @property
     def address(self) -> str:
         """Return the gRPC address once started."""
         assert self._server is not None
         return self._server.address
+
+    @property
+    def listener(self) -> Listener:
+        """Return the LISTEN connection's keeper once started."""
+        assert self._listener is not None
+        return self._listener
 
     @property
     def runtime(self) -> Runtime:
@@ -62,6 +76,7 @@ class ControlPlane:
         """Connect to Postgres, start the fan-out and serve gRPC."""
         settings = self.settings
         assert settings.database_url is not None and settings.internal_token is not None
+        vault = self._vault = VaultClient(settings) if settings.vault_address else None
         pool = await create_pool(
             settings.database_url,
             min_size=settings.db_pool_min,
@@ -72,6 +87,8 @@ class ControlPlane:
         waiters = ClaimWaiters()
         runtime = Runtime(settings, self.model, pool, bus, Notifier(pool), waiters)
         self._runtime = runtime
+        lifecycle = RunLifecycle(runtime)
+        self._lifecycle = lifecycle
         self._listener = Listener(
             settings.database_url,
             on_events=bus.hint,
@@ -81,6 +98,8 @@ class ControlPlane:
         bus.start()
         runtime.notifier.start()
         self._listener.start()
+        lifecycle.start()
+        self._unwatch_queue = metrics.watch_queue_depth(pool)
         if not self.model.configured:
             log.warning(
                 "hosted_model_unavailable",
@@ -106,7 +125,7 @@ class ControlPlane:
                 ServiceBinding(
                     _full_name(run_service_pb2, "RunService"),
                     lambda s: run_service_pb2_grpc.add_RunServiceServicer_to_server(
-                        RunService(runtime), s
+                        RunService(runtime, lifecycle), s
                     ),
                 ),
                 ServiceBinding(
@@ -118,20 +137,29 @@ class ControlPlane:
                 ServiceBinding(
                     _full_name(dispatch_service_pb2, "DispatchService"),
                     lambda s: dispatch_service_pb2_grpc.add_DispatchServiceServicer_to_server(
-                        DispatchService(runtime), s
+                        DispatchService(runtime, lifecycle), s
                     ),
                 ),
+                *secret_bindings(vault),
             ],
         )
         await self._server.start()
         log.info("control_plane_listening", address=self.address)
 
     async def stop(self) -> None:
-        """Stop serving (streams end with UNAVAILABLE after the grace period), then disconnect."""
+        """End streams at once (UNAVAILABLE: reconnect), let unary calls finish, disconnect."""
+        if self._runtime is not None:
+            self._runtime.bus.close()
+        if self._lifecycle is not None:
+            await self._lifecycle.stop()
         if self._server is not None:
             await self._server.stop(self.settings.shutdown_grace_seconds)
+        if self._vault is not None:
+            await self._vault.close()
         if self._listener is not None:
             await self._listener.stop()
+        if self._unwatch_queue is not None:
+            self._unwatch_queue()
         if self._runtime is not None:
             await self._runtime.bus.stop()
             await self._runtime.notifier.stop()

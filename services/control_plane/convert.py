@@ -10,6 +10,7 @@ from services.control_plane import store
 from services.rpc.names import message_name, run_name, session_name
 
 RUN_STATES = {
+    "waiting": run_pb2.Run.QUEUED,
     "queued": run_pb2.Run.QUEUED,
     "running": run_pb2.Run.RUNNING,
     "completed": run_pb2.Run.COMPLETED,
@@ -32,6 +33,8 @@ def session_to_proto(row: store.Record) -> session_pb2.Session:
     session.update_time.FromDatetime(row["update_time"])
     if row["active_run_id"] is not None:
         session.active_run = run_name(row["id"], row["active_run_id"])
+    if row["run_timeout_seconds"] is not None:
+        session.run_timeout.FromMilliseconds(round(row["run_timeout_seconds"] * 1000))
     return session
 
 

@@ -15,9 +15,10 @@ from agentplatform.v1 import error_reason_pb2, run_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.control_plane import store
+from services.control_plane import metrics, store
 from services.control_plane.convert import event_type
 from services.control_plane.events import stamp
+from services.control_plane.lifecycle import RunLifecycle
 from services.control_plane.runtime import Runtime
 from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
 from services.rpc.names import message_name, parse_run_name, run_name, user_name, workspace_name
@@ -63,8 +64,9 @@ def _to_new_events(events: Sequence[run_pb2.RunEvent]) -> list[store.NewEvent]:
 class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
     """Serve the worker-facing dispatch API."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, lifecycle: RunLifecycle) -> None:
         self._rt = runtime
+        self._lifecycle = lifecycle
 
     async def ClaimRun(self, request: pb.ClaimRunRequest, context: Context) -> pb.ClaimRunResponse:
         settings = self._rt.settings
@@ -81,15 +83,23 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             await self._rt.claim_waiters.wait(min(remaining, settings.poll_interval_seconds))
 
     async def _claim(self, worker_id: str) -> pb.RunClaim | None:
-        lease = self._rt.settings.lease_seconds
+        settings = self._rt.settings
         async with self._rt.pool.acquire() as conn:
-            row = await store.run_claim(conn, worker_id=worker_id[:200], lease_seconds=lease)
+            row = await store.run_claim(
+                conn,
+                worker_id=worker_id[:200],
+                lease_seconds=settings.lease_seconds,
+                default_timeout_seconds=settings.run_timeout_seconds,
+            )
         if row is None:
             return None
+        metrics.record_claim(row["attempt"], row["create_time"])
         lease_expire = Timestamp()
         lease_expire.FromDatetime(row["lease_expire_time"])
+        deadline = Timestamp()
+        deadline.FromDatetime(row["deadline"])
         heartbeat = Duration()
-        heartbeat.FromMilliseconds(int(lease * 1000 / 3))
+        heartbeat.FromMilliseconds(int(settings.heartbeat_seconds * 1000))
         return pb.RunClaim(
             run=run_name(row["session_id"], row["id"]),
             attempt=row["attempt"],
@@ -107,6 +117,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 pb.TranscriptEntry(role=role, content=text) for role, text in row["transcript"]
             ],
             input_text=row["input_text"],
+            deadline=deadline,
         )
 
     async def _explain_refusal(
@@ -158,10 +169,16 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 request.run, name.run_id, request.fencing_token, new_events[-1].sequence
             )
             return pb.AppendRunEventsResponse(last_event_sequence=last)
-        for event in events:
+        first_session_sequence = row["session_sequence"] - len(events) + 1
+        for i, event in enumerate(events):
+            event.session_sequence = first_session_sequence + i
+            event.attempt = row["attempt"]  # the lease holder's attempt, whatever the worker said
             stamp(event, name.session_id, name.run_id, now)
-        self._rt.bus.publish(name.run_id, events)
-        self._rt.notifier.run_events(name.run_id, row["last_event_sequence"])
+        self._rt.bus.publish(name.run_id, name.session_id, events)
+        metrics.EVENTS_APPENDED.inc(len(events))
+        self._rt.notifier.run_events(
+            name.run_id, row["last_event_sequence"], name.session_id, row["session_sequence"]
+        )
         return pb.AppendRunEventsResponse(
             last_event_sequence=row["last_event_sequence"],
             cancel_requested=row["cancel_requested"],
@@ -225,11 +242,47 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         terminal.sequence = row["last_event_sequence"]
         terminal.attempt = row["attempt"]
         all_events = [*events, terminal]
-        for event in all_events:
+        first_session_sequence = row["session_sequence"] - len(all_events) + 1
+        for i, event in enumerate(all_events):
+            event.session_sequence = first_session_sequence + i
+            event.attempt = row["attempt"]
             stamp(event, name.session_id, name.run_id, now)
-        self._rt.bus.publish(name.run_id, all_events)
-        self._rt.notifier.run_events(name.run_id, terminal.sequence)
+        self._rt.bus.publish(name.run_id, name.session_id, all_events)
+        metrics.record_run_finished(state, row["create_time"], len(all_events))
+        self._rt.notifier.run_events(
+            name.run_id, terminal.sequence, name.session_id, row["session_sequence"]
+        )
+        await self._lifecycle.promote(name.session_id)
         return pb.FinishRunResponse(terminal_sequence=terminal.sequence)
+
+    async def ReleaseRun(
+        self, request: pb.ReleaseRunRequest, context: Context
+    ) -> pb.ReleaseRunResponse:
+        name = parse_run_name(request.run, "run")
+        async with self._rt.pool.acquire() as conn:
+            attempt = await store.run_attempt(conn, name.run_id)
+            if attempt is None:
+                raise not_found(request.run)
+            event = run_pb2.RunEvent(
+                type="run.attempt_started",
+                attempt=attempt + 1,
+                run_attempt_started=run_pb2.RunAttemptStarted(
+                    attempt=attempt + 1, reason="WORKER_DRAINED"
+                ),
+            )
+            row = await store.run_requeue(
+                conn,
+                run_id=name.run_id,
+                event_type=event.type,
+                event_body=event.SerializeToString(),
+                at=_now(),
+                fencing_token=request.fencing_token,
+            )
+        if row is None:
+            raise lease_lost(request.run)
+        self._lifecycle.announce(row, name.run_id, event)
+        self._lifecycle.run_claimable()
+        return pb.ReleaseRunResponse()
 
     @staticmethod
     def _terminal(

@@ -14,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+import grpc
 import structlog
 from agentplatform.v1 import run_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.control_plane import store
+from services.control_plane import metrics, store
+from services.rpc.errors import DATABASE_ERRORS, ApiError, Reason
 from services.rpc.names import run_event_name
 
 log = structlog.get_logger()
@@ -36,12 +38,13 @@ _CHANNEL_BUFFER = 4096
 _REPLAY_PAGE = 500
 
 
-def event_from_row(session_id: uuid.UUID, run_id: uuid.UUID, row: store.Record) -> run_pb2.RunEvent:
-    """Rebuild a stored event with its name and time."""
+def event_from_row(row: store.Record) -> run_pb2.RunEvent:
+    """Rebuild a stored event with its name, positions and time."""
     event = run_pb2.RunEvent.FromString(row["body"])
     event.sequence = row["sequence"]
+    event.session_sequence = row["session_sequence"]
     event.attempt = row["attempt"]
-    event.name = run_event_name(session_id, run_id, row["sequence"])
+    event.name = run_event_name(row["session_id"], row["run_id"], row["sequence"])
     event.create_time.FromDatetime(row["create_time"])
     return event
 
@@ -54,15 +57,37 @@ def stamp(event: run_pb2.RunEvent, session_id: uuid.UUID, run_id: uuid.UUID, at:
     event.create_time.CopyFrom(ts)
 
 
-class RunChannel:
-    """The in-process view of one run's event log, shared by that run's local subscribers."""
+def shutting_down() -> ApiError:
+    """Build the status that tells a streaming client to reconnect elsewhere."""
+    return ApiError(
+        grpc.StatusCode.UNAVAILABLE,
+        Reason.SERVER_SHUTTING_DOWN,
+        "The server is shutting down; reconnect and resume from the last sequence you saw.",
+    )
 
-    def __init__(self, run_id: uuid.UUID, session_id: uuid.UUID) -> None:
-        self.run_id = run_id
-        self.session_id = session_id
+
+Position = Callable[[run_pb2.RunEvent], int]
+
+
+def run_position(event: run_pb2.RunEvent) -> int:
+    """Return an event's place in its run's log."""
+    return event.sequence
+
+
+def session_position(event: run_pb2.RunEvent) -> int:
+    """Return an event's place in its session's log."""
+    return event.session_sequence
+
+
+class LogChannel:
+    """The in-process view of one event log (a run's or a session's), shared by its subscribers."""
+
+    def __init__(self, key: uuid.UUID, position: Position) -> None:
+        self.key = key
+        self.position = position
         self.subscribers = 0
-        self.known_sequence = 0
-        self.terminal_sequence: int | None = None
+        self.known = 0
+        self.terminal: int | None = None
         self._events: dict[int, run_pb2.RunEvent] = {}
         self._changed = asyncio.Event()
         self.last_change = asyncio.get_running_loop().time()
@@ -72,7 +97,8 @@ class RunChannel:
         """Return the event set at the next change; take it before reading to miss nothing."""
         return self._changed
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Wake every subscriber to look again."""
         self.last_change = asyncio.get_running_loop().time()
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -80,165 +106,217 @@ class RunChannel:
     def add(self, events: Iterable[run_pb2.RunEvent]) -> None:
         """Remember stored events and wake the subscribers."""
         for event in events:
-            self._events[event.sequence] = event
-            self.known_sequence = max(self.known_sequence, event.sequence)
-            if event.type in TERMINAL_TYPES:
-                self.terminal_sequence = event.sequence
+            at = self.position(event)
+            self._events[at] = event
+            self.known = max(self.known, at)
+            if self.position is run_position and event.type in TERMINAL_TYPES:
+                self.terminal = at
         while len(self._events) > _CHANNEL_BUFFER:
             del self._events[min(self._events)]
-        self._wake()
+        self.wake()
 
-    def observe(self, sequence: int) -> None:
-        """Record that the log reaches at least this sequence."""
-        if sequence > self.known_sequence:
-            self.known_sequence = sequence
-            self._wake()
+    def observe(self, position: int) -> None:
+        """Record that the log reaches at least this position."""
+        if position > self.known:
+            self.known = position
+            self.wake()
 
     def cached_after(self, cursor: int) -> list[run_pb2.RunEvent] | None:
         """Return the known events after the cursor, or None when they must be read."""
         events = []
-        for sequence in range(cursor + 1, self.known_sequence + 1):
-            event = self._events.get(sequence)
+        for at in range(cursor + 1, self.known + 1):
+            event = self._events.get(at)
             if event is None:
                 return None
             events.append(event)
         return events
 
 
+Reader = Callable[[int], Awaitable[list[store.Record]]]
+
+
 class EventBus:
-    """Feed every local subscriber of a run from one channel per run."""
+    """Feed every local subscriber of a run or session from one channel per log."""
 
     def __init__(self, pool: asyncpg.Pool, *, poll_interval: float) -> None:
         self._pool = pool
         self._poll_interval = poll_interval
-        self._channels: dict[uuid.UUID, RunChannel] = {}
-        self._refreshing: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._runs: dict[uuid.UUID, LogChannel] = {}
+        self._sessions: dict[uuid.UUID, LogChannel] = {}
+        self._refreshing: dict[tuple[str, uuid.UUID], asyncio.Task[None]] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def subscriber_count(self) -> int:
         """Count the open subscriptions in this process."""
-        return sum(c.subscribers for c in self._channels.values())
+        channels = [*self._runs.values(), *self._sessions.values()]
+        return sum(c.subscribers for c in channels)
 
     def start(self) -> None:
         """Start the safety-net poller."""
         self._poller = asyncio.create_task(self._poll_forever(), name="event-bus-poller")
 
+    def close(self) -> None:
+        """End every stream with a status that tells its client to reconnect."""
+        self._closing = True
+        for channel in [*self._runs.values(), *self._sessions.values()]:
+            channel.wake()
+
     async def stop(self) -> None:
         """Stop background work."""
+        self.close()
         tasks = [t for t in [self._poller, *self._refreshing.values()] if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def publish(self, run_id: uuid.UUID, events: list[run_pb2.RunEvent]) -> None:
-        """Hand events this process just committed to the run's local subscribers."""
-        channel = self._channels.get(run_id)
-        if channel is not None:
-            channel.add(events)
+    def publish(
+        self, run_id: uuid.UUID, session_id: uuid.UUID, events: list[run_pb2.RunEvent]
+    ) -> None:
+        """Hand events this process just committed to the local subscribers."""
+        if (run := self._runs.get(run_id)) is not None:
+            run.add(events)
+        if (session := self._sessions.get(session_id)) is not None:
+            session.add(events)
 
-    def hint(self, run_id: uuid.UUID, sequence: int) -> None:
+    def hint(
+        self, run_id: uuid.UUID, sequence: int, session_id: uuid.UUID, session_sequence: int
+    ) -> None:
         """React to another replica's commit: read the new events once for all subscribers."""
-        channel = self._channels.get(run_id)
-        if channel is not None and sequence > channel.known_sequence:
-            self._refresh(channel)
+        run = self._runs.get(run_id)
+        if run is not None and sequence > run.known:
+            self._refresh("run", run)
+        session = self._sessions.get(session_id)
+        if session is not None and session_sequence > session.known:
+            self._refresh("session", session)
 
     def refresh_all(self) -> None:
-        """Re-read every watched run, e.g. after the listener reconnected."""
-        for channel in list(self._channels.values()):
-            self._refresh(channel)
+        """Re-read every watched log, e.g. after the listener reconnected."""
+        for channel in list(self._runs.values()):
+            self._refresh("run", channel)
+        for channel in list(self._sessions.values()):
+            self._refresh("session", channel)
 
-    def _refresh(self, channel: RunChannel) -> None:
-        if channel.run_id in self._refreshing:
+    def _refresh(self, kind: str, channel: LogChannel) -> None:
+        key = (kind, channel.key)
+        if key in self._refreshing:
             return
-        task = asyncio.create_task(self._read_new(channel))
-        self._refreshing[channel.run_id] = task
-        task.add_done_callback(lambda _t: self._refreshing.pop(channel.run_id, None))
+        task = asyncio.create_task(self._read_new(kind, channel))
+        self._refreshing[key] = task
+        task.add_done_callback(lambda _t: self._refreshing.pop(key, None))
 
-    async def _read_new(self, channel: RunChannel) -> None:
+    async def _read_new(self, kind: str, channel: LogChannel) -> None:
         try:
-            async with self._pool.acquire() as conn:
-                rows = await store.run_event_list(
-                    conn, channel.run_id, after_sequence=channel.known_sequence, limit=_REPLAY_PAGE
-                )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
-            log.warning("event_refresh_failed", run_id=str(channel.run_id), error=str(err))
+            rows = await self._reader(kind, channel.key)(channel.known)
+        except DATABASE_ERRORS as err:
+            log.warning("event_refresh_failed", key=str(channel.key), error=str(err))
             return
         if rows:
-            channel.add(event_from_row(channel.session_id, channel.run_id, r) for r in rows)
+            channel.add(event_from_row(r) for r in rows)
+
+    def _reader(self, kind: str, key: uuid.UUID) -> Reader:
+        async def read(cursor: int) -> list[store.Record]:
+            async with self._pool.acquire() as conn:
+                if kind == "run":
+                    return await store.run_event_list(
+                        conn, key, after_sequence=cursor, limit=_REPLAY_PAGE
+                    )
+                return await store.session_event_list(
+                    conn, key, after_session_sequence=cursor, limit=_REPLAY_PAGE
+                )
+
+        return read
 
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self._poll_interval)
-            now = asyncio.get_running_loop().time()
-            quiet = {
-                run_id: c
-                for run_id, c in self._channels.items()
-                if now - c.last_change >= self._poll_interval
-            }
-            if not quiet:
-                continue
             try:
-                async with self._pool.acquire() as conn:
-                    rows = await conn.fetch(
-                        "SELECT id, last_event_sequence FROM runs WHERE id = ANY($1::uuid[])",
-                        list(quiet),
-                    )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+                await self._poll_quiet("runs", self._runs)
+                await self._poll_quiet("sessions", self._sessions)
+            except DATABASE_ERRORS as err:
                 log.warning("event_poll_failed", error=str(err))
-                continue
-            for row in rows:
-                self.hint(row["id"], row["last_event_sequence"])
 
-    async def _read(self, channel: RunChannel, cursor: int) -> list[run_pb2.RunEvent]:
+    async def _poll_quiet(self, table: str, channels: dict[uuid.UUID, LogChannel]) -> None:
+        now = asyncio.get_running_loop().time()
+        quiet = [k for k, c in channels.items() if now - c.last_change >= self._poll_interval]
+        if not quiet:
+            return
         async with self._pool.acquire() as conn:
-            rows = await store.run_event_list(
-                conn, channel.run_id, after_sequence=cursor, limit=_REPLAY_PAGE
+            rows = await conn.fetch(
+                f"SELECT id, last_event_sequence FROM {table} WHERE id = ANY($1::uuid[])", quiet
             )
-        return [event_from_row(channel.session_id, channel.run_id, r) for r in rows]
+        kind = "run" if table == "runs" else "session"
+        for row in rows:
+            channel = channels.get(row["id"])
+            if channel is not None and row["last_event_sequence"] > channel.known:
+                self._refresh(kind, channel)
 
-    async def stream(
-        self,
-        session_id: uuid.UUID,
-        run_id: uuid.UUID,
-        after_sequence: int,
-        *,
-        terminal_sequence: int | None,
+    async def stream_run(
+        self, run_id: uuid.UUID, after_sequence: int, *, terminal_sequence: int | None
     ) -> AsyncIterator[run_pb2.RunEvent]:
         """Yield the run's events after the cursor, stored ones then live ones, to the terminal.
 
-        The subscription opens before the replay, so an event committed in between is seen.
         A cursor at or past the terminal event ends the stream with nothing to send.
         """
-        channel = self._channels.get(run_id)
+        channel = self._runs.get(run_id)
         if channel is None:
-            channel = self._channels[run_id] = RunChannel(run_id, session_id)
-        if terminal_sequence is not None and channel.terminal_sequence is None:
-            channel.terminal_sequence = terminal_sequence
-        channel.subscribers += 1
+            channel = self._runs[run_id] = LogChannel(run_id, run_position)
+        if terminal_sequence is not None and channel.terminal is None:
+            channel.terminal = terminal_sequence
         try:
-            cursor, must_read = after_sequence, True
-            while True:
-                if channel.terminal_sequence is not None and cursor >= channel.terminal_sequence:
-                    return
-                changed = channel.changed
-                batch = None if must_read else channel.cached_after(cursor)
-                if batch is None:
-                    batch = await self._read(channel, cursor)
-                    must_read = len(batch) == _REPLAY_PAGE
-                    if batch:
-                        channel.observe(batch[-1].sequence)
-                for event in batch:
-                    yield event
-                    cursor = event.sequence
-                    if event.type in TERMINAL_TYPES:
-                        return
-                if not batch:
-                    await changed.wait()
+            async for event in self._follow(channel, after_sequence, self._reader("run", run_id)):
+                yield event
         finally:
-            channel.subscribers -= 1
-            if channel.subscribers == 0:
-                self._channels.pop(run_id, None)
+            self._release(self._runs, channel)
+
+    async def stream_session(
+        self, session_id: uuid.UUID, after_session_sequence: int
+    ) -> AsyncIterator[run_pb2.RunEvent]:
+        """Yield the events of every run of the session after the cursor; never ends by itself."""
+        channel = self._sessions.get(session_id)
+        if channel is None:
+            channel = self._sessions[session_id] = LogChannel(session_id, session_position)
+        reader = self._reader("session", session_id)
+        try:
+            async for event in self._follow(channel, after_session_sequence, reader):
+                yield event
+        finally:
+            self._release(self._sessions, channel)
+
+    def _release(self, channels: dict[uuid.UUID, LogChannel], channel: LogChannel) -> None:
+        channel.subscribers -= 1
+        metrics.STREAM_SUBSCRIBERS.dec()
+        if channel.subscribers == 0 and channels.get(channel.key) is channel:
+            del channels[channel.key]
+
+    async def _follow(
+        self, channel: LogChannel, cursor: int, read: Reader
+    ) -> AsyncIterator[run_pb2.RunEvent]:
+        # The subscription opens before the replay, so an event committed in between is seen.
+        channel.subscribers += 1
+        metrics.STREAM_SUBSCRIBERS.inc()
+        must_read = True
+        while True:
+            if self._closing:
+                raise shutting_down()
+            if channel.terminal is not None and cursor >= channel.terminal:
+                return
+            changed = channel.changed
+            batch = None if must_read else channel.cached_after(cursor)
+            if batch is None:
+                rows = await read(cursor)
+                must_read = len(rows) == _REPLAY_PAGE
+                batch = [event_from_row(r) for r in rows]
+                if batch:
+                    channel.observe(channel.position(batch[-1]))
+            for event in batch:
+                yield event
+                cursor = channel.position(event)
+                if channel.position is run_position and event.type in TERMINAL_TYPES:
+                    return
+            if not batch:
+                await changed.wait()
 
 
 class Notifier:
@@ -246,7 +324,7 @@ class Notifier:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._pending: dict[uuid.UUID, int] = {}
+        self._pending: dict[uuid.UUID, tuple[int, uuid.UUID, int]] = {}
         self._queued = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -262,9 +340,13 @@ class Notifier:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def run_events(self, run_id: uuid.UUID, last_sequence: int) -> None:
-        """Announce that a run's log now reaches `last_sequence`."""
-        self._pending[run_id] = max(last_sequence, self._pending.get(run_id, 0))
+    def run_events(
+        self, run_id: uuid.UUID, last_sequence: int, session_id: uuid.UUID, session_sequence: int
+    ) -> None:
+        """Announce that a run's log (and its session's) now reaches these positions."""
+        known = self._pending.get(run_id)
+        if known is None or known[0] < last_sequence:
+            self._pending[run_id] = (last_sequence, session_id, session_sequence)
         self._wake.set()
 
     def run_queued(self) -> None:
@@ -274,8 +356,8 @@ class Notifier:
 
     def _payloads(self) -> list[str]:
         payloads, current = [], ""
-        for run_id, seq in self._pending.items():
-            item = f"{run_id}:{seq}"
+        for run_id, (seq, session_id, session_seq) in self._pending.items():
+            item = f"{run_id}:{seq}:{session_id}:{session_seq}"
             if current and len(current) + len(item) + 1 > _NOTIFY_PAYLOAD_LIMIT:
                 payloads.append(current)
                 current = ""
@@ -296,7 +378,7 @@ class Notifier:
                         await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)
                     for payload in payloads:
                         await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, payload)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            except DATABASE_ERRORS as err:
                 # Peers' pollers cover a lost notification; it costs latency, not events.
                 log.warning("notify_failed", error=str(err))
 
@@ -308,7 +390,7 @@ class Listener:
         self,
         dsn: str,
         *,
-        on_events: Callable[[uuid.UUID, int], None],
+        on_events: Callable[[uuid.UUID, int, uuid.UUID, int], None],
         on_queued: Callable[[], None],
         on_reconnect: Callable[[], None],
     ) -> None:
@@ -318,6 +400,8 @@ class Listener:
         self._on_reconnect = on_reconnect
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self.reconnects = 0
+        self._reconnected = asyncio.Event()
 
     def start(self) -> None:
         """Start listening."""
@@ -330,14 +414,21 @@ class Listener:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def wait_reconnected(self, *, after: int) -> None:
+        """Wait until the listener has connected more than `after` times."""
+        while self.reconnects <= after:
+            await self._reconnected.wait()
+
     def _handle(self, _conn: Any, _pid: int, channel: str, payload: object) -> None:
         if channel == QUEUE_CHANNEL:
             self._on_queued()
             return
         for item in str(payload).split(","):
-            run_id, _, seq = item.partition(":")
             try:
-                self._on_events(uuid.UUID(run_id), int(seq))
+                run_id, seq, session_id, session_seq = item.split(":")
+                self._on_events(
+                    uuid.UUID(run_id), int(seq), uuid.UUID(session_id), int(session_seq)
+                )
             except ValueError:
                 log.warning("notify_payload_malformed", payload=item[:100])
 
@@ -346,19 +437,24 @@ class Listener:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self._dsn)
+                conn = await asyncpg.connect(
+                    self._dsn, server_settings={"application_name": "ap-listener"}
+                )
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(EVENTS_CHANNEL, self._handle)
                 await conn.add_listener(QUEUE_CHANNEL, self._handle)
                 self.connected.set()
+                self.reconnects += 1
+                self._reconnected.set()
+                self._reconnected = asyncio.Event()
                 backoff = 0.05
                 # Whatever was notified while we were away is read from the database now.
                 self._on_reconnect()
                 self._on_queued()
                 await lost.wait()
                 log.warning("listener_connection_lost")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            except DATABASE_ERRORS as err:
                 log.warning("listener_connect_failed", error=str(err))
             finally:
                 self.connected.clear()

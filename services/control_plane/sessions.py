@@ -24,6 +24,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 TITLE_MAX = 200
 INSTRUCTIONS_MAX = 16 * 1024
 METADATA_MAX_KEYS = 32
+RUN_TIMEOUT_MAX_SECONDS = 24 * 3600
 
 
 def hosted_model_unavailable() -> ApiError:
@@ -59,6 +60,14 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             max_value_chars=1024,
         )
         request_id = validate.request_id(request.request_id)
+        run_timeout = None
+        if spec.HasField("run_timeout"):
+            run_timeout = spec.run_timeout.ToTimedelta().total_seconds()
+            if not 0 < run_timeout <= RUN_TIMEOUT_MAX_SECONDS:
+                raise invalid_argument(
+                    "session.run_timeout",
+                    f"session.run_timeout must be above 0 and at most {RUN_TIMEOUT_MAX_SECONDS} s.",
+                )
         if not self._rt.model.configured:
             raise hosted_model_unavailable()
         assert self._rt.model.name is not None
@@ -72,6 +81,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                 metadata=metadata,
                 model=self._rt.model.name,
                 request_id=request_id,
+                run_timeout_seconds=run_timeout,
             )
         return session_to_proto(row)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from services.rpc.settings import ServiceSettings
 
@@ -11,8 +11,25 @@ class ControlPlaneSettings(ServiceSettings):
     """Settings of the control plane (AP_* variables)."""
 
     grpc_port: int = Field(default=50051, ge=0, le=65535)
-    lease_seconds: float = Field(default=15.0, gt=0, description="A worker's lease on a run.")
+    lease_seconds: float = Field(
+        default=10.0, gt=0, description="How long a worker's claim lasts without a heartbeat."
+    )
+    heartbeat_seconds: float = Field(
+        default=1.0, gt=0, description="How often workers heartbeat; bounds cancel latency."
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Attempts before a run whose workers keep dying fails."
+    )
+    run_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="Longest a run may take unless its session says less."
+    )
     claim_max_wait_seconds: float = Field(default=30.0, gt=0)
-    # The safety net for a missed notification: how often idle waiters re-check the database.
+    # The safety net for a missed notification, and the period of the lease-rescue scan.
     poll_interval_seconds: float = Field(default=1.0, gt=0)
     max_input_bytes: int = Field(default=64 * 1024, ge=1)
+    vault_address: str | None = Field(
+        default=None, description="The vault's internal API; unset: secrets are unavailable."
+    )
+    vault_admin_token: SecretStr | None = Field(
+        default=None, description="Without mTLS (AP_TLS_*): the token presented to the vault."
+    )

@@ -120,7 +120,8 @@ async def profile_update(conn: Connection, user_id: uuid.UUID, display_name: str
 # ── sessions and messages ───────────────────────────────────────────────────────────────────
 
 _SESSION_COLUMNS = (
-    "s.id, s.title, s.instructions, s.metadata, s.model, s.create_time, s.update_time,"
+    "s.id, s.title, s.instructions, s.metadata, s.model, s.run_timeout_seconds,"
+    " s.create_time, s.update_time,"
     " (SELECT r.id FROM runs r WHERE r.session_id = s.id AND r.state IN ('queued', 'running'))"
     " AS active_run_id"
 )
@@ -136,11 +137,12 @@ async def session_insert(
     metadata: dict[str, str],
     model: str,
     request_id: str | None,
+    run_timeout_seconds: float | None,
 ) -> Record:
     """Insert a session, or return the one an earlier call with the same request_id made."""
     row = await conn.fetchrow(
         "INSERT INTO sessions (id, workspace_id, created_by, title, instructions, metadata,"
-        " model, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " model, request_id, run_timeout_seconds) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         " ON CONFLICT (workspace_id, request_id) DO NOTHING RETURNING id",
         uuid.uuid4(),
         workspace_id,
@@ -150,6 +152,7 @@ async def session_insert(
         metadata,
         model,
         request_id,
+        run_timeout_seconds,
     )
     if row is None:
         row = await conn.fetchrow(
@@ -272,28 +275,37 @@ async def run_create(
     queued_event: NewEvent,
     run_id: uuid.UUID,
     message_id: uuid.UUID,
+    wait_behind_active: bool,
 ) -> Record | None:
-    """Store the input message, the queued run and its first event; None if no such session.
+    """Store the input message, the run and its first event; None if there is no such session.
 
-    One statement, so one round trip and one implicit transaction.
+    The run is 'queued' (claimable) unless `wait_behind_active` and the session already has
+    a run, in which case it is 'waiting' behind it. One statement: one round trip, one
+    implicit transaction; the session row lock orders concurrent creates of one session.
     """
     try:
         return await conn.fetchrow(
             "WITH s AS ("
-            "  UPDATE sessions SET update_time = now() WHERE id = $2 AND workspace_id = $1"
-            "  RETURNING id),"
+            "  UPDATE sessions SET update_time = now(),"
+            "   last_event_sequence = last_event_sequence + 1"
+            "  WHERE id = $2 AND workspace_id = $1 RETURNING id, last_event_sequence),"
             " m AS ("
             "  INSERT INTO messages (id, session_id, role, text, run_id, author_user_id)"
             "  SELECT $5, s.id, 'user', $6, $4, $3 FROM s RETURNING id),"
             " r AS ("
             "  INSERT INTO runs (id, session_id, workspace_id, created_by, input_message_id,"
             "   state, last_event_sequence, request_id)"
-            "  SELECT $4, $2, $1, $3, m.id, 'queued', 1, $7 FROM m"
+            "  SELECT $4, $2, $1, $3, m.id,"
+            "   CASE WHEN $10 AND EXISTS (SELECT 1 FROM runs x WHERE x.session_id = $2"
+            "     AND x.state IN ('waiting', 'queued', 'running')) THEN 'waiting'"
+            "    ELSE 'queued' END,"
+            "   1, $7 FROM m"
             f"  RETURNING {_RUN_COLUMNS}),"
             " e AS ("
-            "  INSERT INTO run_events (run_id, create_time, sequence, type, attempt, body)"
-            "  SELECT r.id, r.create_time, 1, $8, 0, $9 FROM r)"
-            " SELECT * FROM r",
+            "  INSERT INTO run_events (run_id, session_id, session_sequence, create_time,"
+            "   sequence, type, attempt, body)"
+            "  SELECT r.id, $2, s.last_event_sequence, r.create_time, 1, $8, 0, $9 FROM r, s)"
+            " SELECT r.*, s.last_event_sequence AS session_sequence FROM r, s",
             workspace_id,
             session_id,
             created_by,
@@ -303,6 +315,7 @@ async def run_create(
             request_id,
             queued_event.type,
             queued_event.body,
+            wait_behind_active,
         )
     except asyncpg.UniqueViolationError as err:
         if err.constraint_name == "runs_one_active_per_session":
@@ -312,6 +325,171 @@ async def run_create(
             )
             raise RunAlreadyActiveError(active) from None
         raise
+
+
+async def session_lock(conn: Connection, workspace_id: uuid.UUID, session_id: uuid.UUID) -> bool:
+    """Lock a session row of the workspace for the transaction; False if there is none."""
+    found = await conn.fetchval(
+        "SELECT 1 FROM sessions WHERE id = $1 AND workspace_id = $2 FOR UPDATE",
+        session_id,
+        workspace_id,
+    )
+    return found is not None
+
+
+async def run_pending_in_session(conn: Connection, session_id: uuid.UUID) -> list[Record]:
+    """Lock and return the session's waiting, queued and running runs, oldest first."""
+    return await conn.fetch(
+        f"SELECT {_RUN_COLUMNS}, cancel_requested FROM runs WHERE session_id = $1"
+        " AND state IN ('waiting', 'queued', 'running') ORDER BY create_time FOR UPDATE",
+        session_id,
+    )
+
+
+async def run_promote_next(conn: Connection, session_id: uuid.UUID) -> uuid.UUID | None:
+    """Make the session's oldest waiting run claimable if no run of it is active."""
+    try:
+        promoted: uuid.UUID | None = await conn.fetchval(
+            "UPDATE runs SET state = 'queued' WHERE id = ("
+            "  SELECT id FROM runs WHERE session_id = $1 AND state = 'waiting'"
+            "  ORDER BY create_time LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            " AND NOT EXISTS (SELECT 1 FROM runs WHERE session_id = $1"
+            "  AND state IN ('queued', 'running'))"
+            " RETURNING id",
+            session_id,
+        )
+    except asyncpg.UniqueViolationError:
+        return None  # a concurrent create or promotion already made a run active
+    return promoted
+
+
+async def sessions_with_stalled_waiting(conn: Connection, limit: int) -> list[uuid.UUID]:
+    """Find sessions whose waiting runs have no active run ahead of them."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT w.session_id FROM runs w WHERE w.state = 'waiting'"
+        " AND NOT EXISTS (SELECT 1 FROM runs a WHERE a.session_id = w.session_id"
+        "  AND a.state IN ('queued', 'running')) LIMIT $1",
+        limit,
+    )
+    return [r["session_id"] for r in rows]
+
+
+async def run_end_now(
+    conn: Connection,
+    *,
+    run_id: uuid.UUID,
+    state: str,
+    event_type: str,
+    event_body: bytes,
+    error_reason: str | None,
+    error_message: str | None,
+    at: datetime,
+) -> Record | None:
+    """End a run no worker holds (waiting, queued, or rescued) with its terminal event.
+
+    The fence moves on, so a worker still holding the old token is refused from now on.
+    """
+    return await conn.fetchrow(
+        "WITH upd AS ("
+        "  UPDATE runs SET state = $2, fencing_token = fencing_token + 1,"
+        "   last_event_sequence = last_event_sequence + 1, error_reason = $5,"
+        "   error_message = $6, end_time = $7, lease_owner = NULL, lease_expire_time = NULL"
+        "  WHERE id = $1 RETURNING session_id, last_event_sequence, attempt, create_time),"
+        " ses AS ("
+        "  UPDATE sessions SET last_event_sequence = last_event_sequence + 1, update_time = $7"
+        "  WHERE id = (SELECT session_id FROM upd) RETURNING last_event_sequence),"
+        " ins AS ("
+        "  INSERT INTO run_events (run_id, session_id, session_sequence, create_time,"
+        "   sequence, type, attempt, body)"
+        "  SELECT $1, upd.session_id, ses.last_event_sequence, $7, upd.last_event_sequence,"
+        "   $3, upd.attempt, $4 FROM upd, ses)"
+        " SELECT upd.*, ses.last_event_sequence AS session_sequence FROM upd, ses",
+        run_id,
+        state,
+        event_type,
+        event_body,
+        error_reason,
+        error_message,
+        at,
+    )
+
+
+async def run_requeue(
+    conn: Connection,
+    *,
+    run_id: uuid.UUID,
+    event_type: str,
+    event_body: bytes,
+    at: datetime,
+    fencing_token: int | None = None,
+) -> Record | None:
+    """Put a running run back in the queue as a new attempt, starting with the given event.
+
+    With `fencing_token`, only if the caller still holds the lease (a draining worker);
+    without, unconditionally (its lease expired and the run is being rescued).
+    """
+    return await conn.fetchrow(
+        "WITH upd AS ("
+        "  UPDATE runs SET state = 'queued', fencing_token = fencing_token + 1,"
+        "   last_event_sequence = last_event_sequence + 1, lease_owner = NULL,"
+        "   lease_expire_time = NULL"
+        "  WHERE id = $1 AND state = 'running' AND ($5::bigint IS NULL OR fencing_token = $5)"
+        "  RETURNING session_id, last_event_sequence, attempt, create_time),"
+        " ses AS ("
+        "  UPDATE sessions SET last_event_sequence = last_event_sequence + 1"
+        "  WHERE id = (SELECT session_id FROM upd) RETURNING last_event_sequence),"
+        " ins AS ("
+        "  INSERT INTO run_events (run_id, session_id, session_sequence, create_time,"
+        "   sequence, type, attempt, body)"
+        "  SELECT $1, upd.session_id, ses.last_event_sequence, $4, upd.last_event_sequence,"
+        "   $2, upd.attempt + 1, $3 FROM upd, ses)"
+        " SELECT upd.*, ses.last_event_sequence AS session_sequence FROM upd, ses",
+        run_id,
+        event_type,
+        event_body,
+        at,
+        fencing_token,
+    )
+
+
+async def run_attempt(conn: Connection, run_id: uuid.UUID) -> int | None:
+    """Return a run's current attempt number."""
+    attempt: int | None = await conn.fetchval("SELECT attempt FROM runs WHERE id = $1", run_id)
+    return attempt
+
+
+async def run_count_queued(conn: Connection) -> int:
+    """Count the runs waiting for a worker to claim them."""
+    count: int = await conn.fetchval("SELECT count(*) FROM runs WHERE state = 'queued'")
+    return count
+
+
+async def run_expired_leases(conn: Connection, limit: int) -> list[Record]:
+    """Lock running runs whose lease expired and that no other replica is rescuing."""
+    return await conn.fetch(
+        "SELECT id, session_id, attempt, cancel_requested FROM runs"
+        " WHERE state = 'running' AND lease_expire_time < now()"
+        " ORDER BY lease_expire_time LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+
+
+async def run_for_cancel(
+    conn: Connection, workspace_id: uuid.UUID, session_id: uuid.UUID, run_id: uuid.UUID
+) -> Record | None:
+    """Lock a run of the workspace for cancelling."""
+    return await conn.fetchrow(
+        f"SELECT {_RUN_COLUMNS}, cancel_requested FROM runs"
+        " WHERE workspace_id = $1 AND session_id = $2 AND id = $3 FOR UPDATE",
+        workspace_id,
+        session_id,
+        run_id,
+    )
+
+
+async def run_request_cancel(conn: Connection, run_id: uuid.UUID) -> None:
+    """Ask the worker holding a run to stop it."""
+    await conn.execute("UPDATE runs SET cancel_requested = true WHERE id = $1", run_id)
 
 
 async def run_get(
@@ -356,7 +534,8 @@ async def run_event_list(
 ) -> list[Record]:
     """List a run's events after a sequence, in order."""
     return await conn.fetch(
-        "SELECT sequence, attempt, body, create_time FROM run_events"
+        "SELECT run_id, session_id, sequence, session_sequence, attempt, body, create_time"
+        " FROM run_events"
         " WHERE run_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
         run_id,
         after_sequence,
@@ -367,7 +546,9 @@ async def run_event_list(
 # ── dispatch ────────────────────────────────────────────────────────────────────────────────
 
 
-async def run_claim(conn: Connection, *, worker_id: str, lease_seconds: float) -> Record | None:
+async def run_claim(
+    conn: Connection, *, worker_id: str, lease_seconds: float, default_timeout_seconds: float
+) -> Record | None:
     """Claim the oldest queued run and lease it to the caller, with a new attempt and fence.
 
     The same statement loads what the worker needs: workspace, caller, session instructions,
@@ -384,8 +565,11 @@ async def run_claim(conn: Connection, *, worker_id: str, lease_seconds: float) -
         "   start_time = coalesce(r.start_time, now())"
         "  FROM next WHERE r.id = next.id"
         "  RETURNING r.id, r.session_id, r.workspace_id, r.created_by, r.input_message_id,"
-        "   r.attempt, r.fencing_token, r.lease_expire_time, r.last_event_sequence)"
+        "   r.attempt, r.fencing_token, r.lease_expire_time, r.last_event_sequence,"
+        "   r.start_time, r.create_time)"
         " SELECT c.*, w.display_name AS workspace_display_name,"
+        "  c.start_time + make_interval(secs => coalesce(s.run_timeout_seconds, $3))"
+        "   AS deadline,"
         "  coalesce(p.display_name, '') AS caller_display_name,"
         "  coalesce(m.role, '') AS caller_role, s.instructions, i.text AS input_text,"
         "  (SELECT coalesce(jsonb_agg(jsonb_build_array(t.role, t.text) ORDER BY t.position),"
@@ -398,6 +582,21 @@ async def run_claim(conn: Connection, *, worker_id: str, lease_seconds: float) -
         " LEFT JOIN memberships m ON m.workspace_id = c.workspace_id AND m.user_id = c.created_by",
         worker_id,
         lease_seconds,
+        default_timeout_seconds,
+    )
+
+
+async def session_event_list(
+    conn: Connection, session_id: uuid.UUID, *, after_session_sequence: int, limit: int
+) -> list[Record]:
+    """List a session's events of all its runs after a session-level sequence, in order."""
+    return await conn.fetch(
+        "SELECT run_id, session_id, sequence, session_sequence, attempt, body, create_time"
+        " FROM run_events WHERE session_id = $1 AND session_sequence > $2"
+        " ORDER BY session_sequence LIMIT $3",
+        session_id,
+        after_session_sequence,
+        limit,
     )
 
 
@@ -437,19 +636,26 @@ async def run_events_append(
     """Append events if the fence holds and they continue the log; None when refused.
 
     The fence check and the sequence check are in the statement that locks the run, so a
-    worker whose lease was taken over cannot slip an event in.
+    worker whose lease was taken over cannot slip an event in. Each event also takes the
+    next session-level sequence.
     """
     return await conn.fetchrow(
         "WITH upd AS ("
         "  UPDATE runs SET last_event_sequence = $4"
         "  WHERE id = $1 AND fencing_token = $2 AND state = 'running'"
         "   AND last_event_sequence = $3 - 1"
-        "  RETURNING last_event_sequence, cancel_requested),"
+        "  RETURNING session_id, last_event_sequence, cancel_requested, attempt),"
+        " ses AS ("
+        "  UPDATE sessions SET last_event_sequence = last_event_sequence + $10"
+        "  WHERE id = (SELECT session_id FROM upd) RETURNING last_event_sequence),"
         " ins AS ("
-        "  INSERT INTO run_events (run_id, create_time, sequence, type, attempt, body)"
-        "  SELECT $1, $5, * FROM unnest($6::bigint[], $7::text[], $8::int[], $9::bytea[])"
-        "  WHERE EXISTS (SELECT 1 FROM upd))"
-        " SELECT * FROM upd",
+        "  INSERT INTO run_events (run_id, session_id, session_sequence, create_time,"
+        "   sequence, type, attempt, body)"
+        "  SELECT $1, upd.session_id, ses.last_event_sequence - $10 + u.n, $5,"
+        "   u.sequence, u.type, upd.attempt, u.body"
+        "  FROM upd, ses, unnest($6::bigint[], $7::text[], $8::int[], $9::bytea[])"
+        "   WITH ORDINALITY AS u(sequence, type, attempt, body, n))"
+        " SELECT upd.*, ses.last_event_sequence AS session_sequence FROM upd, ses",
         run_id,
         fencing_token,
         events[0].sequence,
@@ -459,6 +665,7 @@ async def run_events_append(
         [e.type for e in events],
         [e.attempt for e in events],
         [e.body for e in events],
+        len(events),
     )
 
 
@@ -505,18 +712,24 @@ async def run_finish(
         "   end_time = $12, lease_owner = NULL, lease_expire_time = NULL"
         "  WHERE id = $1 AND fencing_token = $2 AND state = 'running'"
         "   AND ($3::bigint = 0 OR last_event_sequence = $3 - 1)"
-        "  RETURNING session_id, last_event_sequence, attempt),"
+        "  RETURNING session_id, last_event_sequence, attempt, create_time),"
+        " ses AS ("
+        "  UPDATE sessions SET last_event_sequence = last_event_sequence + $5, update_time = $12"
+        "  WHERE id = (SELECT session_id FROM upd) RETURNING last_event_sequence),"
         " ins AS ("
-        "  INSERT INTO run_events (run_id, create_time, sequence, type, attempt, body)"
-        "  SELECT $1, $12, * FROM unnest($13::bigint[], $14::text[], $15::int[], $16::bytea[])"
-        "  WHERE EXISTS (SELECT 1 FROM upd)"
+        "  INSERT INTO run_events (run_id, session_id, session_sequence, create_time,"
+        "   sequence, type, attempt, body)"
+        "  SELECT $1, upd.session_id, ses.last_event_sequence - $5 + u.n, $12,"
+        "   u.sequence, u.type, upd.attempt, u.body"
+        "  FROM upd, ses, unnest($13::bigint[], $14::text[], $15::int[], $16::bytea[])"
+        "   WITH ORDINALITY AS u(sequence, type, attempt, body, n)"
         "  UNION ALL"
-        "  SELECT $1, $12, upd.last_event_sequence, $17, upd.attempt, $18 FROM upd),"
+        "  SELECT $1, upd.session_id, ses.last_event_sequence, $12, upd.last_event_sequence,"
+        "   $17, upd.attempt, $18 FROM upd, ses),"
         " msg AS ("
         "  INSERT INTO messages (id, session_id, role, text, run_id)"
-        "  SELECT $6, upd.session_id, 'assistant', $19, $1 FROM upd WHERE $19::text IS NOT NULL),"
-        " ses AS (UPDATE sessions SET update_time = $12 WHERE id = (SELECT session_id FROM upd))"
-        " SELECT * FROM upd",
+        "  SELECT $6, upd.session_id, 'assistant', $19, $1 FROM upd WHERE $19::text IS NOT NULL)"
+        " SELECT upd.*, ses.last_event_sequence AS session_sequence FROM upd, ses",
         run_id,
         fencing_token,
         events[0].sequence if events else 0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import asyncpg
 import grpc
 from agentplatform.v1 import error_reason_pb2
 from google.protobuf import any_pb2
@@ -17,6 +18,17 @@ from grpc_status import rpc_status
 ERROR_DOMAIN = "agentplatform.dev"
 
 Reason = error_reason_pb2.ErrorReason
+
+# Failures that mean "the database is unreachable right now": retryable, never INTERNAL.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+)
 
 
 class ApiError(Exception):
@@ -103,6 +115,15 @@ def unauthenticated(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.UNAUTHENTICATED, Reason.UNAUTHENTICATED, message)
 
 
+def database_unavailable() -> ApiError:
+    """Build the retryable error for a database that cannot be reached right now."""
+    return ApiError(
+        grpc.StatusCode.UNAVAILABLE,
+        Reason.DATABASE_UNAVAILABLE,
+        "The database is unavailable right now; retry the call.",
+    )
+
+
 def internal_error() -> ApiError:
     """Build the INTERNAL error that hides an unexpected failure's details."""
     return ApiError(grpc.StatusCode.INTERNAL, Reason.INTERNAL_ERROR, "Internal error.")
@@ -121,3 +142,42 @@ def reason_of(err: grpc.aio.AioRpcError) -> str | None:
         if detail.Unpack(info):
             return str(info.reason)
     return None
+
+
+def service_unavailable(service: str) -> ApiError:
+    """Build the retryable error for a platform service that cannot be reached right now."""
+    return ApiError(
+        grpc.StatusCode.UNAVAILABLE,
+        Reason.SERVICE_UNAVAILABLE,
+        f"The {service} is unavailable right now; retry the call.",
+        metadata={"service": service},
+    )
+
+
+def forwarded_error(err: grpc.aio.AioRpcError, service: str) -> ApiError:
+    """Rebuild the error a platform service answered, for our own caller.
+
+    The peer's code, reason, message and field pass through; a peer that could not be
+    reached becomes SERVICE_UNAVAILABLE. A peer refusing *our* identity is our
+    misconfiguration, not the caller's fault, so it becomes INTERNAL.
+    """
+    try:
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    except ValueError:
+        status = None
+    info, field = None, None
+    for detail in status.details if status is not None else ():
+        unpacked = error_details_pb2.ErrorInfo()
+        if detail.Unpack(unpacked):
+            info = unpacked
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request) and bad_request.field_violations:
+            field = bad_request.field_violations[0].field
+    if info is None or info.reason not in Reason.DESCRIPTOR.values_by_name:
+        if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return service_unavailable(service)
+        return internal_error()
+    reason = Reason.Value(info.reason)
+    if reason in (Reason.SERVICE_IDENTITY_REQUIRED, Reason.SERVICE_NOT_ALLOWED):
+        return internal_error()
+    return ApiError(err.code(), reason, err.details() or "", metadata=info.metadata, field=field)

@@ -2,7 +2,7 @@
 
 request ─► authenticate (unless open) ─► servicer ─► ok / ApiError / AbortError / crash
                                                        │        │           │          │
-                                 canonical log line ◄──┴────────┴───────────┴──────────┘
+                   canonical log line + RPC metrics ◄──┴────────┴───────────┴──────────┘
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any, Protocol, TypeAlias
 import grpc
 import structlog
 
-from services.rpc.errors import ApiError, internal_error
+from services.rpc.errors import DATABASE_ERRORS, ApiError, database_unavailable, internal_error
+from services.rpc.metrics import observe_rpc
 
 log = structlog.get_logger()
 
@@ -26,6 +27,10 @@ OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 principal_var: contextvars.ContextVar[Any] = contextvars.ContextVar("principal")
+# The running call's context, for authenticators that read its transport (mTLS peers).
+call_context_var: contextvars.ContextVar[grpc.aio.ServicerContext[Any, Any]] = (
+    contextvars.ContextVar("call_context")
+)
 
 
 class Authenticator(Protocol):
@@ -37,6 +42,11 @@ class Authenticator(Protocol):
 def current_principal() -> Any:
     """Return the principal the interceptor resolved for the running RPC."""
     return principal_var.get()
+
+
+def current_call_context() -> grpc.aio.ServicerContext[Any, Any]:
+    """Return the servicer context of the running RPC."""
+    return call_context_var.get()
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], err: ApiError) -> None:
@@ -81,12 +91,20 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
         return handler  # client- and bidi-streaming RPCs are not part of our APIs
 
-    async def _authenticate(self, method: str, metadata: Mapping[str, str]) -> None:
+    async def _authenticate(
+        self,
+        method: str,
+        metadata: Mapping[str, str],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
         if self._authenticator is not None:
+            call_context_var.set(context)
             principal_var.set(await self._authenticator(method, metadata))
 
     def _log_outcome(self, method: str, code: grpc.StatusCode, started: float, **kw: Any) -> None:
-        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        seconds = time.perf_counter() - started
+        observe_rpc(method, code, seconds)
+        duration_ms = round(seconds * 1000, 3)
         level = "debug" if method in self._quiet_methods and code == grpc.StatusCode.OK else "info"
         log.log(
             {"debug": 10, "info": 20}[level],
@@ -104,7 +122,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             started = time.perf_counter()
             with structlog.contextvars.bound_contextvars(rpc=method):
                 try:
-                    await self._authenticate(method, metadata)
+                    await self._authenticate(method, metadata, context)
                     response = await behavior(request, context)
                 except ApiError as err:
                     self._log_outcome(method, err.code, started, reason=err.reason_name)
@@ -112,6 +130,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     self._log_outcome(method, grpc.StatusCode.CANCELLED, started)
                     raise
+                except DATABASE_ERRORS as err:
+                    self._log_outcome(method, grpc.StatusCode.UNAVAILABLE, started, error=str(err))
+                    await _abort(context, database_unavailable())
                 except Exception:
                     log.exception("rpc_crashed", rpc=method)
                     self._log_outcome(method, grpc.StatusCode.INTERNAL, started)
@@ -130,7 +151,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             started = time.perf_counter()
             with structlog.contextvars.bound_contextvars(rpc=method):
                 try:
-                    await self._authenticate(method, metadata)
+                    await self._authenticate(method, metadata, context)
                     async for response in behavior(request, context):
                         yield response
                 except ApiError as err:
@@ -139,6 +160,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
                     self._log_outcome(method, grpc.StatusCode.CANCELLED, started)
                     raise
+                except DATABASE_ERRORS as err:
+                    self._log_outcome(method, grpc.StatusCode.UNAVAILABLE, started, error=str(err))
+                    await _abort(context, database_unavailable())
                 except Exception:
                     log.exception("rpc_crashed", rpc=method)
                     self._log_outcome(method, grpc.StatusCode.INTERNAL, started)

@@ -1,4 +1,13 @@
-"""Service identity for internal APIs: a per-deployment shared token (no mTLS configured)."""
+"""Service identity for internal APIs: a client certificate (mTLS) or a per-deployment token.
+
+Two ways for an internal caller to say which platform service it is:
+
+- mutual TLS: the server requires a client certificate from the deployment's CA, and the
+  certificate's URI SAN names the service (`services.rpc.tls`);
+- tokens, where TLS is off: the caller sends `x-ap-internal-token`, and the server maps each
+  token it knows to one service. The worker's dispatch token (`AP_INTERNAL_TOKEN`) is one
+  such token; the vault knows only its own two (`AP_VAULT_ADMIN_TOKEN`, `AP_VAULT_RESOLVE_TOKEN`).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +17,29 @@ from collections.abc import Mapping
 import grpc
 
 from services.rpc.errors import ApiError, Reason
+from services.rpc.interceptors import current_call_context
+from services.rpc.tls import peer_service
 
 INTERNAL_TOKEN_HEADER = "x-ap-internal-token"
+
+
+def service_identity_required() -> ApiError:
+    """Build the error for a call that carries no valid service identity."""
+    return ApiError(
+        grpc.StatusCode.UNAUTHENTICATED,
+        Reason.SERVICE_IDENTITY_REQUIRED,
+        "This internal API accepts only platform services.",
+    )
+
+
+def service_not_allowed(service: str) -> ApiError:
+    """Build the error for a platform service calling a method that is not meant for it."""
+    return ApiError(
+        grpc.StatusCode.PERMISSION_DENIED,
+        Reason.SERVICE_NOT_ALLOWED,
+        f"The {service} service may not make this call.",
+        metadata={"service": service},
+    )
 
 
 class InternalTokenAuthenticator:
@@ -21,9 +51,29 @@ class InternalTokenAuthenticator:
     async def __call__(self, method: str, metadata: Mapping[str, str]) -> str:
         presented = metadata.get(INTERNAL_TOKEN_HEADER, "").encode()
         if not hmac.compare_digest(presented, self._token):
-            raise ApiError(
-                grpc.StatusCode.UNAUTHENTICATED,
-                Reason.SERVICE_IDENTITY_REQUIRED,
-                "This internal API accepts only platform services.",
-            )
+            raise service_identity_required()
         return "service"
+
+
+class ServiceIdentifier:
+    """Name the platform service making the running call, from its certificate or its token.
+
+    With `mtls`, only the verified client certificate counts and tokens are ignored; without
+    it, the token must match one of `tokens` (service name → token).
+    """
+
+    def __init__(self, *, mtls: bool, tokens: Mapping[str, str] | None = None) -> None:
+        self._mtls = mtls
+        self._tokens = [(service, token.encode()) for service, token in (tokens or {}).items()]
+
+    def identify(self, metadata: Mapping[str, str]) -> str | None:
+        """Return the calling service's name, or None when the call proves none."""
+        if self._mtls:
+            return peer_service(current_call_context())
+        presented = metadata.get(INTERNAL_TOKEN_HEADER, "").encode()
+        found = None
+        # Compare with every token, so the time taken does not tell which one nearly matched.
+        for service, token in self._tokens:
+            if hmac.compare_digest(presented, token):
+                found = service
+        return found

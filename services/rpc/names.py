@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -91,3 +92,82 @@ def parse_profile_name(name: str, field: str = "name") -> uuid.UUID | None:
     if parts[1] == "me":
         return None
     return _parse_id(parts[1], field, "user")
+
+
+# A secret's id: what a person types (`ap secrets put GITHUB_TOKEN`), case-sensitive.
+_SECRET_ID = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A secret named by its id ("GITHUB_TOKEN") or, as an alias, by its uid."""
+
+    secret_id: str | None = None
+    uid: uuid.UUID | None = None
+
+    def __str__(self) -> str:
+        return self.secret_id if self.secret_id is not None else str(self.uid)
+
+
+def _looks_like_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _secret_ref(segment: str, field: str) -> SecretRef:
+    # A canonical UUID is the uid alias; ids never look like UUIDs (check_secret_id).
+    if _looks_like_uuid(segment) and str(uuid.UUID(segment)) == segment:
+        return SecretRef(uid=uuid.UUID(segment))
+    if not _SECRET_ID.fullmatch(segment):
+        raise invalid_argument(
+            field,
+            f"{field} has a malformed secret id {segment!r}: a letter, then up to 62 letters, "
+            "digits, '_' or '-'.",
+        )
+    return SecretRef(secret_id=segment)
+
+
+def check_secret_id(ref: SecretRef, field: str = "name") -> str:
+    """Return the id of a secret being created; a uid or a UUID-like id is refused."""
+    if ref.secret_id is None or _looks_like_uuid(ref.secret_id):
+        raise invalid_argument(
+            field, f"{field} must name a new secret by an id, not by a uid or a UUID-like id."
+        )
+    return ref.secret_id
+
+
+def secret_name(secret_id: str) -> str:
+    """Format a secret's public resource name (the workspace is the caller's)."""
+    return f"secrets/{secret_id}"
+
+
+def parse_secret_name(name: str, field: str = "name") -> SecretRef:
+    """Parse "secrets/{secret}", where {secret} is the id or the uid."""
+    (segment,) = _segments(name, field, ("secrets",))
+    return _secret_ref(segment, field)
+
+
+def workspace_secret_name(workspace_id: uuid.UUID, secret_id: str) -> str:
+    """Format a secret's name on the vault's internal API."""
+    return f"workspaces/{workspace_id}/secrets/{secret_id}"
+
+
+def parse_workspace_secret_name(name: str, field: str = "name") -> tuple[uuid.UUID, SecretRef]:
+    """Parse "workspaces/{workspace}/secrets/{secret}", where {secret} is the id or the uid."""
+    workspace, segment = _segments(name, field, ("workspaces", "secrets"))
+    return _parse_id(workspace, field, "workspace"), _secret_ref(segment, field)
+
+
+def parse_workspace_name(name: str, field: str = "name") -> uuid.UUID:
+    """Parse "workspaces/{workspace}"."""
+    (workspace,) = _segments(name, field, ("workspaces",))
+    return _parse_id(workspace, field, "workspace")
+
+
+def parse_user_name(name: str, field: str = "name") -> uuid.UUID:
+    """Parse "users/{user}"."""
+    (user,) = _segments(name, field, ("users",))
+    return _parse_id(user, field, "user")

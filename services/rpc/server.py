@@ -14,6 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.rpc.interceptors import Authenticator, ServiceInterceptor
+from services.rpc.metrics import MetricsServer
+from services.rpc.settings import ServiceSettings
 
 log = structlog.get_logger()
 
@@ -38,8 +40,10 @@ class GrpcServer:
         authenticator: Authenticator | None,
         max_message_bytes: int,
         quiet_methods: Collection[str] = (),
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self._host = host
+        self._credentials = credentials
         self._requested_port = port
         self._bindings = bindings
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -72,7 +76,12 @@ class GrpcServer:
             ],
             self._server,
         )
-        self.port = self._server.add_insecure_port(f"{self._host}:{self._requested_port}")
+        where = f"{self._host}:{self._requested_port}"
+        self.port = (
+            self._server.add_insecure_port(where)
+            if self._credentials is None
+            else self._server.add_secure_port(where, self._credentials)
+        )
         if self.port == 0:
             raise OSError(f"cannot bind {self._host}:{self._requested_port}")
         await self._server.start()
@@ -89,22 +98,31 @@ class GrpcServer:
 class Service(Protocol):
     """A runnable service: started once, stopped once."""
 
+    @property
+    def settings(self) -> ServiceSettings: ...
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
 
 async def run_until_signal(service: Service, name: str) -> None:
-    """Start the service, wait for SIGTERM or SIGINT, then stop it gracefully."""
+    """Serve the service and the process's metrics until SIGTERM or SIGINT, then stop both.
+
+    Metrics stop last, so a draining service stays observable.
+    """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    metrics = MetricsServer(service.settings.grpc_host, service.settings.metrics_port or 0)
+    await metrics.start()
     await service.start()
-    log.info("service_started", service=name)
+    log.info("service_started", service=name, metrics=metrics.url)
     await stopping.wait()
     log.info("service_stopping", service=name)
     await service.stop()
+    await metrics.stop()
     log.info("service_stopped", service=name)
 
 

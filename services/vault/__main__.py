@@ -2,7 +2,8 @@
 
 from services.rpc.logging import configure_logging
 from services.rpc.server import run_main
-from services.vault.app import Vault, VaultSettings
+from services.vault.app import Vault
+from services.vault.settings import VaultSettings
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from services.worker.execution import RunExecution
 from services.worker.model import ChatCompletionsClient
 from services.worker.settings import WorkerSettings
 
-log = structlog.get_logger().bind(service="worker")
+log = structlog.get_logger(service="worker")
 
 
 class Worker:
@@ -33,7 +33,7 @@ class Worker:
         self._metadata = ((INTERNAL_TOKEN_HEADER, settings.internal_token.get_secret_value()),)
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
-        self._executing: set[asyncio.Task[None]] = set()
+        self._executing: dict[asyncio.Task[None], RunExecution] = {}
         self._channel: grpc.aio.Channel | None = None
         self._http: httpx.AsyncClient | None = None
         self._server = GrpcServer(
@@ -89,21 +89,20 @@ class Worker:
                 continue
             current = asyncio.current_task()
             assert current is not None
-            self._executing.add(current)
+            execution = RunExecution(stub, response.claim, self.model, model, self._metadata)
+            self._executing[current] = execution
             try:
-                await RunExecution(
-                    stub, response.claim, self.model, model, self._metadata
-                ).execute()
+                await execution.execute()
             except grpc.aio.AioRpcError as err:
                 # The run stays leased; once the lease expires it is rescued as a new attempt.
                 log.warning("run_execution_failed", run=response.claim.run, code=err.code().name)
             finally:
-                self._executing.discard(current)
+                del self._executing[current]
 
     async def stop(self) -> None:
-        """Stop claiming, give running runs the grace period, then cancel what is left."""
+        """Drain: stop claiming, let held runs finish within the grace, release the rest."""
         self._stopping.set()
-        # Loops waiting in ClaimRun hold nothing: stop them now; running runs get the grace.
+        # Loops waiting in ClaimRun hold nothing: stop them now. Runs keep heartbeating.
         for task in self._loops:
             if task not in self._executing:
                 task.cancel()
@@ -112,6 +111,14 @@ class Worker:
             _done, pending = await asyncio.wait(
                 self._loops, timeout=self.settings.shutdown_grace_seconds
             )
+        # Hand unfinished runs back so another worker claims them now, not after the lease.
+        for task in pending:
+            execution = self._executing.get(task)
+            if execution is not None:
+                log.info("releasing_run", run=execution.run)
+                execution.stop("released")
+        if pending:
+            _done, pending = await asyncio.wait(pending, timeout=5.0)
         for task in pending:
             task.cancel()
         for task in pending:

@@ -3,13 +3,22 @@
 Events are numbered here from the claim's last sequence and sent in batches: whatever
 accumulated while the previous append was in flight goes in the next one, so a fast model
 costs few round trips and a slow one adds no waiting.
+
+    claim ─► produce (model stream ─► EventSink) ─► FinishRun
+               ▲ stopped by: cancel (heartbeat/append reply) → FinishRun(cancelled)
+               │             lease lost (any fenced call)    → abandon, the new holder owns it
+               │             deadline                        → FinishRun(failed RUN_TIMEOUT)
+               └             drain (worker stopping)          → ReleaseRun, claimable at once
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 import structlog
@@ -19,6 +28,7 @@ from agentplatform.v1 import run_pb2
 
 from services.rpc.errors import reason_of
 from services.rpc.settings import HostedModelSettings
+from services.worker.metrics import FirstOutputClock
 from services.worker.model import (
     ChatCompletionsClient,
     ModelError,
@@ -28,17 +38,37 @@ from services.worker.model import (
 )
 from services.worker.prompt import model_messages
 
-log = structlog.get_logger().bind(service="worker")
+log = structlog.get_logger(service="worker")
 
 RPC_TIMEOUT = 10.0
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+T = TypeVar("T")
+
+Stub: TypeAlias = "dispatch_service_pb2_grpc.DispatchServiceAsyncStub"
+Metadata = tuple[tuple[str, str], ...]
 
 
 class LeaseLostError(Exception):
     """The control plane refused a call because another worker holds the run now."""
 
 
-def _is_lease_lost(err: grpc.aio.AioRpcError) -> bool:
-    return reason_of(err) == "LEASE_LOST"
+async def call_fenced(call: Callable[[], Awaitable[T]], *, give_up_after: float) -> T:
+    """Make a fenced dispatch call, retrying while the control plane is unreachable.
+
+    Retrying is safe: appends and finishes are idempotent per (run, fence, sequences).
+    """
+    deadline = time.monotonic() + give_up_after
+    backoff = 0.05
+    while True:
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as err:
+            if reason_of(err) == "LEASE_LOST":
+                raise LeaseLostError() from None
+            if err.code() not in _RETRYABLE or time.monotonic() + backoff > deadline:
+                raise
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 1.0)
 
 
 class EventSink:
@@ -46,18 +76,25 @@ class EventSink:
 
     def __init__(
         self,
-        stub: dispatch_service_pb2_grpc.DispatchServiceAsyncStub,
+        stub: Stub,
         claim: pb.RunClaim,
-        metadata: tuple[tuple[str, str], ...],
+        metadata: Metadata,
+        *,
+        on_cancel: Callable[[], None],
+        on_lease_lost: Callable[[], None],
+        retry_for: float,
     ) -> None:
         self._stub = stub
         self._claim = claim
         self._metadata = metadata
+        self._on_cancel = on_cancel
+        self._on_lease_lost = on_lease_lost
+        self._retry_for = retry_for
         self._next_sequence = claim.last_event_sequence + 1
+        self._first_output = FirstOutputClock()
         self._pending: list[run_pb2.RunEvent] = []
         self._wake = asyncio.Event()
         self._closed = False
-        self.cancel_requested = False
         self._task = asyncio.create_task(self._send_forever())
 
     def emit(self, event: run_pb2.RunEvent) -> None:
@@ -65,93 +102,163 @@ class EventSink:
         event.sequence = self._next_sequence
         event.attempt = self._claim.attempt
         self._next_sequence += 1
+        self._first_output.saw(event)
         self._pending.append(event)
         self._wake.set()
 
     async def _send_forever(self) -> None:
-        while not self._closed or self._pending:
+        while not self._closed:
             if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             batch, self._pending = self._pending, []
+            request = pb.AppendRunEventsRequest(
+                run=self._claim.run, fencing_token=self._claim.fencing_token, events=batch
+            )
             try:
-                response = await self._stub.AppendRunEvents(
-                    pb.AppendRunEventsRequest(
-                        run=self._claim.run,
-                        fencing_token=self._claim.fencing_token,
-                        events=batch,
+                response = await call_fenced(
+                    functools.partial(
+                        self._stub.AppendRunEvents,
+                        request,
+                        metadata=self._metadata,
+                        timeout=RPC_TIMEOUT,
                     ),
-                    metadata=self._metadata,
-                    timeout=RPC_TIMEOUT,
+                    give_up_after=self._retry_for,
                 )
-            except grpc.aio.AioRpcError as err:
-                if _is_lease_lost(err):
-                    raise LeaseLostError(self._claim.run) from None
-                raise
-            self.cancel_requested = self.cancel_requested or response.cancel_requested
+            except LeaseLostError:
+                self._on_lease_lost()
+                return
+            if response.cancel_requested:
+                self._on_cancel()
 
     async def drain(self) -> list[run_pb2.RunEvent]:
-        """Stop sending and return the events not yet appended (they go with FinishRun)."""
+        """Wait for the append in flight; return the events not yet sent (for FinishRun)."""
         self._closed = True
-        leftover_before = self._pending
-        self._pending = []
         self._wake.set()
         await self._task
-        return leftover_before
-
-    @property
-    def failed(self) -> BaseException | None:
-        """Return the error that stopped the sender, if any."""
-        if self._task.done() and not self._task.cancelled():
-            return self._task.exception()
-        return None
+        leftover, self._pending = self._pending, []
+        return leftover
 
     async def abort(self) -> None:
         """Stop sending without flushing."""
+        self._closed = True
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, LeaseLostError, grpc.aio.AioRpcError):
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
             await self._task
 
 
 class RunExecution:
-    """Carry one claimed run from its first event to FinishRun."""
+    """Carry one claimed run from its first event to FinishRun (or hand it back)."""
 
     def __init__(
         self,
-        stub: dispatch_service_pb2_grpc.DispatchServiceAsyncStub,
+        stub: Stub,
         claim: pb.RunClaim,
         model_settings: HostedModelSettings,
         model: ChatCompletionsClient,
-        metadata: tuple[tuple[str, str], ...],
+        metadata: Metadata,
     ) -> None:
         self._stub = stub
         self._claim = claim
         self._model_settings = model_settings
         self._model = model
         self._metadata = metadata
+        self._produce: asyncio.Task[dict[str, Any]] | None = None
+        self._stop_reason: str | None = None
+        self._heartbeat_seconds = max(claim.heartbeat_interval.ToTimedelta().total_seconds(), 0.01)
+        # Keep retrying an unreachable control plane for about a lease (ten heartbeats by
+        # default): past that the run has been rescued and belongs to someone else anyway.
+        self._retry_for = max(10 * self._heartbeat_seconds, 1.0)
+
+    @property
+    def run(self) -> str:
+        """Return the run's name."""
+        return self._claim.run
+
+    def stop(self, reason: str) -> None:
+        """Stop producing: "cancelled", "lease_lost" or "released"; the first reason wins."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        if self._produce is not None:
+            self._produce.cancel()
 
     async def execute(self) -> None:
-        """Run the model and record everything it does; never leave the run unfinished."""
+        """Run the model and record everything it does; never leave the run half-finished."""
         claim = self._claim
         with structlog.contextvars.bound_contextvars(
             run=claim.run, session=claim.run.rsplit("/runs/", 1)[0], attempt=claim.attempt
         ):
-            sink = EventSink(self._stub, claim, self._metadata)
+            sink = EventSink(
+                self._stub,
+                claim,
+                self._metadata,
+                on_cancel=lambda: self.stop("cancelled"),
+                on_lease_lost=lambda: self.stop("lease_lost"),
+                retry_for=self._retry_for,
+            )
+            self._produce = asyncio.create_task(self._produce_events(sink))
             heartbeat = asyncio.create_task(self._heartbeat_forever())
             try:
-                outcome = await self._produce(sink)
+                outcome = await self._outcome(self._produce)
+                if outcome is None:
+                    await self._hand_back()
+                    return
                 leftover = await sink.drain()
+                if self._stop_reason == "lease_lost":
+                    log.warning("lease_lost_run_abandoned")
+                    return
                 await self._finish(leftover, outcome)
             except LeaseLostError:
                 log.warning("lease_lost_run_abandoned")
             finally:
                 heartbeat.cancel()
                 await sink.abort()
-                with contextlib.suppress(asyncio.CancelledError, LeaseLostError):
+                if not self._produce.done():
+                    self._produce.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
                     await heartbeat
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._produce
 
-    async def _produce(self, sink: EventSink) -> dict[str, Any]:
+    async def _outcome(self, produce: asyncio.Task[dict[str, Any]]) -> dict[str, Any] | None:
+        """Wait for the model to finish, the deadline, or a stop; None means do not finish."""
+        remaining = self._claim.deadline.ToDatetime().timestamp() - time.time()
+        done, _ = await asyncio.wait({produce}, timeout=max(remaining, 0.0))
+        if not done:
+            produce.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await produce
+            if self._stop_reason is None:
+                return {
+                    "failed": pb.FinishRunRequest.Failed(
+                        reason="RUN_TIMEOUT", message="The run exceeded its maximum duration."
+                    )
+                }
+        if self._stop_reason == "cancelled":
+            return {"cancelled": pb.FinishRunRequest.Cancelled(reason="cancelled on request")}
+        if self._stop_reason is not None:
+            return None
+        return produce.result()
+
+    async def _hand_back(self) -> None:
+        if self._stop_reason != "released":
+            log.warning("lease_lost_run_abandoned")
+            return
+        with contextlib.suppress(LeaseLostError):
+            await call_fenced(
+                lambda: self._stub.ReleaseRun(
+                    pb.ReleaseRunRequest(
+                        run=self._claim.run, fencing_token=self._claim.fencing_token
+                    ),
+                    metadata=self._metadata,
+                    timeout=RPC_TIMEOUT,
+                ),
+                give_up_after=self._retry_for,
+            )
+            log.info("run_released")
+
+    async def _produce_events(self, sink: EventSink) -> dict[str, Any]:
         if not self._model_settings.configured:
             return {
                 "failed": pb.FinishRunRequest.Failed(
@@ -182,8 +289,6 @@ class RunExecution:
                         reasoning_tokens=item.reasoning_tokens,
                     )
                     sink.emit(run_pb2.RunEvent(usage=usage))
-                if sink.failed is not None:
-                    raise sink.failed
         except ModelError as err:
             log.info("model_call_failed", reason=err.reason, error=err.message)
             return {"failed": pb.FinishRunRequest.Failed(reason=err.reason, message=err.message)}
@@ -193,27 +298,26 @@ class RunExecution:
         request = pb.FinishRunRequest(
             run=self._claim.run, fencing_token=self._claim.fencing_token, events=leftover, **outcome
         )
-        try:
-            await self._stub.FinishRun(request, metadata=self._metadata, timeout=RPC_TIMEOUT)
-        except grpc.aio.AioRpcError as err:
-            if _is_lease_lost(err):
-                raise LeaseLostError(self._claim.run) from None
-            raise
+        await call_fenced(
+            lambda: self._stub.FinishRun(request, metadata=self._metadata, timeout=RPC_TIMEOUT),
+            give_up_after=self._retry_for,
+        )
 
     async def _heartbeat_forever(self) -> None:
-        interval = max(self._claim.heartbeat_interval.ToTimedelta().total_seconds(), 0.05)
+        request = pb.HeartbeatRunRequest(
+            run=self._claim.run, fencing_token=self._claim.fencing_token
+        )
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self._heartbeat_seconds)
             try:
-                await self._stub.HeartbeatRun(
-                    pb.HeartbeatRunRequest(
-                        run=self._claim.run, fencing_token=self._claim.fencing_token
-                    ),
-                    metadata=self._metadata,
-                    timeout=RPC_TIMEOUT,
+                response = await self._stub.HeartbeatRun(
+                    request, metadata=self._metadata, timeout=RPC_TIMEOUT
                 )
             except grpc.aio.AioRpcError as err:
-                if _is_lease_lost(err):
-                    log.warning("heartbeat_lease_lost")
+                if reason_of(err) == "LEASE_LOST":
+                    self.stop("lease_lost")
                     return
                 log.warning("heartbeat_failed", code=err.code().name)
+                continue
+            if response.cancel_requested:
+                self.stop("cancelled")

@@ -6,9 +6,10 @@ import io
 from typing import Any
 
 import pytest
+from agentplatform import is_terminal
 from agentplatform.v1 import run_pb2
 
-from ap_cli.render import EventRenderer, compact_json, is_terminal, shorten
+from ap_cli.render import EventRenderer, compact_json, shorten
 
 RUN = "sessions/00000000-0000-0000-0000-000000000001/runs/00000000-0000-0000-0000-000000000002"
 

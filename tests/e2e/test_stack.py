@@ -15,12 +15,16 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from devtools.stack import STACK_IDENTITY, pki_dir
 from services.control_plane.bootstrap import bootstrap
 from services.rpc.db import role_dsn
+from services.rpc.settings import METRICS_PORT_OFFSET
+from services.rpc.tls import ServiceTls
 
 REPO = Path(__file__).resolve().parents[2]
 AP = Path(sys.executable).with_name("ap")
@@ -43,14 +47,16 @@ def _port_free(port: int) -> bool:
 
 
 def free_base_port() -> int:
-    """Pick 5 free consecutive ports: the four services' and the dev model's."""
+    """Pick 5 free consecutive ports (four services, the dev model) and the metrics ports."""
     rng = random.SystemRandom()
     for _ in range(200):
         # Below Linux's ephemeral range, so outgoing connections do not take them meanwhile.
-        base = rng.randrange(20000, 32000)
-        if all(_port_free(base + offset) for offset in range(5)):
+        base = rng.randrange(20000, 32000 - METRICS_PORT_OFFSET)
+        wanted = [base + offset for offset in range(5)]
+        wanted += [port + METRICS_PORT_OFFSET for port in wanted[: len(SERVICES)]]
+        if all(_port_free(port) for port in wanted):
             return base
-    raise RuntimeError("no 5 free consecutive ports found")
+    raise RuntimeError("no 5 free consecutive ports (and their metrics ports) found")
 
 
 def stack_env(admin_dsn: str, config_home: Path) -> dict[str, str]:
@@ -222,9 +228,25 @@ async def run_readme_walkthrough(env: dict[str, str], endpoint: str) -> tuple[in
     return proc.returncode or 0, out.decode()
 
 
-async def health_status(port: int) -> int:
-    """Return the overall gRPC health status of the server on a port."""
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+async def scrape_metrics(port: int) -> str:
+    """Return the Prometheus text a service serves on its metrics port."""
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as http:
+        reply = await http.get(f"http://127.0.0.1:{port + METRICS_PORT_OFFSET}/metrics")
+    reply.raise_for_status()
+    return reply.text
+
+
+async def health_status(port: int, *, pki: Path | None = None) -> int:
+    """Return the overall gRPC health status of the server on a port (over mTLS with `pki`)."""
+    address = f"127.0.0.1:{port}"
+    if pki is None:
+        channel = grpc.aio.insecure_channel(address)
+    else:
+        tls = ServiceTls.load(
+            pki / "ca.pem", pki / f"{STACK_IDENTITY}.pem", pki / f"{STACK_IDENTITY}-key.pem"
+        )
+        channel = grpc.aio.secure_channel(address, tls.channel_credentials())
+    async with channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=5
         )
@@ -289,12 +311,34 @@ async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
         code, out = await run_readme_walkthrough(env, endpoint)
         assert code == 0, out
         assert "agentplatform.v1.RunService" in out
+        assert "message CreateRunRequest {" in out
+        assert "string input_text = " in out
         assert '"type": "run.completed"' in out
         assert out.count('"type": "output_text.delta"') == 5
 
-        for port in ports(env):
-            assert await health_status(port) == health_pb2.HealthCheckResponse.SERVING
+        # The control plane reaches the vault over mTLS with the certificates `stack run` made.
+        code, out = await run_cli(env, "secrets", "put", "E2E_TOKEN", stdin="e2e-value\n")
+        assert (code, out.strip()) == (0, "secrets/E2E_TOKEN version 1"), out
+        code, out = await run_cli(env, "secrets", "list")
+        assert code == 0 and "secrets/E2E_TOKEN" in out and "e2e-value" not in out, out
+        code, out = await run_cli(env, "vault", "status")
+        assert code == 0 and "every data key is wrapped under the active version 1" in out, out
+        code, out = await run_cli(env, "secrets", "rm", "E2E_TOKEN")
+        assert code == 0, out
+
+        for name, port in zip(SERVICES, ports(env), strict=True):
+            pki = pki_dir(int(env["AP_STACK_BASE_PORT"])) if name == "vault" else None
+            status = await health_status(port, pki=pki)
+            assert status == health_pb2.HealthCheckResponse.SERVING
         assert "agentplatform.v1.RunService" in await reflected_services(ports(env)[0])
+
+        # Two runs completed (chat and the walk-through); every service serves its metrics.
+        scraped = dict(zip(SERVICES, [await scrape_metrics(p) for p in ports(env)], strict=True))
+        for text in scraped.values():
+            assert "# TYPE ap_grpc_requests_total counter" in text
+            assert "process_resident_memory_bytes" in text
+        assert 'ap_runs_finished_total{status="completed"} 2.0' in scraped["control_plane"]
+        assert "ap_run_time_to_first_event_seconds_count 2.0" in scraped["worker"]
 
         assert await stack.stop() == 0, stack.output
         assert "stack stopped" in stack.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import grpc
 from agentplatform.v1 import run_service_pb2
 
@@ -92,5 +93,36 @@ async def test_a_run_streams_to_a_client_of_another_replica(stack: Stack) -> Non
         assert events == await stack.owner.stream(run.name)
         assert events[-1].type == "run.completed"
     finally:
+        await channel.close(None)
+        await replica.stop()
+
+
+async def test_a_killed_listen_connection_reconnects_and_keeps_delivering(stack: Stack) -> None:
+    """After its LISTEN backend is terminated, a replica reconnects and live delivery resumes."""
+    replica = await start_control_plane(
+        stack.admin_dsn,
+        stack.internal_token,
+        stack.control_plane.model,
+        poll_interval_seconds=30.0,
+    )
+    channel = grpc.aio.insecure_channel(replica.address)
+    admin = await asyncpg.connect(stack.admin_dsn)
+    try:
+        listener = replica.listener
+        await asyncio.wait_for(listener.connected.wait(), 10)
+        reconnected = listener.reconnects
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'ap-listener' AND datname = current_database()"
+        )
+        assert killed >= 1
+        await asyncio.wait_for(listener.wait_reconnected(after=reconnected), 10)
+        remote = Client(channel, stack.owner.api_key)
+        session = await new_session(stack.owner)
+        run = await new_run(stack.owner, session.name, "relisten [[tokens=10]] [[delay_ms=30]]")
+        events = await asyncio.wait_for(remote.stream(run.name), 10)
+        assert events == await stack.owner.stream(run.name)
+    finally:
+        await admin.close()
         await channel.close(None)
         await replica.stop()

@@ -13,10 +13,6 @@ from grpc_status import rpc_status
 ERROR_DOMAIN = "agentplatform.dev"
 
 
-class UsageError(Exception):
-    """A command-line argument is malformed; reported without contacting the server."""
-
-
 @dataclass(frozen=True)
 class RpcFailure:
     """What a failed call reported: status code, message, ErrorInfo reason and metadata."""
@@ -68,10 +64,10 @@ def is_reconnectable(failure: RpcFailure) -> bool:
     return failure.code == grpc.StatusCode.UNAVAILABLE or failure.reason == "SERVER_SHUTTING_DOWN"
 
 
-class CliError(Exception):
+class ClientError(Exception):
     """A failure the client detected itself, reported like a server error."""
 
     def __init__(self, failure: RpcFailure) -> None:
-        """Wrap `failure` for the top-level error printer."""
+        """Wrap `failure`; `str()` gives its one-line message."""
         super().__init__(str(failure))
         self.failure = failure

@@ -10,6 +10,8 @@ from functools import partial
 from typing import Any, TypeVar
 
 import grpc
+
+from agentplatform._errors import ClientError, RpcFailure, describe_rpc_error, is_reconnectable
 from agentplatform.v1 import (
     run_pb2,
     run_service_pb2,
@@ -19,16 +21,12 @@ from agentplatform.v1 import (
     session_service_pb2_grpc,
 )
 
-from ap_cli.config import ClientConfig
-from ap_cli.errors import CliError, RpcFailure, describe_rpc_error, is_reconnectable
-from ap_cli.render import is_terminal
-
 T = TypeVar("T")
 
-# Unary calls are short; a deadline keeps a wedged server from hanging the terminal.
+# Unary calls are short; a deadline keeps a wedged server from hanging the caller.
 UNARY_TIMEOUT_S = 30.0
 # A create retried with the same request_id is idempotent, so a few quick tries ride out a
-# restarting server without surprising the user with a long wait.
+# restarting server without surprising the caller with a long wait.
 UNARY_ATTEMPTS = 5
 RETRY_INITIAL_S = 0.2
 RETRY_MAX_S = 3.0
@@ -38,8 +36,17 @@ STREAM_RECONNECT_WINDOW_S = 120.0
 TERMINAL_STATES = frozenset(
     {run_pb2.Run.State.COMPLETED, run_pb2.Run.State.FAILED, run_pb2.Run.State.CANCELLED}
 )
+_TERMINAL_EVENT_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})
+_TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
+# Called before a broken event stream resumes, with the failure (None when the stream only
+# ended early) and the last sequence received, which the stream resumes after.
 ReconnectHook = Callable[[RpcFailure | None, int], None]
+
+
+def is_terminal(event: run_pb2.RunEvent) -> bool:
+    """Say whether the event ends the run's timeline."""
+    return event.WhichOneof("payload") in _TERMINAL_PAYLOADS or event.type in _TERMINAL_EVENT_TYPES
 
 
 async def retry_unavailable(
@@ -59,21 +66,39 @@ async def retry_unavailable(
 
 
 class Client:
-    """Hold one channel to the control plane and the caller's credentials."""
+    """Hold one channel to the control plane and the caller's API key.
+
+    Failed calls raise `grpc.aio.AioRpcError`; `describe_rpc_error` decodes its reason.
+    Reads and creates are retried while the server is unreachable (creates carry a
+    request_id, so a retry cannot create twice).
+    """
 
     def __init__(
-        self, config: ClientConfig, *, channel_options: Sequence[tuple[str, Any]] = ()
+        self,
+        endpoint: str,
+        api_key: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        """Open an insecure channel to `config.endpoint`; must run inside the event loop."""
-        self.endpoint = config.endpoint
-        self.channel: grpc.aio.Channel = grpc.aio.insecure_channel(
-            config.endpoint, options=list(channel_options)
+        """Open a channel to `endpoint` (TLS with `credentials`, else plaintext).
+
+        grpc.aio binds the channel to the running event loop, so create the client in it.
+        """
+        self.endpoint = endpoint
+        options = list(channel_options)
+        self.channel: grpc.aio.Channel = (
+            grpc.aio.secure_channel(endpoint, credentials, options=options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(endpoint, options=options)
         )
-        self.metadata: tuple[tuple[str, str], ...] = (
-            ("authorization", f"Bearer {config.api_key}"),
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {api_key}"),)
+        self.sessions: session_service_pb2_grpc.SessionServiceAsyncStub = (
+            session_service_pb2_grpc.SessionServiceStub(self.channel)
         )
-        self.sessions = session_service_pb2_grpc.SessionServiceStub(self.channel)
-        self.runs = run_service_pb2_grpc.RunServiceStub(self.channel)
+        self.runs: run_service_pb2_grpc.RunServiceAsyncStub = run_service_pb2_grpc.RunServiceStub(
+            self.channel
+        )
 
     async def close(self) -> None:
         """Close the channel, cancelling calls still in flight."""
@@ -163,11 +188,30 @@ class Client:
             lambda: self.runs.CreateRun(request, metadata=self.metadata, timeout=UNARY_TIMEOUT_S)
         )
 
+    async def send_message(
+        self,
+        session: str,
+        text: str,
+        *,
+        request_id: str | None = None,
+        on_reconnect: ReconnectHook | None = None,
+    ) -> RunEventStream:
+        """Run `text` in `session` and return the stream of the new run's events."""
+        run = await self.create_run(session, text, request_id=request_id)
+        return self.stream_run_events(run.name, on_reconnect=on_reconnect)
+
     async def get_run(self, name: str) -> run_pb2.Run:
         """Get a run by name."""
         request = run_service_pb2.GetRunRequest(name=name)
         return await retry_unavailable(
             lambda: self.runs.GetRun(request, metadata=self.metadata, timeout=UNARY_TIMEOUT_S)
+        )
+
+    async def cancel_run(self, name: str) -> run_pb2.Run:
+        """Ask for a run to be cancelled; its stream ends with run.cancelled unless it ended."""
+        request = run_service_pb2.CancelRunRequest(name=name)
+        return await retry_unavailable(
+            lambda: self.runs.CancelRun(request, metadata=self.metadata, timeout=UNARY_TIMEOUT_S)
         )
 
     async def list_runs(self, parent: str, *, page_size: int = 0) -> AsyncIterator[run_pb2.Run]:
@@ -188,7 +232,7 @@ class Client:
             if not token:
                 return
 
-    def follow_run(
+    def stream_run_events(
         self,
         name: str,
         *,
@@ -209,9 +253,10 @@ class Client:
 class RunEventStream:
     """Follow a run's events to its terminal one, resuming from the last sequence on UNAVAILABLE.
 
-    `last_sequence` is the cursor to resume from after an interruption. The stream also ends
-    without a terminal event when the run already ended at or before the cursor (a watch with
-    `--after` past the end); `final_run` then holds the run as GetRun reported it.
+    Iterate it (or `events()`) once. `last_sequence` is the cursor to resume from after an
+    interruption; `terminal` holds the terminal event once seen. The stream also ends without
+    a terminal event when the run already ended at or before the cursor (a resume past the
+    end); `final_run` then holds the run as GetRun reported it.
     """
 
     def __init__(
@@ -232,6 +277,10 @@ class RunEventStream:
         self.reconnects = 0
         self._on_reconnect = on_reconnect
         self._window_s = reconnect_window_s
+
+    def __aiter__(self) -> AsyncGenerator[run_pb2.RunEvent, None]:
+        """Return the event generator, so `async for event in stream` works."""
+        return self.events()
 
     async def events(self) -> AsyncGenerator[run_pb2.RunEvent, None]:
         """Yield each event once, in sequence order, until the terminal event."""
@@ -273,7 +322,7 @@ class RunEventStream:
             if now - failing_since > self._window_s:
                 if error is not None:
                     raise error
-                raise CliError(
+                raise ClientError(
                     RpcFailure(
                         code=grpc.StatusCode.UNAVAILABLE,
                         message=f"the event stream of {self.name} kept ending early",

@@ -1,0 +1,244 @@
+"""Implement `ap secrets put|list|rm` and `ap vault status|rotate`.
+
+A secret's value is read from a no-echo prompt or from stdin, never from the command line,
+where it would land in shell history and in every process listing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+import uuid
+from collections.abc import Awaitable
+from typing import BinaryIO, TypeVar
+
+from agentplatform.v1 import (
+    master_key_pb2,
+    master_key_service_pb2,
+    master_key_service_pb2_grpc,
+    secret_pb2,
+    secret_service_pb2,
+    secret_service_pb2_grpc,
+)
+
+from ap_cli.context import Context
+from ap_cli.format import format_table, format_time
+
+T = TypeVar("T")
+
+TIMEOUT_S = 30.0
+_ROTATION_POLL_S = 0.5
+
+
+class ValueUnreadable(Exception):
+    """The value to store could not be read."""
+
+
+def secret_name(value: str) -> str:
+    """Return `secrets/{id}` for a full secret name or a bare id."""
+    value = value.strip()
+    bare = value.removeprefix("secrets/")
+    if not bare or "/" in bare:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a secret: give NAME or secrets/NAME")
+    return f"secrets/{bare}"
+
+
+def read_value(name: str, stdin: BinaryIO, *, interactive: bool) -> bytes:
+    """Read a value: twice at a no-echo prompt on a terminal, else all of stdin.
+
+    One trailing newline is dropped from stdin, so `echo "$TOKEN" | ap secrets put` stores
+    the token itself.
+    """
+    if interactive:
+        first = getpass.getpass(f"value of {name}: ")
+        if getpass.getpass(f"value of {name} (again): ") != first:
+            raise ValueUnreadable("the two values differ; nothing was stored")
+        value = first.encode()
+    else:
+        value = stdin.read()
+        value = value.removesuffix(b"\n").removesuffix(b"\r")
+    if not value:
+        raise ValueUnreadable("no value given; nothing was stored")
+    return value
+
+
+async def _finish(call: Awaitable[T]) -> T:
+    """Await a gRPC call; Context.run takes coroutines only."""
+    return await call
+
+
+def _secrets(ctx: Context) -> secret_service_pb2_grpc.SecretServiceAsyncStub:
+    return secret_service_pb2_grpc.SecretServiceStub(ctx.client.channel)
+
+
+def _master_keys(ctx: Context) -> master_key_service_pb2_grpc.MasterKeyServiceAsyncStub:
+    return master_key_service_pb2_grpc.MasterKeyServiceStub(ctx.client.channel)
+
+
+def secrets_put(ctx: Context, args: argparse.Namespace) -> int:
+    """Store a new version of a secret; print its name and version."""
+    try:
+        value = read_value(args.name, sys.stdin.buffer, interactive=sys.stdin.isatty())
+    except ValueUnreadable as err:
+        ctx.error(str(err))
+        return 1
+    request = secret_service_pb2.PutSecretRequest(
+        name=args.name, value=value, request_id=str(uuid.uuid4())
+    )
+    if args.expected_version is not None:
+        request.expected_version = args.expected_version
+    stored = ctx.run(
+        _finish(_secrets(ctx).PutSecret(request, metadata=ctx.client.metadata, timeout=TIMEOUT_S))
+    )
+    ctx.say(f"{stored.name} version {stored.version}")
+    return 0
+
+
+def secrets_list(ctx: Context, args: argparse.Namespace) -> int:
+    """Print the workspace's secrets (metadata only) as a table."""
+
+    async def collect() -> list[secret_pb2.Secret]:
+        found: list[secret_pb2.Secret] = []
+        token = ""
+        while True:
+            page = await _secrets(ctx).ListSecrets(
+                secret_service_pb2.ListSecretsRequest(page_size=args.page_size, page_token=token),
+                metadata=ctx.client.metadata,
+                timeout=TIMEOUT_S,
+            )
+            found.extend(page.secrets)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    listed = ctx.run(collect())
+    if not listed:
+        ctx.say("no secrets")
+        return 0
+    rows = [(s.name, str(s.version), format_time(s.update_time)) for s in listed]
+    ctx.say(format_table(("NAME", "VERSION", "UPDATED"), rows))
+    return 0
+
+
+def secrets_rm(ctx: Context, args: argparse.Namespace) -> int:
+    """Delete a secret and every version of its value."""
+    ctx.run(
+        _finish(
+            _secrets(ctx).DeleteSecret(
+                secret_service_pb2.DeleteSecretRequest(name=args.name),
+                metadata=ctx.client.metadata,
+                timeout=TIMEOUT_S,
+            )
+        )
+    )
+    ctx.say(f"deleted {args.name} and all its versions")
+    return 0
+
+
+_STATE_NAMES = {
+    master_key_pb2.MasterKeyVersion.ACTIVE: "active",
+    master_key_pb2.MasterKeyVersion.DECRYPT_ONLY: "decrypt-only",
+    master_key_pb2.MasterKeyVersion.RETIRED: "retired",
+}
+
+
+def _rewrap_pending(status: master_key_pb2.MasterKeyStatus) -> int:
+    """Count the data keys still wrapped under a version other than the active one."""
+    return sum(v.data_key_count for v in status.versions if v.version != status.active_version)
+
+
+def print_status(ctx: Context, status: master_key_pb2.MasterKeyStatus) -> None:
+    """Print the master-key versions and the re-wrap progress."""
+    rows = [
+        (
+            str(v.version),
+            _STATE_NAMES.get(v.state, "unknown"),
+            str(v.data_key_count),
+            "yes" if v.in_key_file else "no",
+            format_time(v.create_time),
+            format_time(v.retire_time),
+        )
+        for v in status.versions
+    ]
+    ctx.say(
+        format_table(("VERSION", "STATE", "DATA KEYS", "IN KEY FILE", "ADDED", "RETIRED"), rows)
+    )
+    pending = _rewrap_pending(status)
+    if status.rewrap_running or pending:
+        state = "running" if status.rewrap_running else "waiting to resume"
+        ctx.say(f"re-wrap {state}: {pending} data keys still under older versions")
+    else:
+        ctx.say(f"every data key is wrapped under the active version {status.active_version}")
+
+
+async def _status(ctx: Context) -> master_key_pb2.MasterKeyStatus:
+    return await _master_keys(ctx).GetMasterKeyStatus(
+        master_key_service_pb2.GetMasterKeyStatusRequest(),
+        metadata=ctx.client.metadata,
+        timeout=TIMEOUT_S,
+    )
+
+
+def vault_status(ctx: Context, args: argparse.Namespace) -> int:
+    """Print the vault's master-key status (workspace owners only)."""
+    print_status(ctx, ctx.run(_status(ctx)))
+    return 0
+
+
+def vault_rotate(ctx: Context, args: argparse.Namespace) -> int:
+    """Add a master-key version and start the re-wrap; with --wait, follow it to the end."""
+
+    async def rotate() -> master_key_pb2.MasterKeyStatus:
+        status = await _master_keys(ctx).RotateMasterKey(
+            master_key_service_pb2.RotateMasterKeyRequest(),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
+        )
+        ctx.say(f"master-key version {status.active_version} is active; re-wrapping data keys")
+        # Waiting on a server-side background job: polling is the only signal it offers.
+        while args.wait and (status.rewrap_running or _rewrap_pending(status)):
+            await asyncio.sleep(_ROTATION_POLL_S)
+            status = await _status(ctx)
+        return status
+
+    print_status(ctx, ctx.run(rotate()))
+    return 0
+
+
+def add_commands(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the `secrets` and `vault` command groups to the parser."""
+    secrets = groups.add_parser(
+        "secrets", help="store, list and delete integration secrets (values are write-only)"
+    )
+    cmds = secrets.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    put = cmds.add_parser(
+        "put", help="store a new version; the value comes from a prompt or stdin, never an arg"
+    )
+    put.add_argument("name", type=secret_name, help="NAME or secrets/NAME, e.g. GITHUB_TOKEN")
+    put.add_argument(
+        "--expected-version",
+        type=int,
+        metavar="N",
+        help="store only if the newest version is N (0: only if the secret is new)",
+    )
+    put.set_defaults(handler=secrets_put)
+    listing = cmds.add_parser("list", help="list the workspace's secrets (never their values)")
+    listing.add_argument("--page-size", type=int, default=0, help="secrets per request")
+    listing.set_defaults(handler=secrets_list)
+    rm = cmds.add_parser("rm", help="delete a secret and destroy every version of its value")
+    rm.add_argument("name", type=secret_name, help="NAME or secrets/NAME")
+    rm.set_defaults(handler=secrets_rm)
+
+    vault = groups.add_parser("vault", help="the vault's master key (workspace owners only)")
+    vault_cmds = vault.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = vault_cmds.add_parser("status", help="show master-key versions and re-wrap progress")
+    status.set_defaults(handler=vault_status)
+    rotate = vault_cmds.add_parser(
+        "rotate", help="add a master-key version and re-wrap every data key under it"
+    )
+    rotate.add_argument(
+        "--wait", action="store_true", help="follow the re-wrap until every data key has moved"
+    )
+    rotate.set_defaults(handler=vault_rotate)

@@ -1,0 +1,558 @@
+"""The deployment files match the code: Dockerfile, deploy/compose.yaml, Kubernetes manifests.
+
+No Docker engine or cluster runs here, so these tests read the files and hold them against
+what the services actually read: every AP_* variable must be a field of the settings class
+the service loads (a renamed setting fails here), ports, health checks and probes must hit
+the port the service listens on, and commands must be ones `ap-service` knows.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic_settings import BaseSettings
+
+from services.__main__ import COMMANDS
+from services.control_plane.settings import ControlPlaneSettings
+from services.gateway.app import GatewaySettings
+from services.migrate import SCHEMAS
+from services.rpc.settings import HostedModelSettings, ServiceSettings
+from services.vault.settings import VaultSettings
+from services.worker.settings import WorkerSettings
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+KUSTOMIZE = DEPLOY / "kubernetes" / "base"
+
+# What each long-running command loads; the first class is the one with the gRPC settings.
+SETTINGS: dict[str, tuple[type[BaseSettings], ...]] = {
+    "control_plane": (ControlPlaneSettings, HostedModelSettings),
+    "worker": (WorkerSettings, HostedModelSettings),
+    "vault": (VaultSettings,),
+    "gateway": (GatewaySettings,),
+}
+# Settings without which a service refuses to start (or, for the worker, finds nothing).
+REQUIRED = {
+    "control_plane": {
+        "AP_DATABASE_URL",
+        "AP_INTERNAL_TOKEN",
+        "AP_VAULT_ADDRESS",
+        "AP_VAULT_ADMIN_TOKEN",
+    },
+    "worker": {"AP_INTERNAL_TOKEN", "AP_CONTROL_PLANE_ADDRESS"},
+    "vault": {"AP_DATABASE_URL", "AP_VAULT_ADMIN_TOKEN", "AP_VAULT_RESOLVE_TOKEN"},
+    "gateway": {"AP_DATABASE_URL", "AP_INTERNAL_TOKEN"},
+}
+# Settings of which a service needs exactly one.
+ONE_OF = {"vault": {"AP_VAULT_MASTER_KEY_FILE", "AP_VAULT_MASTER_KEYS"}}
+# What `services.migrate` reads: the admin URL and one role password per schema.
+MIGRATE_ENV = {"AP_DATABASE_URL"} | {f"AP_DB_PASSWORD_{s.schema.upper()}" for s in SCHEMAS}
+ROLES = {s.schema: s.role for s in SCHEMAS}
+# Room a stopping worker needs after its drain grace: handing unfinished runs back.
+WORKER_RELEASE_MARGIN_S = 10
+PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+IGNORED_IN_BUILDS = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+
+
+def env_names(settings: type[BaseSettings]) -> set[str]:
+    """Return the environment variables a settings class reads."""
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    return {(prefix + name).upper() for name in settings.model_fields}
+
+
+def load_settings(command: str, env: Mapping[str, str]) -> ServiceSettings:
+    """Load a service's settings from exactly `env`, the way the service would."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("AP_")]:
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        loaded = [settings() for settings in SETTINGS[command]]
+    service = loaded[0]
+    assert isinstance(service, ServiceSettings)
+    return service
+
+
+def check_service_env(command: str, env: Mapping[str, str]) -> ServiceSettings:
+    """Assert `env` holds only settings the service reads, and the ones it needs."""
+    known = set().union(*(env_names(s) for s in SETTINGS[command]))
+    unknown = {name for name in env if name.startswith("AP_")} - known
+    assert not unknown, f"{command}: no such setting {sorted(unknown)}"
+    missing = REQUIRED[command] - set(env)
+    assert not missing, f"{command}: {sorted(missing)} not set"
+    if command in ONE_OF:
+        assert len(ONE_OF[command] & set(env)) == 1, f"{command}: set one of {ONE_OF[command]}"
+    return load_settings(command, env)
+
+
+def assert_role_url(command: str, url: str) -> None:
+    """Assert a service's database URL logs in as the service's own role."""
+    user = re.match(r"postgres(?:ql)?://([^:@/]+)", url)
+    assert user is not None, f"{command}: {url} names no user"
+    assert user.group(1) == ROLES[command], f"{command} must connect as {ROLES[command]}"
+
+
+# ── Dockerfile ──────────────────────────────────────────────────────────────────────────────
+
+
+def dockerfile_stages() -> list[list[str]]:
+    """Return the Dockerfile's instructions, continuation lines joined, split by stage."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
+    stages: list[list[str]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        if stages:
+            stages[-1].append(line)
+    return stages
+
+
+def image_user() -> int:
+    """Return the uid the image runs as."""
+    (user,) = [i.split()[1] for i in dockerfile_stages()[-1] if i.upper().startswith("USER ")]
+    return int(user.split(":")[0])
+
+
+def test_image_is_multi_stage_and_runs_as_a_non_root_user_without_build_tools() -> None:
+    """The runtime stage copies a finished venv, runs as a uid > 0 and installs nothing."""
+    stages = dockerfile_stages()
+    assert len(stages) >= 2
+    runtime = " ".join(stages[-1])
+    assert image_user() > 0
+    assert "COPY --from=build /opt/ap /opt/ap" in runtime
+    for tool in ("pip install", "apt-get", "gcc", "grpc_tools", "build-essential"):
+        assert tool not in runtime, f"the runtime stage must not use {tool}"
+    assert 'ENTRYPOINT ["ap-service"]' in runtime
+
+
+def test_image_generates_stubs_with_the_repository_tool_versions() -> None:
+    """The builder pins grpcio-tools and mypy-protobuf as pyproject's dev extra does."""
+    build = " ".join(dockerfile_stages()[0])
+    pyproject = (REPO / "pyproject.toml").read_text()
+    for tool in ("grpcio-tools", "mypy-protobuf"):
+        (spec,) = re.findall(rf'"({tool}[<>=!~][^"]*)"', pyproject)
+        assert f'"{spec}"' in build, f"the image should install {spec}"
+
+
+def test_image_exposes_every_service_port() -> None:
+    """EXPOSE lists each service's default gRPC port and metrics port."""
+    exposed = {
+        int(port)
+        for line in dockerfile_stages()[-1]
+        if line.upper().startswith("EXPOSE ")
+        for port in line.split()[1:]
+    }
+    for command in SETTINGS:
+        settings = load_settings(command, {})
+        assert {settings.grpc_port, settings.metrics_port} <= exposed, command
+
+
+def test_every_image_command_runs_a_main() -> None:
+    """Each `ap-service` command names a module with a main()."""
+    for module in COMMANDS.values():
+        assert callable(getattr(__import__(module, fromlist=["main"]), "main", None)), module
+
+
+@pytest.mark.timeout(120)
+def test_service_wheel_carries_migrations_and_the_entry_point(tmp_path: Path) -> None:
+    """The wheel the image installs holds every migration and the `ap-service` script."""
+    # Built from a copy, so the build leaves nothing behind in the working tree.
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copy(REPO / "pyproject.toml", source)
+    for package in ("services", "ap_cli", "devtools"):
+        shutil.copytree(REPO / package, source / package, ignore=IGNORED_IN_BUILDS)
+    subprocess.run(
+        [*PIP_WHEEL, "-w", str(tmp_path), str(source)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("agentplatform-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for target in SCHEMAS:
+        for sql in target.directory.glob("*.sql"):
+            assert str(sql.relative_to(REPO)) in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert (
+        "ap-service = services.__main__:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    )
+
+
+# ── docker compose ──────────────────────────────────────────────────────────────────────────
+
+
+def interpolate(value: str) -> str:
+    """Resolve compose `${VAR:-default}` to its default and other `${VAR…}` to a stand-in."""
+
+    def one(match: re.Match[str]) -> str:
+        _name, default = match.group(1), match.group(3)
+        return default if match.group(2) == ":-" else "from-env-file"
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?|-|\?)([^}]*))?\}", one, value)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """Return deploy/compose.yaml, parsed."""
+    data: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return data
+
+
+def compose_env(service: Mapping[str, Any]) -> dict[str, str]:
+    """Return a compose service's environment as the container sees it (unset ones dropped)."""
+    env = service.get("environment") or {}
+    assert isinstance(env, dict), "write environment as a mapping"
+    return {k: interpolate(str(v)) for k, v in env.items() if v is not None}
+
+
+def compose_ports(service: Mapping[str, Any]) -> set[int]:
+    """Return the container ports a compose service exposes or publishes."""
+    ports = {int(str(p).rsplit(":", 1)[-1]) for p in service.get("ports", [])}
+    return ports | {int(p) for p in service.get("expose", [])}
+
+
+def test_compose_runs_every_service_from_the_image(compose: dict[str, Any]) -> None:
+    """The four services and the migration are `ap-service` commands of the one image."""
+    services = compose["services"]
+    for name in [*SETTINGS, "migrate"]:
+        assert services[name]["command"] == [name]
+        assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert services[name]["image"] == services["control_plane"]["image"]
+    assert services["migrate"]["restart"] == "no"
+    assert services["devmodel"]["entrypoint"] == ["python", "-m", "devtools.devmodel"]
+
+
+@pytest.mark.parametrize("command", list(SETTINGS))
+def test_compose_service_settings_ports_and_health_check_match_the_code(
+    compose: dict[str, Any], command: str
+) -> None:
+    """Env vars are real settings; the health check and ports use the port it listens on."""
+    service = compose["services"][command]
+    env = compose_env(service)
+    settings = check_service_env(command, env)
+    if command in ROLES:
+        assert_role_url(command, env["AP_DATABASE_URL"])
+    assert service["healthcheck"]["test"] == [
+        "CMD",
+        "ap-service",
+        "healthcheck",
+        f"127.0.0.1:{settings.grpc_port}",
+    ]
+    assert settings.metrics_port in compose_ports(service)
+    published = service.get("ports", [])
+    if command == "control_plane":
+        assert published == [f"{settings.grpc_port}:{settings.grpc_port}"]
+    else:
+        assert not published, f"{command} is internal; it must not publish a port"
+
+
+def test_compose_migrates_first_and_starts_the_worker_after_the_control_plane(
+    compose: dict[str, Any],
+) -> None:
+    """Dependencies: Postgres → migrate → services; control plane → worker."""
+    services = compose["services"]
+    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert set(compose_env(services["migrate"])) == MIGRATE_ENV
+    for name in ("control_plane", "vault", "gateway"):
+        assert services[name]["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"
+        }
+    worker = services["worker"]
+    assert worker["depends_on"]["control_plane"] == {"condition": "service_healthy"}
+    control_plane = load_settings("control_plane", compose_env(services["control_plane"]))
+    expected = f"control_plane:{control_plane.grpc_port}"
+    assert compose_env(worker)["AP_CONTROL_PLANE_ADDRESS"] == expected
+
+
+def test_compose_points_the_services_at_the_dev_model(compose: dict[str, Any]) -> None:
+    """By default the control plane and worker use the devmodel service, on its port."""
+    services = compose["services"]
+    port = services["devmodel"]["command"][services["devmodel"]["command"].index("--port") + 1]
+    assert port in services["devmodel"]["expose"]
+    for name in ("control_plane", "worker"):
+        assert compose_env(services[name])["AP_MODEL_BASE_URL"] == f"http://devmodel:{port}/v1"
+        assert services[name]["depends_on"]["devmodel"] == {"condition": "service_healthy"}
+
+
+def test_compose_mounts_the_master_key_from_a_secret(compose: dict[str, Any]) -> None:
+    """The vault reads its master keys from a compose secret file, not the environment."""
+    vault = compose["services"]["vault"]
+    (secret,) = vault["secrets"]
+    assert compose_env(vault)["AP_VAULT_MASTER_KEY_FILE"] == f"/run/secrets/{secret}"
+    assert compose["secrets"][secret]["file"].startswith("./secrets/")
+
+
+def test_compose_control_plane_reaches_the_vault_with_its_admin_token(
+    compose: dict[str, Any],
+) -> None:
+    """The control plane dials the vault service and presents the token the vault expects."""
+    services = compose["services"]
+    vault = load_settings("vault", compose_env(services["vault"]))
+    control_plane = services["control_plane"]["environment"]
+    assert compose_env(services["control_plane"])["AP_VAULT_ADDRESS"] == (
+        f"vault:{vault.grpc_port}"
+    )
+    token = services["vault"]["environment"]["AP_VAULT_ADMIN_TOKEN"]
+    assert control_plane["AP_VAULT_ADMIN_TOKEN"] == token
+    assert token != services["vault"]["environment"]["AP_VAULT_RESOLVE_TOKEN"]
+
+
+def test_compose_gives_a_stopping_worker_time_to_drain(compose: dict[str, Any]) -> None:
+    """stop_grace_period outlasts the worker's drain grace plus the hand-back of its runs."""
+    worker = compose["services"]["worker"]
+    settings = load_settings("worker", compose_env(worker))
+    grace = worker["stop_grace_period"]
+    assert grace.endswith("s")
+    assert int(grace[:-1]) >= settings.shutdown_grace_seconds + WORKER_RELEASE_MARGIN_S
+
+
+# ── Kubernetes ──────────────────────────────────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The kustomization and every resource it lists."""
+
+    kustomization: dict[str, Any]
+    resources: list[dict[str, Any]]
+
+    def of_kind(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Return the resources of a kind, by name."""
+        return {r["metadata"]["name"]: r for r in self.resources if r["kind"] == kind}
+
+    def config_map(self, name: str) -> dict[str, str]:
+        """Return a ConfigMap's data."""
+        data: dict[str, str] = self.of_kind("ConfigMap")[name]["data"]
+        return data
+
+    def secrets(self) -> dict[str, dict[str, str]]:
+        """Return each generated Secret's data, as the example files shipped with them show."""
+        secrets: dict[str, dict[str, str]] = {}
+        for generator in self.kustomization["secretGenerator"]:
+            data = {f.split("=", 1)[0]: "(file)" for f in generator.get("files", [])}
+            for env_file in generator.get("envs", []):
+                example = (KUSTOMIZE / f"{env_file}.example").read_text()
+                data |= dict(
+                    line.split("=", 1)
+                    for line in example.splitlines()
+                    if line.strip() and not line.startswith("#")
+                )
+            secrets[generator["name"]] = data
+        return secrets
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Cluster:
+    """Return the base kustomization and its resources, parsed."""
+    kustomization = yaml.safe_load((KUSTOMIZE / "kustomization.yaml").read_text())
+    resources = [
+        doc
+        for path in kustomization["resources"]
+        for doc in yaml.safe_load_all((KUSTOMIZE / path).read_text())
+        if doc
+    ]
+    return Cluster(kustomization, resources)
+
+
+def pod_spec(workload: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the pod spec of a Deployment or Job."""
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def container_env(cluster: Cluster, container: Mapping[str, Any]) -> dict[str, str]:
+    """Return a container's environment: Secrets as their examples show, fields as stand-ins."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(cluster.config_map(source["configMapRef"]["name"]))
+    secrets = cluster.secrets()
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        elif "secretKeyRef" in var["valueFrom"]:
+            ref = var["valueFrom"]["secretKeyRef"]
+            assert ref["key"] in secrets[ref["name"]], f"no key {ref['key']} in {ref['name']}"
+            env[var["name"]] = secrets[ref["name"]][ref["key"]]
+        else:
+            env[var["name"]] = "from-a-field"
+    return env
+
+
+def deployments_by_command(cluster: Cluster) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield each Deployment with the `ap-service` command its one container runs."""
+    for deployment in cluster.of_kind("Deployment").values():
+        (container,) = pod_spec(deployment)["containers"]
+        yield container["args"][0], deployment
+
+
+def test_kubernetes_runs_each_service_as_a_deployment(cluster: Cluster) -> None:
+    """Exactly the four services run; control plane and workers with more than one replica."""
+    by_command = dict(deployments_by_command(cluster))
+    assert set(by_command) == set(SETTINGS)
+    for command in ("control_plane", "worker"):
+        assert by_command[command]["spec"]["replicas"] > 1
+    for deployment in by_command.values():
+        (container,) = pod_spec(deployment)["containers"]
+        assert container["image"] == "agentplatform"
+        assert "command" not in container, "the image's entry point is `ap-service`"
+        assert pod_spec(deployment)["securityContext"]["runAsNonRoot"] is True
+        assert pod_spec(deployment)["securityContext"]["runAsUser"] == image_user()
+    assert {i["name"] for i in cluster.kustomization["images"]} == {"agentplatform"}
+
+
+@pytest.mark.parametrize("command", list(SETTINGS))
+def test_kubernetes_settings_ports_and_probes_match_the_code(
+    cluster: Cluster, command: str
+) -> None:
+    """Env vars are real settings; ports and gRPC probes use the ports the service binds."""
+    deployment = dict(deployments_by_command(cluster))[command]
+    (container,) = pod_spec(deployment)["containers"]
+    env = container_env(cluster, container)
+    settings = check_service_env(command, env)
+    if command in ROLES:
+        assert_role_url(command, env["AP_DATABASE_URL"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": settings.grpc_port, "metrics": settings.metrics_port}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == settings.grpc_port, probe
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(settings.metrics_port)
+    grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
+    assert grace > settings.shutdown_grace_seconds
+    if command == "worker":
+        assert grace >= settings.shutdown_grace_seconds + WORKER_RELEASE_MARGIN_S
+
+
+def test_kubernetes_services_select_their_pods_and_ports(cluster: Cluster) -> None:
+    """Each internal Service selects its Deployment's pods and targets named container ports."""
+    deployments = {d["metadata"]["name"]: d for d in cluster.of_kind("Deployment").values()}
+    services = cluster.of_kind("Service")
+    assert set(services) == {"control-plane", "vault", "gateway"}
+    for name, service in services.items():
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+        template = deployments[name]["spec"]["template"]
+        assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+        (container,) = template["spec"]["containers"]
+        by_name = {p["name"]: p["containerPort"] for p in container["ports"]}
+        for port in service["spec"]["ports"]:
+            assert by_name[port["targetPort"]] == port["port"], f"{name}: {port}"
+
+
+def test_kubernetes_workers_reach_the_control_plane_service(cluster: Cluster) -> None:
+    """AP_CONTROL_PLANE_ADDRESS names the control-plane Service and its gRPC port."""
+    worker = dict(deployments_by_command(cluster))["worker"]
+    (container,) = pod_spec(worker)["containers"]
+    service = cluster.of_kind("Service")["control-plane"]
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    address = container_env(cluster, container)["AP_CONTROL_PLANE_ADDRESS"]
+    assert address == f"control-plane:{grpc['port']}"
+
+
+def test_kubernetes_migration_job_has_what_migrate_reads(cluster: Cluster) -> None:
+    """The Job runs `migrate` with the admin URL and every role's password."""
+    (job,) = cluster.of_kind("Job").values()
+    (container,) = pod_spec(job)["containers"]
+    assert container["args"] == ["migrate"]
+    assert set(container_env(cluster, container)) == MIGRATE_ENV
+    assert pod_spec(job)["restartPolicy"] in ("OnFailure", "Never")
+
+
+def secret_ref(container: Mapping[str, Any], variable: str) -> dict[str, str]:
+    """Return the secretKeyRef a container's variable comes from."""
+    (var,) = [v for v in container["env"] if v["name"] == variable]
+    ref: dict[str, str] = var["valueFrom"]["secretKeyRef"]
+    return ref
+
+
+def test_kubernetes_vault_reads_the_master_keys_from_their_secret(cluster: Cluster) -> None:
+    """AP_VAULT_MASTER_KEYS comes from the file the master-key Secret is generated from."""
+    vault = dict(deployments_by_command(cluster))["vault"]
+    (container,) = pod_spec(vault)["containers"]
+    ref = secret_ref(container, "AP_VAULT_MASTER_KEYS")
+    (generator,) = [g for g in cluster.kustomization["secretGenerator"] if g["name"] == ref["name"]]
+    assert [f.split("=", 1)[0] for f in generator["files"]] == [ref["key"]]
+
+
+def test_kubernetes_control_plane_reaches_the_vault_with_its_admin_token(
+    cluster: Cluster,
+) -> None:
+    """The control plane dials the vault Service and presents the token the vault expects."""
+    by_command = dict(deployments_by_command(cluster))
+    (control_plane,) = pod_spec(by_command["control_plane"])["containers"]
+    (vault,) = pod_spec(by_command["vault"])["containers"]
+    service = cluster.of_kind("Service")["vault"]
+    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert container_env(cluster, control_plane)["AP_VAULT_ADDRESS"] == f"vault:{grpc['port']}"
+    token = secret_ref(vault, "AP_VAULT_ADMIN_TOKEN")
+    assert secret_ref(control_plane, "AP_VAULT_ADMIN_TOKEN") == token
+    assert secret_ref(vault, "AP_VAULT_RESOLVE_TOKEN") != token
+
+
+def test_kubernetes_autoscales_workers_and_budgets_disruptions(cluster: Cluster) -> None:
+    """An HPA scales the worker Deployment; every Deployment has a PodDisruptionBudget."""
+    (hpa,) = cluster.of_kind("HorizontalPodAutoscaler").values()
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "worker",
+    }
+    assert hpa["spec"]["minReplicas"] > 1
+    budgets = cluster.of_kind("PodDisruptionBudget").values()
+    for deployment in cluster.of_kind("Deployment").values():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert any(
+            b["spec"]["selector"]["matchLabels"].items() <= labels.items() for b in budgets
+        ), f"no PodDisruptionBudget for {deployment['metadata']['name']}"
+
+
+def test_kubernetes_lets_only_the_control_plane_and_gateway_reach_the_vault(
+    cluster: Cluster,
+) -> None:
+    """Ingress is denied by default; the vault's gRPC port admits exactly those two."""
+    policies = cluster.of_kind("NetworkPolicy").values()
+    assert any(p["spec"]["podSelector"] == {} and "ingress" not in p["spec"] for p in policies)
+    vault = dict(deployments_by_command(cluster))["vault"]
+    vault_labels = vault["spec"]["template"]["metadata"]["labels"]
+    grpc_port = load_settings("vault", {}).grpc_port
+    admitted: list[dict[str, Any]] = []
+    for policy in policies:
+        selector = policy["spec"]["podSelector"].get("matchLabels", {})
+        if not selector or not selector.items() <= vault_labels.items():
+            continue
+        for rule in policy["spec"].get("ingress", []):
+            if grpc_port in [p["port"] for p in rule.get("ports", [])] or "ports" not in rule:
+                assert "from" in rule, "the vault's gRPC port must not be open to everyone"
+                admitted += rule["from"]
+    assert sorted(p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in admitted) == [
+        "control-plane",
+        "gateway",
+    ]
+
+
+def test_kubernetes_secret_references_resolve(cluster: Cluster) -> None:
+    """Every Secret and ConfigMap a workload names is generated or defined here."""
+    secrets = cluster.secrets()
+    workloads = [*cluster.of_kind("Deployment").values(), *cluster.of_kind("Job").values()]
+    for workload in workloads:
+        for volume in pod_spec(workload).get("volumes", []):
+            assert volume["secret"]["secretName"] in secrets
+        for container in pod_spec(workload)["containers"]:
+            container_env(cluster, container)  # asserts each secretKeyRef and ConfigMap exists
+    examples = {p.name for p in (KUSTOMIZE / "secrets").glob("*.example")}
+    for generator in cluster.kustomization["secretGenerator"]:
+        for env_file in generator.get("envs", []):
+            assert f"{Path(env_file).name}.example" in examples
