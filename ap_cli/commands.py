@@ -124,6 +124,18 @@ def runs_list(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def runs_cancel(ctx: Context, args: argparse.Namespace) -> int:
+    """Cancel a run and say what became of it."""
+    run = ctx.run(ctx.client.cancel_run(args.run))
+    if run.state == run_pb2.Run.CANCELLED:
+        ctx.say(f"{run.name} is cancelled")
+    elif run.state in (run_pb2.Run.COMPLETED, run_pb2.Run.FAILED):
+        ctx.say(f"{run.name} had already ended ({state_name(run.state)}); nothing to cancel")
+    else:
+        ctx.say(f"{run.name} is stopping; its worker ends it within a heartbeat")
+    return 0
+
+
 def runs_show(ctx: Context, args: argparse.Namespace) -> int:
     """Print a run's state, attempt, error, usage and timings."""
     run = ctx.run(ctx.client.get_run(args.run))

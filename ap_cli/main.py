@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import grpc
 from agentplatform import Client, ClientError, describe_rpc_error
 
-from ap_cli import chat, commands, secrets
+from ap_cli import chat, commands, secrets, tenancy, tools
 from ap_cli.config import ClientConfig, ConfigError, load_client_config
 from ap_cli.context import Context
 from ap_cli.names import run_name, session_name
@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     runs_show = run_cmds.add_parser("show", help="show a run's state, error, usage and timings")
     runs_show.add_argument("run", type=run_name, help="sessions/{session}/runs/{run}")
     runs_show.set_defaults(handler=commands.runs_show)
+    runs_cancel = run_cmds.add_parser("cancel", help="cancel a run (a finished run stays as it is)")
+    runs_cancel.add_argument("run", type=run_name, help="sessions/{session}/runs/{run}")
+    runs_cancel.set_defaults(handler=commands.runs_cancel)
     watch = run_cmds.add_parser(
         "watch", help="stream a run's events until it ends (exit 0 only if it completed)"
     )
@@ -99,12 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     chat_cmd.add_argument("--instructions", help="instructions of the new session")
     chat_cmd.set_defaults(handler=chat.chat)
     secrets.add_commands(groups)
+    tools.add_commands(groups)
+    tenancy.add_commands(groups)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `ap` with `argv` (default: the process arguments) and return its exit code."""
     args = build_parser().parse_args(argv)
+    # Commands that set up the platform itself run before any client config exists.
+    offline: Callable[[argparse.Namespace], int] | None = getattr(args, "offline_handler", None)
+    return offline(args) if offline is not None else _run_online(args)
+
+
+def _run_online(args: argparse.Namespace) -> int:
+    """Load the client config, connect and run the command's handler."""
     try:
         config = load_client_config()
     except ConfigError as err:

@@ -145,7 +145,9 @@ async def run_soak(
     args: argparse.Namespace, c: Cluster, key: str, admin: str
 ) -> tuple[list[Kill], list[str]]:
     """Drive load and kill workers; return the kills and the acknowledged request ids."""
-    cp = await c.control_plane(AP_MAX_ATTEMPTS=str(args.max_attempts))
+    cp = await c.control_plane(
+        AP_MAX_ATTEMPTS=str(args.max_attempts), AP_LEASE_SECONDS=str(args.lease_seconds)
+    )
     workers: list[Service] = [await c.worker(f"w{i}", cp) for i in range(3)]
     created: list[str] = []
     stop = asyncio.Event()
@@ -226,7 +228,8 @@ async def report(
     print(f"  machine        {os.cpu_count()} CPUs, {platform.platform()}")
     print(
         f"  load           {args.clients} clients, dev model {args.tokens} tokens x "
-        f"{args.delay_ms} ms; lease 1.0 s, heartbeat 0.2 s, max attempts {args.max_attempts}"
+        f"{args.delay_ms} ms; lease {args.lease_seconds} s, heartbeat 0.2 s, "
+        f"max attempts {args.max_attempts}"
     )
     print(f"  kills          {len(kills)} (mean interval {args.mean_interval} s)")
     print(f"  runs           {len(acknowledged)} acknowledged, states {states}")
@@ -251,6 +254,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--delay-ms", type=int, default=30)
     parser.add_argument("--max-attempts", type=int, default=10)
+    parser.add_argument("--lease-seconds", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=7)
     asyncio.run(soak(parser.parse_args()))
 

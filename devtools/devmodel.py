@@ -24,6 +24,14 @@ Directives, written in the last user message and stripped from the text the mode
 ``[[malformed]]``
     After the first content token send ``data: {not json`` and then ``data: [DONE]``
     (a non-streaming request gets the body ``{not json``).
+``[[tool=NAME args={"a": 1}]]``
+    Call the tool NAME with these arguments (a JSON object without ``]]``; default ``{}``)
+    instead of replying: the stream carries ``delta.tool_calls`` and ends with
+    ``finish_reason: "tool_calls"``. Several such directives make parallel calls. Once the
+    conversation holds the tool results, the reply is ``Tool NAME returned: RESULT`` for
+    each call of the last round.
+``[[tool_steps=N]]``
+    Repeat the tool round N times before replying (default 1), to exercise step limits.
 
 Tokens keep their trailing whitespace, so joining the content deltas gives the reply exactly.
 Usage counts whitespace-separated words of all messages as prompt tokens; completion tokens
@@ -81,9 +89,10 @@ _CONTENT_WORDS = (
 )
 _REASONING_WORDS = ("Reading", "the", "message.")
 _DEFAULT_REASONING_TOKENS = 3
+_TOOL_DIRECTIVE = re.compile(r"\[\[\s*tool\s*=\s*([A-Za-z0-9_-]+)(?:\s+args\s*=\s*(.*?))?\s*\]\]")
 _DIRECTIVE = re.compile(r"\[\[\s*([A-Za-z_]+)\s*(?:=\s*([^\]]*?)\s*)?\]\]")
 _WORD_TOKEN = re.compile(r"\S+\s*")
-_INT_DIRECTIVES = frozenset({"tokens", "delay_ms", "reasoning", "fail", "hang_after"})
+_INT_DIRECTIVES = frozenset({"tokens", "delay_ms", "reasoning", "fail", "hang_after", "tool_steps"})
 _FLAG_DIRECTIVES = frozenset({"hang", "malformed"})
 # Agent conversations resend the whole history; aiohttp's 1 MiB default is too small.
 _MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -112,6 +121,8 @@ class Plan:
     hang: bool = False
     hang_after: int | None = None
     malformed: bool = False
+    # (call id, tool name, arguments JSON) of the tool calls to make instead of replying.
+    tool_calls: tuple[tuple[str, str, str], ...] = ()
 
 
 def message_text(content: Any) -> str:
@@ -154,14 +165,66 @@ def numbered_tokens(count: int, words: tuple[str, ...] | list[str]) -> list[str]
     return tokens
 
 
+def tool_directives(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """Split ``text`` into the text without tool directives and the (name, arguments) found."""
+    calls = []
+    for match in _TOOL_DIRECTIVE.finditer(text):
+        raw = match.group(2) or "{}"
+        try:
+            arguments = json.loads(raw)
+        except ValueError:
+            raise BadRequestError(f"[[tool=...]] has arguments that are not JSON: {raw}") from None
+        if not isinstance(arguments, dict):
+            raise BadRequestError("[[tool=... args=...]] needs a JSON object")
+        calls.append((match.group(1), json.dumps(arguments)))
+    return _TOOL_DIRECTIVE.sub(" ", text), calls
+
+
+def _tool_round(messages: list[Any], after: int) -> tuple[int, list[str]]:
+    """Count the tool rounds after the user message, and describe the last round's results."""
+    rounds = 0
+    names: dict[str, str] = {}
+    results: list[str] = []
+    for message in messages[after + 1 :]:
+        if not isinstance(message, dict):
+            continue
+        if message.get("role") == "assistant" and message.get("tool_calls"):
+            rounds += 1
+            results = []
+            for call in message["tool_calls"]:
+                names[str(call.get("id"))] = str((call.get("function") or {}).get("name"))
+        elif message.get("role") == "tool":
+            name = names.get(str(message.get("tool_call_id")), "?")
+            results.append(f"Tool {name} returned: {message_text(message.get('content'))}")
+    return rounds, results
+
+
 def plan_reply(messages: list[Any]) -> Plan:
     """Work out the reply to a conversation from the directives in its last user message."""
-    last_user = next(
-        (m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), {}
+    last_index, last_user = next(
+        (
+            (i, m)
+            for i, m in reversed(list(enumerate(messages)))
+            if isinstance(m, dict) and m.get("role") == "user"
+        ),
+        (len(messages), {}),
     )
-    text, directives = parse_directives(message_text(last_user.get("content")))
+    text, calls = tool_directives(message_text(last_user.get("content")))
+    text, directives = parse_directives(text)
+    rounds, results = _tool_round(messages, last_index)
+    steps = directives.get("tool_steps")
+    tool_calls: tuple[tuple[str, str, str], ...] = ()
+    if calls and rounds < (1 if steps is None else steps):
+        tool_calls = tuple(
+            (f"call_{rounds + 1}_{i + 1}", name, arguments)
+            for i, (name, arguments) in enumerate(calls)
+        )
     token_count = directives.get("tokens")
-    if token_count is None:
+    if tool_calls:
+        content: list[str] = []
+    elif results:
+        content = _WORD_TOKEN.findall(" ".join(results))
+    elif token_count is None:
         content = _WORD_TOKEN.findall(f"You said: {text}")
     else:
         content = numbered_tokens(token_count, _CONTENT_WORDS)
@@ -177,6 +240,7 @@ def plan_reply(messages: list[Any]) -> Plan:
         hang="hang" in directives,
         hang_after=directives.get("hang_after"),
         malformed="malformed" in directives,
+        tool_calls=tool_calls,
     )
 
 
@@ -346,13 +410,24 @@ async def _respond(
     message: dict[str, Any] = {"role": "assistant", "content": "".join(plan.content)}
     if plan.reasoning:
         message["reasoning_content"] = "".join(plan.reasoning)
+    if plan.tool_calls:
+        message["tool_calls"] = [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+            for i, n, a in plan.tool_calls
+        ]
     return web.json_response(
         {
             "id": completion_id,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": "tool_calls" if plan.tool_calls else "stop",
+                }
+            ],
             "usage": usage,
         }
     )
@@ -410,7 +485,10 @@ async def _stream(
                 return response
         if plan.hang_after is not None:
             await _forever()
-        finish = {**envelope, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        for index, (call_id, name, arguments) in enumerate(plan.tool_calls):
+            await response.write(_tool_call_chunks(envelope, index, call_id, name, arguments))
+        reason = "tool_calls" if plan.tool_calls else "stop"
+        finish = {**envelope, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
         await response.write(_sse(finish))
         if usage is not None:
             await response.write(_sse({**envelope, "choices": [], "usage": usage}))
@@ -419,6 +497,29 @@ async def _stream(
         # The client went away mid-stream; that is its choice, not a server error.
         pass
     return response
+
+
+def _tool_call_chunks(
+    envelope: dict[str, Any], index: int, call_id: str, name: str, arguments: str
+) -> bytes:
+    """Encode a tool call as providers stream it: id and name first, then argument pieces."""
+    half = len(arguments) // 2
+    fragments = [
+        {"index": index, "id": call_id, "type": "function", "function": {"name": name}},
+        {"index": index, "function": {"arguments": arguments[:half]}},
+        {"index": index, "function": {"arguments": arguments[half:]}},
+    ]
+    return b"".join(
+        _sse(
+            {
+                **envelope,
+                "choices": [
+                    {"index": 0, "delta": {"tool_calls": [fragment]}, "finish_reason": None}
+                ],
+            }
+        )
+        for fragment in fragments
+    )
 
 
 async def _serve(host: str, port: int) -> None:

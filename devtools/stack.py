@@ -42,6 +42,7 @@ import contextlib
 import getpass
 import json
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -60,7 +61,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ap_cli.config import default_config_path
 from devtools.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError, _read_postmaster
 from devtools.pki import DevPki, issue_dev_pki
-from services.control_plane.bootstrap import bootstrap, issue_owner_key
+from services.control_plane.bootstrap import EXIT_ALREADY_BOOTSTRAPPED, issue_owner_key
 from services.migrate import migrate_all
 from services.rpc.db import role_dsn
 from services.rpc.settings import METRICS_PORT_OFFSET
@@ -74,6 +75,8 @@ MASTER_KEY_FILE = REPO_ROOT / "var" / "vault" / "master-keys.json"
 PKI_DIR = REPO_ROOT / "var" / "pki"
 # The supervisor's own certificate, for health-checking the services that require mTLS.
 STACK_IDENTITY = "stack"
+# The services that serve only mutual TLS once AP_TLS_* is set; the others take tokens.
+MTLS_SERVICES = frozenset({"vault", "gateway"})
 
 READY_PREFIX = "AP stack ready on"
 DEV_MODEL_NAME = "ap-dev-model"
@@ -190,6 +193,11 @@ class StackSettings:
         """Return the vault's port."""
         return self.base_port + 2
 
+    @property
+    def gateway_port(self) -> int:
+        """Return the gateway's port."""
+        return self.base_port + 3
+
     def services(self) -> list[ServiceSpec]:
         """Return the four services with their ports, control plane first."""
         port = self.base_port
@@ -197,7 +205,7 @@ class StackSettings:
             ServiceSpec("control_plane", port, "control_plane", "ap_control_plane"),
             ServiceSpec("worker", port + 1, None, None),
             ServiceSpec("vault", self.vault_port, "vault", "ap_vault"),
-            ServiceSpec("gateway", port + 3, "gateway", "ap_gateway"),
+            ServiceSpec("gateway", self.gateway_port, "gateway", "ap_gateway"),
         ]
 
 
@@ -269,16 +277,40 @@ def read_stored_key(path: Path) -> str | None:
     return key.strip() if isinstance(key, str) and key.strip() else None
 
 
+async def admin_bootstrap(dsn: str, owner_name: str) -> dict[str, str] | None:
+    """Run `ap admin bootstrap`, the operator's entry point; None when already bootstrapped."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ap_cli.main",
+        "admin",
+        "bootstrap",
+        "--json",
+        "--workspace",
+        WORKSPACE_DISPLAY_NAME,
+        "--display-name",
+        owner_name,
+        env={**os.environ, "AP_DATABASE_URL": dsn},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode == EXIT_ALREADY_BOOTSTRAPPED:
+        return None
+    if proc.returncode != 0:
+        raise StackError(f"ap admin bootstrap failed: {err.decode().strip()}")
+    made: dict[str, str] = json.loads(out)
+    return made
+
+
 async def owner_key(admin_dsn: str, owner_name: str, config_path: Path) -> str:
     """Bootstrap the first workspace, or find a key for the existing one's owner."""
     dsn = _service_dsn(admin_dsn, "control_plane", "ap_control_plane")
-    made = await bootstrap(
-        dsn, workspace_display_name=WORKSPACE_DISPLAY_NAME, owner_display_name=owner_name
-    )
+    made = await admin_bootstrap(dsn, owner_name)
     if made is not None:
-        say(f"bootstrap: created {made.workspace} ({WORKSPACE_DISPLAY_NAME!r})")
-        say(f"bootstrap: owner {made.user} ({owner_name!r}), new API key {made.api_key}")
-        return made.api_key
+        say(f"bootstrap: created {made['workspace']} ({WORKSPACE_DISPLAY_NAME!r})")
+        say(f"bootstrap: owner {made['user']} ({owner_name!r}), new API key {made['api_key']}")
+        return made["api_key"]
     # The file's key is trusted as is: checking it would need the running control plane.
     if stored := read_stored_key(config_path):
         say(f"bootstrap: a workspace exists; reusing the API key in {config_path}")
@@ -552,7 +584,14 @@ def service_env(
         env["AP_DATABASE_URL"] = _service_dsn(admin_dsn, spec.schema, spec.role)
     if spec.name == "worker":
         env["AP_CONTROL_PLANE_ADDRESS"] = settings.endpoint
+    gateway = _host_port(settings.connect_host, settings.gateway_port)
     if spec.name == "control_plane":
+        env["AP_VAULT_ADDRESS"] = _host_port(settings.connect_host, settings.vault_port)
+        env["AP_GATEWAY_ADDRESS"] = gateway
+    if spec.name == "worker":
+        env["AP_GATEWAY_ADDRESS"] = gateway
+    if spec.name == "gateway":
+        # Tool credentials come from the vault; the gateway proves itself by certificate.
         env["AP_VAULT_ADDRESS"] = _host_port(settings.connect_host, settings.vault_port)
     if spec.name == "vault" and "AP_VAULT_MASTER_KEYS" not in env:
         env.setdefault("AP_VAULT_MASTER_KEY_FILE", str(MASTER_KEY_FILE))
@@ -641,8 +680,7 @@ async def start_stack(admin_dsn: str, settings: StackSettings, supervisor: Super
             service_env(env, spec, settings, admin_dsn, internal_token, pki=pki),
         )
         address = _host_port(settings.connect_host, spec.port)
-        # Only the vault serves mTLS; the other services' internal APIs still take tokens.
-        await wait_serving(child, address, deadline, probe if spec.name == "vault" else None)
+        await wait_serving(child, address, deadline, probe if spec.name in MTLS_SERVICES else None)
 
     loop = asyncio.get_running_loop()
     # The worker's claim loops need the control plane, so it starts once that one serves;
@@ -717,6 +755,8 @@ async def serve(admin_dsn: str, settings: StackSettings) -> int:
         return 1
     finally:
         await supervisor.stop_all()
+        # Without the CA's key, which was never written, these certificates die with the run.
+        shutil.rmtree(pki_dir(settings.base_port), ignore_errors=True)
 
 
 def _interrupt(signum: int, _frame: object) -> None:

@@ -24,7 +24,9 @@ import pytest
 import pytest_asyncio
 
 from services.migrate import migrate_all
+from services.rpc.logging import configure_logging
 from tests.harness import Stack, start_stack
+from tests.logcheck import TeeLoggerFactory, leaks
 
 TEMPLATE_DB = "ap_test_template"
 
@@ -110,3 +112,13 @@ async def stack(pg_admin_dsn: str, template_dsn: str) -> AsyncIterator[Stack]:
     dsn = await clone_database(pg_admin_dsn, template_dsn)
     async with start_stack(dsn, internal_token=secrets.token_urlsafe(24)) as running:
         yield running
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secrets_in_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Capture every service log line of the suite; fail if one holds a key or token."""
+    path = tmp_path_factory.mktemp("logs") / "services.log"
+    with path.open("w", encoding="utf-8") as capture:
+        configure_logging(level="debug", fmt="json", logger_factory=TeeLoggerFactory(capture))
+        yield
+    assert not leaks(path), "API keys or internal tokens in the logs:\n" + "\n".join(leaks(path))

@@ -28,6 +28,7 @@ from services.rpc.db import role_dsn
 from services.rpc.settings import HostedModelSettings
 from services.worker.app import Worker
 from services.worker.settings import WorkerSettings
+from tests.logcheck import INTERNAL_TOKENS
 
 TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
 
@@ -105,6 +106,7 @@ async def start_control_plane(
     admin_dsn: str, internal_token: str, model: HostedModelSettings, **overrides: Any
 ) -> ControlPlane:
     """Start one control-plane replica on a loopback port; `overrides` are settings."""
+    INTERNAL_TOKENS.add(internal_token)
     settings: dict[str, Any] = {
         "database_url": role_dsn(admin_dsn, "ap_control_plane"),
         "grpc_port": 0,
@@ -143,6 +145,7 @@ async def start_stack(
     worker_model: bool = True,
     with_worker: bool = True,
     model_idle_timeout: float = 2.0,
+    worker_settings: dict[str, Any] | None = None,
     **control_plane_settings: Any,
 ) -> AsyncIterator[Stack]:
     """Start the dev model, a control plane and (optionally) a worker; stop them after."""
@@ -164,7 +167,10 @@ async def start_stack(
     )
     worker = (
         await start_worker(
-            control_plane.address, internal_token, configured if worker_model else unconfigured
+            control_plane.address,
+            internal_token,
+            configured if worker_model else unconfigured,
+            **(worker_settings or {}),
         )
         if with_worker
         else None

@@ -7,15 +7,20 @@ from collections.abc import Callable
 import structlog
 from agentplatform.dispatch.v1 import dispatch_service_pb2, dispatch_service_pb2_grpc
 from agentplatform.v1 import (
+    api_key_service_pb2,
+    api_key_service_pb2_grpc,
     profile_service_pb2,
     profile_service_pb2_grpc,
     run_service_pb2,
     run_service_pb2_grpc,
     session_service_pb2,
     session_service_pb2_grpc,
+    workspace_service_pb2,
+    workspace_service_pb2_grpc,
 )
 
 from services.control_plane import metrics
+from services.control_plane.api_keys import ApiKeyService
 from services.control_plane.auth import Authenticator
 from services.control_plane.dispatch import DispatchService
 from services.control_plane.events import ClaimWaiters, EventBus, Listener, Notifier
@@ -26,6 +31,8 @@ from services.control_plane.runtime import Runtime
 from services.control_plane.secrets import VaultClient, secret_bindings
 from services.control_plane.sessions import SessionService
 from services.control_plane.settings import ControlPlaneSettings
+from services.control_plane.tools import GatewayClient, tool_bindings
+from services.control_plane.workspaces import WorkspaceService
 from services.rpc.db import create_pool
 from services.rpc.server import GrpcServer, ServiceBinding
 from services.rpc.settings import HostedModelSettings, SettingsError
@@ -52,6 +59,7 @@ class ControlPlane:
         self._listener: Listener | None = None
         self._lifecycle: RunLifecycle | None = None
         self._vault: VaultClient | None = None
+        self._gateway: GatewayClient | None = None
         self._unwatch_queue: Callable[[], None] | None = None
 
     @property
@@ -77,6 +85,7 @@ class ControlPlane:
         settings = self.settings
         assert settings.database_url is not None and settings.internal_token is not None
         vault = self._vault = VaultClient(settings) if settings.vault_address else None
+        gateway = self._gateway = GatewayClient(settings) if settings.gateway_address else None
         pool = await create_pool(
             settings.database_url,
             min_size=settings.db_pool_min,
@@ -135,12 +144,25 @@ class ControlPlane:
                     ),
                 ),
                 ServiceBinding(
+                    _full_name(workspace_service_pb2, "WorkspaceService"),
+                    lambda s: workspace_service_pb2_grpc.add_WorkspaceServiceServicer_to_server(
+                        WorkspaceService(runtime), s
+                    ),
+                ),
+                ServiceBinding(
+                    _full_name(api_key_service_pb2, "ApiKeyService"),
+                    lambda s: api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(
+                        ApiKeyService(runtime), s
+                    ),
+                ),
+                ServiceBinding(
                     _full_name(dispatch_service_pb2, "DispatchService"),
                     lambda s: dispatch_service_pb2_grpc.add_DispatchServiceServicer_to_server(
                         DispatchService(runtime, lifecycle), s
                     ),
                 ),
                 *secret_bindings(vault),
+                *tool_bindings(runtime, gateway),
             ],
         )
         await self._server.start()
@@ -156,6 +178,8 @@ class ControlPlane:
             await self._server.stop(self.settings.shutdown_grace_seconds)
         if self._vault is not None:
             await self._vault.close()
+        if self._gateway is not None:
+            await self._gateway.close()
         if self._listener is not None:
             await self._listener.stop()
         if self._unwatch_queue is not None:

@@ -8,15 +8,19 @@ import secrets
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from services.control_plane import store
+from services.control_plane.policy import INTERNAL, at_least, permission_denied, required_role
 from services.rpc.errors import unauthenticated
 from services.rpc.internal_auth import InternalTokenAuthenticator
 
 KEY_PREFIX = "ap_"
-_DISPATCH_PREFIX = "/agentplatform.dispatch."
+# last_used_time is written at most this often per key: a write per call would cost the run
+# path a round trip, and listings show the time to the minute.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,7 @@ class Principal:
     user_id: uuid.UUID
     role: str
     display_name: str
+    api_key_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,11 @@ def _split_key(key: str) -> tuple[str, str] | None:
 
 
 class Authenticator:
-    """Resolve API keys for the public API and the internal token for dispatch."""
+    """Resolve the caller and enforce the policy table (services/control_plane/policy.py).
+
+    API keys are looked up in Postgres on every call, with no cache, so a revoked key or a
+    removed member is refused from the next call on, on every replica.
+    """
 
     def __init__(self, pool: asyncpg.Pool, internal_token: str) -> None:
         self._pool = pool
@@ -75,10 +84,14 @@ class Authenticator:
     async def __call__(
         self, method: str, metadata: Mapping[str, str]
     ) -> Principal | ServicePrincipal:
-        if method.startswith(_DISPATCH_PREFIX):
+        needed = required_role(method)
+        if needed == INTERNAL:
             await self._internal(method, metadata)
             return ServicePrincipal("worker")
-        return await self._api_key(metadata)
+        principal = await self._api_key(metadata)
+        if not at_least(principal.role, needed):
+            raise permission_denied(principal.role, needed, method)
+        return principal
 
     async def _api_key(self, metadata: Mapping[str, str]) -> Principal:
         header = metadata.get("authorization")
@@ -89,14 +102,18 @@ class Authenticator:
         if parts is None:
             raise unauthenticated("Malformed API key; expected 'Bearer ap_…'.")
         prefix, secret = parts
+        digest = hashlib.sha256(secret.encode()).digest()
         async with self._pool.acquire() as conn:
             row = await store.api_key_principal(conn, prefix)
-        digest = hashlib.sha256(secret.encode()).digest()
-        if row is None or not hmac.compare_digest(digest, row["secret_sha256"]):
-            raise unauthenticated("Unknown or revoked API key.")
+            if row is None or not hmac.compare_digest(digest, row["secret_sha256"]):
+                raise unauthenticated("Unknown or revoked API key.")
+            last_used = row["last_used_time"]
+            if last_used is None or datetime.now(UTC) - last_used >= LAST_USED_RESOLUTION:
+                await store.api_key_touch(conn, row["id"])
         return Principal(
             workspace_id=row["workspace_id"],
             user_id=row["user_id"],
             role=row["role"],
             display_name=row["display_name"],
+            api_key_id=row["id"],
         )

@@ -15,6 +15,9 @@ from services.control_plane import store
 from services.control_plane.auth import new_api_key
 from services.rpc.names import user_name, workspace_name
 
+# Distinct from 1, which an uncaught error (an unreachable database) exits with.
+EXIT_ALREADY_BOOTSTRAPPED = 3
+
 
 @dataclass(frozen=True)
 class Bootstrapped:
@@ -106,7 +109,7 @@ def main() -> None:
     )
     if done is None:
         print("already bootstrapped: a workspace exists", file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(EXIT_ALREADY_BOOTSTRAPPED)
     print(json.dumps({"workspace": done.workspace, "user": done.user, "api_key": done.api_key}))
 
 

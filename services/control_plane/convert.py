@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import uuid
 
-from agentplatform.v1 import run_pb2, session_pb2
+from agentplatform.v1 import api_key_pb2, run_pb2, session_pb2, workspace_pb2
 
 from services.control_plane import store
-from services.rpc.names import message_name, run_name, session_name
+from services.rpc.names import (
+    api_key_name,
+    member_name,
+    message_name,
+    run_name,
+    session_name,
+    user_name,
+    workspace_name,
+)
 
 RUN_STATES = {
     "waiting": run_pb2.Run.QUEUED,
@@ -101,3 +109,39 @@ EVENT_TYPES = {
     "run_failed": "run.failed",
     "run_cancelled": "run.cancelled",
 }
+
+
+def workspace_to_proto(row: store.Record) -> workspace_pb2.Workspace:
+    """Build a Workspace, with the caller's role in it, from its row."""
+    workspace = workspace_pb2.Workspace(
+        name=workspace_name(row["id"]), display_name=row["display_name"], role=row["role"]
+    )
+    workspace.create_time.FromDatetime(row["create_time"])
+    return workspace
+
+
+def member_to_proto(row: store.Record) -> workspace_pb2.Member:
+    """Build a Member from its row."""
+    member = workspace_pb2.Member(
+        name=member_name(row["user_id"]),
+        user=user_name(row["user_id"]),
+        role=row["role"],
+        display_name=row["display_name"],
+    )
+    member.create_time.FromDatetime(row["create_time"])
+    return member
+
+
+def api_key_to_proto(row: store.Record) -> api_key_pb2.ApiKey:
+    """Build an ApiKey's metadata from its row; the key itself is never stored."""
+    key = api_key_pb2.ApiKey(
+        name=api_key_name(row["id"]),
+        display_name=row["name"],
+        user=user_name(row["user_id"]),
+        prefix=f"ap_{row['prefix']}",
+        role=row["role"],
+    )
+    key.create_time.FromDatetime(row["create_time"])
+    if row["last_used_time"] is not None:
+        key.last_use_time.FromDatetime(row["last_used_time"])
+    return key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from services.control_plane.convert import event_type
 from services.control_plane.events import stamp
 from services.control_plane.lifecycle import RunLifecycle
 from services.control_plane.runtime import Runtime
+from services.rpc.db import Connection
 from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
 from services.rpc.names import message_name, parse_run_name, run_name, user_name, workspace_name
 
@@ -59,6 +61,34 @@ def _to_new_events(events: Sequence[run_pb2.RunEvent]) -> list[store.NewEvent]:
         store.NewEvent(s.sequence, s.type, s.attempt, e.SerializeToString())
         for s, e in zip(stored, events, strict=True)
     ]
+
+
+def _tool_calls(
+    events: Sequence[run_pb2.RunEvent],
+) -> tuple[list[store.ToolCallStart], list[store.ToolCallEnd]]:
+    """Derive the tool call records that a batch of events reports."""
+    starts: list[store.ToolCallStart] = []
+    ends: list[store.ToolCallEnd] = []
+    for event in events:
+        kind = event.WhichOneof("payload")
+        if kind == "tool_call_started":
+            s = event.tool_call_started
+            starts.append(store.ToolCallStart(s.call_id, s.tool, s.arguments_json, event.sequence))
+        elif kind == "tool_call_completed":
+            c = event.tool_call_completed
+            ends.append(
+                store.ToolCallEnd(
+                    c.call_id, c.result, c.is_error, c.error_code, c.truncated, c.duration_ms
+                )
+            )
+    return starts, ends
+
+
+def _transaction_if(
+    conn: Connection, needed: object
+) -> contextlib.AbstractAsyncContextManager[object]:
+    """Open a transaction only when records go with the events: most batches need none."""
+    return conn.transaction() if needed else contextlib.nullcontext()
 
 
 class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
@@ -156,7 +186,8 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         events = list(request.events)
         new_events = _to_new_events(events)
         now = _now()
-        async with self._rt.pool.acquire() as conn:
+        starts, ends = _tool_calls(events)
+        async with self._rt.pool.acquire() as conn, _transaction_if(conn, starts or ends):
             row = await store.run_events_append(
                 conn,
                 run_id=name.run_id,
@@ -164,6 +195,16 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 events=new_events,
                 at=now,
             )
+            if row is not None and (starts or ends):
+                await store.tool_calls_record(
+                    conn,
+                    run_id=name.run_id,
+                    session_id=row["session_id"],
+                    attempt=row["attempt"],
+                    started=starts,
+                    ended=ends,
+                    at=now,
+                )
         if row is None:
             last = await self._explain_refusal(
                 request.run, name.run_id, request.fencing_token, new_events[-1].sequence
@@ -217,7 +258,8 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         terminal.type = event_type(terminal)
         usage = request.completed.usage
         now = _now()
-        async with self._rt.pool.acquire() as conn:
+        starts, ends = _tool_calls(events)
+        async with self._rt.pool.acquire() as conn, _transaction_if(conn, starts or ends):
             row = await store.run_finish(
                 conn,
                 run_id=name.run_id,
@@ -233,6 +275,16 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 output_message_id=output_message_id,
                 at=now,
             )
+            if row is not None and (starts or ends):
+                await store.tool_calls_record(
+                    conn,
+                    run_id=name.run_id,
+                    session_id=row["session_id"],
+                    attempt=row["attempt"],
+                    started=starts,
+                    ended=ends,
+                    at=now,
+                )
         if row is None:
             expected = new_events[-1].sequence + 1 if new_events else None
             last = await self._explain_refusal(

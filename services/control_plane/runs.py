@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -17,6 +16,7 @@ from services.control_plane.auth import Principal
 from services.control_plane.convert import run_to_proto
 from services.control_plane.events import event_from_row, stamp
 from services.control_plane.lifecycle import RunLifecycle
+from services.control_plane.ratelimit import KeyRateLimiter
 from services.control_plane.runtime import Runtime
 from services.rpc import validate
 from services.rpc.db import Connection
@@ -29,7 +29,13 @@ from services.rpc.names import (
     run_name,
     session_name,
 )
-from services.rpc.pagination import clamp_page_size, decode_page_token, encode_page_token
+from services.rpc.pagination import (
+    clamp_page_size,
+    decode_keyset_token,
+    decode_page_token,
+    encode_keyset_token,
+    encode_page_token,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -50,6 +56,11 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     def __init__(self, runtime: Runtime, lifecycle: RunLifecycle) -> None:
         self._rt = runtime
         self._lifecycle = lifecycle
+        self._limiter = KeyRateLimiter(
+            "runs created",
+            per_minute=runtime.settings.run_rate_per_minute,
+            burst=runtime.settings.run_rate_burst,
+        )
 
     async def CreateRun(
         self, request: run_service_pb2.CreateRunRequest, context: Context
@@ -67,6 +78,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         policy = request.concurrency_policy
         if policy not in run_service_pb2.ConcurrencyPolicy.values():
             raise invalid_argument("concurrency_policy", f"Unknown concurrency policy {policy}.")
+        self._limiter.take(principal.api_key_id)
         run_id, message_id = uuid.uuid4(), uuid.uuid4()
         queued = run_pb2.RunEvent(
             sequence=1,
@@ -233,13 +245,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         session_id = parse_session_name(request.parent, "parent")
         limit = clamp_page_size(request.page_size, default=50, maximum=1000)
         scope = f"runs:{session_name(session_id)}"
-        cursor = decode_page_token(request.page_token, scope)
-        before = None
-        if cursor is not None:
-            try:
-                before = (datetime.fromisoformat(cursor["t"]), uuid.UUID(cursor["i"]))
-            except (KeyError, TypeError, ValueError):
-                raise invalid_argument("page_token", "page_token is malformed.") from None
+        before = decode_keyset_token(request.page_token, scope)
         async with self._rt.pool.acquire() as conn:
             if not await store.session_exists(conn, principal.workspace_id, session_id):
                 raise not_found(request.parent)
@@ -247,9 +253,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         response = run_service_pb2.ListRunsResponse(runs=[run_to_proto(r) for r in rows[:limit]])
         if len(rows) > limit:
             last = rows[limit - 1]
-            response.next_page_token = encode_page_token(
-                scope, {"t": last["create_time"].isoformat(), "i": str(last["id"])}
-            )
+            response.next_page_token = encode_keyset_token(scope, last["create_time"], last["id"])
         return response
 
     async def ListRunEvents(

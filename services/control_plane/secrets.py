@@ -1,9 +1,10 @@
 """SecretService and MasterKeyService: public secret administration, forwarded to the vault.
 
-The control plane checks the caller's role, turns the public name (`secrets/{secret}`, the
-workspace implied by the API key) into the vault's (`workspaces/{w}/secrets/{secret}`), and
-calls the vault as the control plane's service identity with the resolved principal. Values
-pass through on their way in and never come back out.
+The policy table (policy.py) has checked the caller's role. This module turns the public
+name (`secrets/{secret}`, the workspace implied by the API key) into the vault's
+(`workspaces/{w}/secrets/{secret}`) and calls the vault as the control plane's service
+identity with the resolved principal. Values pass through on their way in and never come
+back out.
 """
 
 from __future__ import annotations
@@ -45,23 +46,7 @@ T = TypeVar("T")
 
 log = structlog.get_logger()
 
-READERS = frozenset({"owner", "admin", "member"})
-WRITERS = frozenset({"owner", "admin"})
-# The master key protects every workspace's secrets; only owners may see or turn it.
-KEY_ADMINS = frozenset({"owner"})
-
 _VAULT_TIMEOUT_S = 10.0
-
-
-def _require(principal: Principal, roles: frozenset[str], action: str) -> None:
-    if principal.role not in roles:
-        allowed = " or ".join(sorted(roles))
-        raise ApiError(
-            grpc.StatusCode.PERMISSION_DENIED,
-            Reason.PERMISSION_DENIED,
-            f"Your role ({principal.role}) cannot {action}; it takes {allowed}.",
-            metadata={"role": principal.role},
-        )
 
 
 class VaultClient:
@@ -159,7 +144,6 @@ class SecretService(secret_service_pb2_grpc.SecretServiceServicer):
         self, request: secret_service_pb2.GetSecretRequest, context: Context
     ) -> secret_pb2.Secret:
         principal: Principal = current_principal()
-        _require(principal, READERS, "read secrets")
         vault_request = vault_pb.GetSecretRequest(
             principal=_principal(principal), name=self._vault_name(principal, request.name)
         )
@@ -170,7 +154,6 @@ class SecretService(secret_service_pb2_grpc.SecretServiceServicer):
         self, request: secret_service_pb2.ListSecretsRequest, context: Context
     ) -> secret_service_pb2.ListSecretsResponse:
         principal: Principal = current_principal()
-        _require(principal, READERS, "read secrets")
         vault = _vault(self._vault)
         listed = await vault.call(
             vault.stub.ListSecrets,
@@ -189,7 +172,6 @@ class SecretService(secret_service_pb2_grpc.SecretServiceServicer):
         self, request: secret_service_pb2.DeleteSecretRequest, context: Context
     ) -> empty_pb2.Empty:
         principal: Principal = current_principal()
-        _require(principal, WRITERS, "delete secrets")
         vault_request = vault_pb.DeleteSecretRequest(
             principal=_principal(principal), name=self._vault_name(principal, request.name)
         )
@@ -201,7 +183,6 @@ class SecretService(secret_service_pb2_grpc.SecretServiceServicer):
         self, request: secret_service_pb2.PutSecretRequest, context: Context
     ) -> secret_pb2.Secret:
         principal: Principal = current_principal()
-        _require(principal, WRITERS, "store secrets")
         vault_request = vault_pb.PutSecretRequest(
             principal=_principal(principal),
             name=self._vault_name(principal, request.name),
@@ -223,7 +204,6 @@ class MasterKeyService(master_key_service_pb2_grpc.MasterKeyServiceServicer):
     async def GetMasterKeyStatus(
         self, request: master_key_service_pb2.GetMasterKeyStatusRequest, context: Context
     ) -> master_key_pb2.MasterKeyStatus:
-        _require(current_principal(), KEY_ADMINS, "see the master key's status")
         vault = _vault(self._vault)
         return _public_status(
             await vault.call(vault.stub.GetKeyStatus, vault_pb.GetKeyStatusRequest())
@@ -233,7 +213,6 @@ class MasterKeyService(master_key_service_pb2_grpc.MasterKeyServiceServicer):
         self, request: master_key_service_pb2.RotateMasterKeyRequest, context: Context
     ) -> master_key_pb2.MasterKeyStatus:
         principal: Principal = current_principal()
-        _require(principal, KEY_ADMINS, "rotate the master key")
         vault = _vault(self._vault)
         return _public_status(
             await vault.call(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
 from typing import Any
 
 import grpc
@@ -17,7 +15,13 @@ from services.rpc import validate
 from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
 from services.rpc.interceptors import current_principal
 from services.rpc.names import parse_session_name, session_name
-from services.rpc.pagination import clamp_page_size, decode_page_token, encode_page_token
+from services.rpc.pagination import (
+    clamp_page_size,
+    decode_keyset_token,
+    decode_page_token,
+    encode_keyset_token,
+    encode_page_token,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -62,7 +66,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         request_id = validate.request_id(request.request_id)
         run_timeout = None
         if spec.HasField("run_timeout"):
-            run_timeout = spec.run_timeout.ToTimedelta().total_seconds()
+            # Not ToTimedelta: an out-of-range Duration would overflow there (INTERNAL).
+            run_timeout = spec.run_timeout.seconds + spec.run_timeout.nanos / 1e9
             if not 0 < run_timeout <= RUN_TIMEOUT_MAX_SECONDS:
                 raise invalid_argument(
                     "session.run_timeout",
@@ -102,13 +107,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         principal: Principal = current_principal()
         limit = clamp_page_size(request.page_size, default=50, maximum=1000)
         scope = f"sessions:{principal.workspace_id}"
-        cursor = decode_page_token(request.page_token, scope)
-        before = None
-        if cursor is not None:
-            try:
-                before = (datetime.fromisoformat(cursor["t"]), uuid.UUID(cursor["i"]))
-            except (KeyError, TypeError, ValueError):
-                raise invalid_argument("page_token", "page_token is malformed.") from None
+        before = decode_keyset_token(request.page_token, scope)
         async with self._rt.pool.acquire() as conn:
             rows = await store.session_list(
                 conn, principal.workspace_id, before=before, limit=limit + 1
@@ -118,9 +117,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         )
         if len(rows) > limit:
             last = rows[limit - 1]
-            response.next_page_token = encode_page_token(
-                scope, {"t": last["create_time"].isoformat(), "i": str(last["id"])}
-            )
+            response.next_page_token = encode_keyset_token(scope, last["create_time"], last["id"])
         return response
 
     async def ListMessages(

@@ -33,3 +33,17 @@ class ControlPlaneSettings(ServiceSettings):
     vault_admin_token: SecretStr | None = Field(
         default=None, description="Without mTLS (AP_TLS_*): the token presented to the vault."
     )
+    run_rate_per_minute: int = Field(
+        default=60_000,
+        ge=0,
+        description="Runs one API key may create per minute on one replica; 0 turns it off.",
+    )
+    run_rate_burst: int = Field(
+        default=1_000, ge=1, description="Runs one API key may create at once before throttling."
+    )
+    gateway_address: str | None = Field(
+        default=None, description="The gateway's internal API; unset: tools are unavailable."
+    )
+    gateway_admin_token: SecretStr | None = Field(
+        default=None, description="Without mTLS (AP_TLS_*): the token presented to the gateway."
+    )

@@ -74,24 +74,27 @@ async def api_key_insert(
     name: str,
     prefix: str,
     secret_sha256: bytes,
-) -> None:
-    """Store an API key by its prefix and the hash of its secret part."""
+) -> uuid.UUID:
+    """Store an API key by its prefix and the hash of its secret part; return its id."""
+    key_id = uuid.uuid4()
     await conn.execute(
         "INSERT INTO api_keys (id, workspace_id, user_id, name, prefix, secret_sha256)"
         " VALUES ($1, $2, $3, $4, $5, $6)",
-        uuid.uuid4(),
+        key_id,
         workspace_id,
         user_id,
         name,
         prefix,
         secret_sha256,
     )
+    return key_id
 
 
 async def api_key_principal(conn: Connection, prefix: str) -> Record | None:
     """Find a live API key by prefix, with its user's role and display name."""
     return await conn.fetchrow(
-        "SELECT k.secret_sha256, k.workspace_id, k.user_id, m.role, p.display_name"
+        "SELECT k.id, k.secret_sha256, k.workspace_id, k.user_id, k.last_used_time, m.role,"
+        " p.display_name"
         " FROM api_keys k"
         " JOIN memberships m USING (workspace_id, user_id)"
         " JOIN profiles p ON p.user_id = k.user_id"
@@ -747,4 +750,268 @@ async def run_finish(
         terminal_type,
         terminal_body,
         reply_text,
+    )
+
+
+# ── workspaces, members and API keys (administration) ───────────────────────────────────────
+
+_API_KEY_FROM = (
+    "SELECT k.id, k.name, k.prefix, k.user_id, m.role, k.create_time, k.last_used_time"
+    " FROM api_keys k JOIN memberships m USING (workspace_id, user_id)"
+)
+_MEMBER_COLUMNS = "m.user_id, m.role, m.create_time, p.display_name"
+
+
+async def api_key_touch(conn: Connection, key_id: uuid.UUID) -> None:
+    """Record that a key was used just now."""
+    await conn.execute("UPDATE api_keys SET last_used_time = now() WHERE id = $1", key_id)
+
+
+async def api_key_get(
+    conn: Connection, workspace_id: uuid.UUID, key_id: uuid.UUID
+) -> Record | None:
+    """Get a live API key of a workspace, with its user's role there."""
+    return await conn.fetchrow(
+        f"{_API_KEY_FROM} WHERE k.workspace_id = $1 AND k.id = $2 AND k.revoke_time IS NULL",
+        workspace_id,
+        key_id,
+    )
+
+
+async def api_key_list(
+    conn: Connection,
+    workspace_id: uuid.UUID,
+    *,
+    before: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Record]:
+    """List a workspace's live API keys, newest first, before a keyset cursor."""
+    return await conn.fetch(
+        f"{_API_KEY_FROM}"
+        " WHERE k.workspace_id = $1 AND k.revoke_time IS NULL"
+        " AND ($2::timestamptz IS NULL OR (k.create_time, k.id) < ($2, $3))"
+        " ORDER BY k.create_time DESC, k.id DESC LIMIT $4",
+        workspace_id,
+        before[0] if before else None,
+        before[1] if before else None,
+        limit,
+    )
+
+
+async def api_key_revoke(conn: Connection, workspace_id: uuid.UUID, key_id: uuid.UUID) -> bool:
+    """Revoke a live API key of a workspace; say whether there was one."""
+    status: str = await conn.execute(
+        "UPDATE api_keys SET revoke_time = now()"
+        " WHERE workspace_id = $1 AND id = $2 AND revoke_time IS NULL",
+        workspace_id,
+        key_id,
+    )
+    return status != "UPDATE 0"
+
+
+async def workspace_get(
+    conn: Connection, workspace_id: uuid.UUID, user_id: uuid.UUID
+) -> Record | None:
+    """Get a workspace with the user's role in it; None unless the user is a member."""
+    return await conn.fetchrow(
+        "SELECT w.id, w.display_name, w.create_time, m.role FROM workspaces w"
+        " JOIN memberships m ON m.workspace_id = w.id WHERE w.id = $1 AND m.user_id = $2",
+        workspace_id,
+        user_id,
+    )
+
+
+async def workspace_list_for_user(
+    conn: Connection,
+    user_id: uuid.UUID,
+    *,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Record]:
+    """List the workspaces a user belongs to, oldest first, after a keyset cursor."""
+    return await conn.fetch(
+        "SELECT w.id, w.display_name, w.create_time, m.role FROM memberships m"
+        " JOIN workspaces w ON w.id = m.workspace_id WHERE m.user_id = $1"
+        " AND ($2::timestamptz IS NULL OR (w.create_time, w.id) > ($2, $3))"
+        " ORDER BY w.create_time, w.id LIMIT $4",
+        user_id,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
+    )
+
+
+async def workspace_rename(conn: Connection, workspace_id: uuid.UUID, display_name: str) -> None:
+    """Change a workspace's display name."""
+    await conn.execute(
+        "UPDATE workspaces SET display_name = $2 WHERE id = $1", workspace_id, display_name
+    )
+
+
+async def user_create(conn: Connection, display_name: str) -> uuid.UUID:
+    """Create a user with a profile; return the user's id."""
+    user_id = uuid.uuid4()
+    async with conn.transaction():
+        await conn.execute("INSERT INTO users (id) VALUES ($1)", user_id)
+        await conn.execute(
+            "INSERT INTO profiles (user_id, display_name) VALUES ($1, $2)", user_id, display_name
+        )
+    return user_id
+
+
+async def user_exists(conn: Connection, user_id: uuid.UUID) -> bool:
+    """Say whether a user exists."""
+    found: bool = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id)
+    return found
+
+
+async def member_add(
+    conn: Connection, workspace_id: uuid.UUID, user_id: uuid.UUID, role: str
+) -> Record | None:
+    """Add a user to a workspace; None when they are a member already."""
+    inserted = await conn.fetchval(
+        "INSERT INTO memberships (workspace_id, user_id, role) VALUES ($1, $2, $3)"
+        " ON CONFLICT DO NOTHING RETURNING user_id",
+        workspace_id,
+        user_id,
+        role,
+    )
+    return None if inserted is None else await member_get(conn, workspace_id, user_id)
+
+
+async def member_get(
+    conn: Connection, workspace_id: uuid.UUID, user_id: uuid.UUID, *, lock: bool = False
+) -> Record | None:
+    """Get a member of a workspace (locked FOR UPDATE when asked)."""
+    return await conn.fetchrow(
+        f"SELECT {_MEMBER_COLUMNS} FROM memberships m JOIN profiles p USING (user_id)"
+        " WHERE m.workspace_id = $1 AND m.user_id = $2" + (" FOR UPDATE OF m" if lock else ""),
+        workspace_id,
+        user_id,
+    )
+
+
+async def member_list(
+    conn: Connection,
+    workspace_id: uuid.UUID,
+    *,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Record]:
+    """List a workspace's members, oldest first, after a keyset cursor."""
+    return await conn.fetch(
+        f"SELECT {_MEMBER_COLUMNS} FROM memberships m JOIN profiles p USING (user_id)"
+        " WHERE m.workspace_id = $1"
+        " AND ($2::timestamptz IS NULL OR (m.create_time, m.user_id) > ($2, $3))"
+        " ORDER BY m.create_time, m.user_id LIMIT $4",
+        workspace_id,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
+    )
+
+
+async def member_owner_count(conn: Connection, workspace_id: uuid.UUID) -> int:
+    """Count a workspace's owners, locking their rows so a concurrent demotion waits."""
+    rows = await conn.fetch(
+        "SELECT user_id FROM memberships WHERE workspace_id = $1 AND role = 'owner' FOR UPDATE",
+        workspace_id,
+    )
+    return len(rows)
+
+
+async def member_set_role(
+    conn: Connection, workspace_id: uuid.UUID, user_id: uuid.UUID, role: str
+) -> None:
+    """Change a member's role."""
+    await conn.execute(
+        "UPDATE memberships SET role = $3 WHERE workspace_id = $1 AND user_id = $2",
+        workspace_id,
+        user_id,
+        role,
+    )
+
+
+async def member_remove(conn: Connection, workspace_id: uuid.UUID, user_id: uuid.UUID) -> None:
+    """Remove a member; their API keys of the workspace go with the membership."""
+    await conn.execute(
+        "DELETE FROM memberships WHERE workspace_id = $1 AND user_id = $2", workspace_id, user_id
+    )
+
+
+@dataclass(frozen=True)
+class ToolCallStart:
+    """A tool call a tool_call.started event reports."""
+
+    call_id: str
+    tool: str
+    arguments_json: str
+    sequence: int
+
+
+@dataclass(frozen=True)
+class ToolCallEnd:
+    """A tool call's end, as its tool_call.completed event reports it."""
+
+    call_id: str
+    result: str
+    is_error: bool
+    error_code: str
+    truncated: bool
+    duration_ms: int
+
+
+async def tool_calls_record(
+    conn: Connection,
+    *,
+    run_id: uuid.UUID,
+    session_id: uuid.UUID,
+    attempt: int,
+    started: Sequence[ToolCallStart],
+    ended: Sequence[ToolCallEnd],
+    at: datetime,
+) -> None:
+    """Insert started calls and complete ended ones; a repeated report changes nothing."""
+    if started:
+        await conn.executemany(
+            "INSERT INTO tool_calls (run_id, attempt, call_id, session_id, tool, arguments_json,"
+            " start_sequence, start_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT DO NOTHING",
+            [
+                (run_id, attempt, s.call_id, session_id, s.tool, s.arguments_json, s.sequence, at)
+                for s in started
+            ],
+        )
+    if ended:
+        await conn.executemany(
+            "UPDATE tool_calls SET state = $4, result = $5, error_code = $6, truncated = $7,"
+            " duration_ms = $8, end_time = $9"
+            " WHERE run_id = $1 AND attempt = $2 AND call_id = $3 AND state = 'running'",
+            [
+                (
+                    run_id,
+                    attempt,
+                    e.call_id,
+                    "failed" if e.is_error else "succeeded",
+                    e.result,
+                    e.error_code,
+                    e.truncated,
+                    e.duration_ms,
+                    at,
+                )
+                for e in ended
+            ],
+        )
+
+
+async def tool_call_list(
+    conn: Connection, run_id: uuid.UUID, *, after_sequence: int, limit: int
+) -> list[Record]:
+    """List a run's tool calls in the order they started, after a start sequence."""
+    return await conn.fetch(
+        "SELECT * FROM tool_calls WHERE run_id = $1 AND start_sequence > $2"
+        " ORDER BY start_sequence, call_id LIMIT $3",
+        run_id,
+        after_sequence,
+        limit,
     )

@@ -1,6 +1,7 @@
 """Run the gateway: `python -m services.gateway`."""
 
-from services.gateway.app import Gateway, GatewaySettings
+from services.gateway.app import Gateway
+from services.gateway.settings import GatewaySettings
 from services.rpc.logging import configure_logging
 from services.rpc.server import run_main
 

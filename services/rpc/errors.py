@@ -7,11 +7,12 @@ from `agentplatform/v1/error_reason.proto`; bad input adds a `google.rpc.BadRequ
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 
 import asyncpg
 import grpc
 from agentplatform.v1 import error_reason_pb2
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -42,6 +43,7 @@ class ApiError(Exception):
         *,
         metadata: Mapping[str, str] | None = None,
         field: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -49,6 +51,7 @@ class ApiError(Exception):
         self.message = message
         self.metadata = dict(metadata or {})
         self.field = field
+        self.retry_after = retry_after
         if field is not None:
             self.metadata.setdefault("field", field)
 
@@ -78,6 +81,12 @@ class ApiError(Exception):
                 )
             )
             details.append(bad_request)
+        if self.retry_after is not None:
+            retry = any_pb2.Any()
+            delay = duration_pb2.Duration()
+            delay.FromTimedelta(timedelta(seconds=self.retry_after))
+            retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+            details.append(retry)
         status = status_pb2.Status(
             code=getattr(code_pb2, self.code.name), message=self.message, details=details
         )
@@ -97,6 +106,18 @@ def limit_exceeded(field: str, limit: int, unit: str = "characters") -> ApiError
         f"{field} exceeds its limit of {limit} {unit}.",
         field=field,
         metadata={"limit": str(limit)},
+    )
+
+
+def rate_limited(what: str, per_minute: int, retry_after: float) -> ApiError:
+    """Build RESOURCE_EXHAUSTED for a caller over a rate limit, saying when to retry."""
+    return ApiError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Reason.RATE_LIMITED,
+        f"Too many {what} with this API key (limit {per_minute} per minute); "
+        f"retry in {retry_after:.1f} s.",
+        metadata={"limit": str(per_minute)},
+        retry_after=retry_after,
     )
 
 

@@ -115,6 +115,25 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             **kw,
         )
 
+    async def _fail(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        started: float,
+        exc: Exception,
+    ) -> None:
+        """Log the failed call and abort it with the status its exception maps to."""
+        if isinstance(exc, ApiError):
+            self._log_outcome(method, exc.code, started, reason=exc.reason_name)
+            await _abort(context, exc)
+        elif isinstance(exc, DATABASE_ERRORS):
+            self._log_outcome(method, grpc.StatusCode.UNAVAILABLE, started, error=str(exc))
+            await _abort(context, database_unavailable())
+        else:
+            log.error("rpc_crashed", rpc=method, exc_info=exc)
+            self._log_outcome(method, grpc.StatusCode.INTERNAL, started)
+            await _abort(context, internal_error())
+
     def _wrap_unary(
         self, method: str, metadata: Mapping[str, str], behavior: Callable[..., Any]
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
@@ -124,19 +143,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 try:
                     await self._authenticate(method, metadata, context)
                     response = await behavior(request, context)
-                except ApiError as err:
-                    self._log_outcome(method, err.code, started, reason=err.reason_name)
-                    await _abort(context, err)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     self._log_outcome(method, grpc.StatusCode.CANCELLED, started)
                     raise
-                except DATABASE_ERRORS as err:
-                    self._log_outcome(method, grpc.StatusCode.UNAVAILABLE, started, error=str(err))
-                    await _abort(context, database_unavailable())
-                except Exception:
-                    log.exception("rpc_crashed", rpc=method)
-                    self._log_outcome(method, grpc.StatusCode.INTERNAL, started)
-                    await _abort(context, internal_error())
+                except Exception as exc:
+                    await self._fail(method, context, started, exc)
                 self._log_outcome(method, grpc.StatusCode.OK, started)
                 return response
 
@@ -154,19 +165,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     await self._authenticate(method, metadata, context)
                     async for response in behavior(request, context):
                         yield response
-                except ApiError as err:
-                    self._log_outcome(method, err.code, started, reason=err.reason_name)
-                    await _abort(context, err)
                 except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
                     self._log_outcome(method, grpc.StatusCode.CANCELLED, started)
                     raise
-                except DATABASE_ERRORS as err:
-                    self._log_outcome(method, grpc.StatusCode.UNAVAILABLE, started, error=str(err))
-                    await _abort(context, database_unavailable())
-                except Exception:
-                    log.exception("rpc_crashed", rpc=method)
-                    self._log_outcome(method, grpc.StatusCode.INTERNAL, started)
-                    await _abort(context, internal_error())
+                except Exception as exc:
+                    await self._fail(method, context, started, exc)
                 else:
                     self._log_outcome(method, grpc.StatusCode.OK, started)
 

@@ -18,7 +18,8 @@ import grpc
 
 from services.rpc.errors import ApiError, Reason
 from services.rpc.interceptors import current_call_context
-from services.rpc.tls import peer_service
+from services.rpc.settings import SettingsError
+from services.rpc.tls import ServiceTls, peer_service
 
 INTERNAL_TOKEN_HEADER = "x-ap-internal-token"
 
@@ -77,3 +78,18 @@ class ServiceIdentifier:
             if hmac.compare_digest(presented, token):
                 found = service
         return found
+
+
+def internal_channel(
+    address: str, tls: ServiceTls | None, token: str | None, *, needs: str
+) -> tuple[grpc.aio.Channel, tuple[tuple[str, str], ...]]:
+    """Open a channel to an internal API as this service: mTLS when configured, else a token.
+
+    Returns the channel and the metadata every call on it carries. `needs` names the token
+    setting for the error raised when neither identity is configured.
+    """
+    if tls is not None:
+        return grpc.aio.secure_channel(address, tls.channel_credentials()), ()
+    if token is None:
+        raise SettingsError(f"calling {address} needs AP_TLS_* (mTLS) or {needs}")
+    return grpc.aio.insecure_channel(address), ((INTERNAL_TOKEN_HEADER, token),)

@@ -23,8 +23,13 @@ def _redact_secrets(
     return event_dict
 
 
-def configure_logging(*, level: str = "info", fmt: str = "json") -> None:
-    """Configure structlog (and stdlib logging) to write one line per event to stderr."""
+def configure_logging(
+    *, level: str = "info", fmt: str = "json", logger_factory: Any = None
+) -> None:
+    """Configure structlog (and stdlib logging) to write one line per event to stderr.
+
+    `logger_factory` replaces the stderr writer (the tests tee every line to a file they scan).
+    """
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -42,7 +47,7 @@ def configure_logging(*, level: str = "info", fmt: str = "json") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=logger_factory or structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")

@@ -171,3 +171,25 @@ def parse_user_name(name: str, field: str = "name") -> uuid.UUID:
     """Parse "users/{user}"."""
     (user,) = _segments(name, field, ("users",))
     return _parse_id(user, field, "user")
+
+
+def member_name(user_id: uuid.UUID) -> str:
+    """Format a member's public resource name (the workspace is the caller's)."""
+    return f"members/{user_id}"
+
+
+def parse_member_name(name: str, field: str = "name") -> uuid.UUID:
+    """Parse "members/{user}"."""
+    (user,) = _segments(name, field, ("members",))
+    return _parse_id(user, field, "user")
+
+
+def api_key_name(key_id: uuid.UUID) -> str:
+    """Format an API key's public resource name (the workspace is the caller's)."""
+    return f"apiKeys/{key_id}"
+
+
+def parse_api_key_name(name: str, field: str = "name") -> uuid.UUID:
+    """Parse "apiKeys/{api_key}"."""
+    (key,) = _segments(name, field, ("apiKeys",))
+    return _parse_id(key, field, "API key")

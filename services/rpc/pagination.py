@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import uuid
+from datetime import datetime
 from typing import Any
 
 from services.rpc.errors import invalid_argument
@@ -44,3 +46,19 @@ def decode_page_token(token: str, scope: str) -> dict[str, Any] | None:
         raise invalid_argument("page_token", "page_token belongs to a different request.")
     cursor: dict[str, Any] = data["c"]
     return cursor
+
+
+def encode_keyset_token(scope: str, create_time: datetime, row_id: uuid.UUID) -> str:
+    """Encode a (create_time, id) keyset cursor, for lists ordered newest first."""
+    return encode_page_token(scope, {"t": create_time.isoformat(), "i": str(row_id)})
+
+
+def decode_keyset_token(token: str, scope: str) -> tuple[datetime, uuid.UUID] | None:
+    """Decode a (create_time, id) keyset cursor; None for the first page."""
+    cursor = decode_page_token(token, scope)
+    if cursor is None:
+        return None
+    try:
+        return datetime.fromisoformat(cursor["t"]), uuid.UUID(cursor["i"])
+    except (KeyError, TypeError, ValueError):
+        raise invalid_argument("page_token", "page_token is malformed.") from None

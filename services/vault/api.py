@@ -124,10 +124,9 @@ class VaultApi(vault_service_pb2_grpc.VaultServiceServicer):
 
     async def PutSecret(self, request: pb.PutSecretRequest, context: Context) -> pb.Secret:
         actor = _actor(request.principal)
-        workspace_id, ref = self._own(actor, request.name)
+        _, ref = self._own(actor, request.name)
         meta = await self._secrets.put(
             actor,
-            workspace_id,
             ref,
             request.value,
             expected_version=(

@@ -29,9 +29,9 @@ import structlog
 from services.rpc.db import Connection
 from services.rpc.errors import ApiError, Reason
 from services.vault import store
-from services.vault.crypto import Binding, MasterKeyMissing, Sealed, SealError, rewrap
-from services.vault.keyring import Keyring, KeyringError
-from services.vault.secrets import Actor, KeyHolder
+from services.vault.crypto import MasterKeyMissing, Sealed, SealError, rewrap
+from services.vault.keyring import Keyring, KeyringError, MasterKey
+from services.vault.secrets import Actor, KeyHolder, stored
 
 log = structlog.get_logger()
 
@@ -99,17 +99,25 @@ class Batch:
     after: tuple[uuid.UUID, int] | None
 
 
-def _sealed(row: asyncpg.Record) -> tuple[Sealed, Binding]:
-    return (
-        Sealed(
-            row["format"],
-            row["nonce"],
-            row["ciphertext"],
-            row["wrapped_key"],
-            row["master_key_version"],
-        ),
-        Binding(row["workspace_id"], row["id"], row["name"], row["version"]),
-    )
+_REFUSALS = {"DECRYPTION_FAILED": "decrypt_failed", "MASTER_KEY_UNAVAILABLE": "key_unavailable"}
+
+
+def _rewrap(row: asyncpg.Record, keyring: Keyring, target: MasterKey) -> Sealed | str:
+    """Re-wrap a stored version under `target`, or return the reason it cannot be."""
+    sealed, binding = stored(row)
+    if not row["master_key_known"] or row["master_key_retired"]:
+        # Never launder a row that names a retired or unknown version under the new key.
+        return "MASTER_KEY_UNAVAILABLE"
+    try:
+        return rewrap(sealed, binding, keyring, target)
+    except SealError:
+        return "DECRYPTION_FAILED"
+    except MasterKeyMissing:
+        return "MASTER_KEY_UNAVAILABLE"
+
+
+def _read_only(message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.FAILED_PRECONDITION, Reason.MASTER_KEYS_READ_ONLY, message)
 
 
 class Rotation:
@@ -154,18 +162,22 @@ class Rotation:
         """Add a master-key version, make it active, and start re-wrapping under it."""
         keyring = self._keys.keyring
         if keyring.path is None:
-            raise ApiError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                Reason.MASTER_KEYS_READ_ONLY,
+            raise _read_only(
                 "The vault's master keys come from AP_VAULT_MASTER_KEYS: add a version there "
-                "and make it active, then restart the vault; the re-wrap starts by itself.",
+                "and make it active, then restart the vault; the re-wrap starts by itself."
             )
         async with self._rotating, self._pool.acquire() as conn, conn.transaction():
             await store.master_key_rotation_lock(conn)
             known = [r["version"] for r in await store.master_key_version_list(conn)]
             rotated = self._keys.keyring.with_new_version(at_least=max(known, default=0) + 1)
             # The key reaches the file before any data key is wrapped under it.
-            await asyncio.to_thread(rotated.save)
+            try:
+                await asyncio.to_thread(rotated.save)
+            except OSError as err:
+                raise _read_only(
+                    f"The vault cannot write its key file ({err.strerror}): add a version "
+                    "there, make it active and restart the vault; the re-wrap starts by itself."
+                ) from None
             new = rotated.active
             await store.master_key_version_register(conn, [(new.version, new.check)])
             await store.audit_append(
@@ -265,25 +277,15 @@ class Rotation:
             )
             moved = []
             for row in rows:
-                sealed, binding = _sealed(row)
-                failure = None
-                if not row["master_key_known"] or row["master_key_retired"]:
-                    # Never launder a row that names a retired or unknown version.
-                    failure = ("key_unavailable", "MASTER_KEY_UNAVAILABLE")
-                else:
-                    try:
-                        rewrapped = rewrap(sealed, binding, keyring, target)
-                    except SealError:
-                        failure = ("decrypt_failed", "DECRYPTION_FAILED")
-                    except MasterKeyMissing:
-                        failure = ("key_unavailable", "MASTER_KEY_UNAVAILABLE")
-                if failure is not None:
+                sealed, binding = stored(row)
+                rewrapped = _rewrap(row, keyring, target)
+                if isinstance(rewrapped, str):
                     await store.audit_append(
                         conn,
                         store.AuditEntry(
                             operation="rewrap",
-                            outcome=failure[0],
-                            reason=failure[1],
+                            outcome=_REFUSALS[rewrapped],
+                            reason=rewrapped,
                             actor_service="vault",
                             workspace_id=binding.workspace_id,
                             secret_uid=binding.secret_uid,

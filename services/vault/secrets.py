@@ -94,18 +94,18 @@ def _meta(row: store.Record) -> SecretMeta:
     )
 
 
-def _sealed(row: store.Record) -> Sealed:
-    return Sealed(
-        row["format"],
-        row["nonce"],
-        row["ciphertext"],
-        row["wrapped_key"],
-        row["master_key_version"],
+def stored(row: store.Record) -> tuple[Sealed, Binding]:
+    """Return a stored version as sealed, and where it belongs."""
+    return (
+        Sealed(
+            row["format"],
+            row["nonce"],
+            row["ciphertext"],
+            row["wrapped_key"],
+            row["master_key_version"],
+        ),
+        Binding(row["workspace_id"], row["id"], row["name"], row["version"]),
     )
-
-
-def _binding(row: store.Record) -> Binding:
-    return Binding(row["workspace_id"], row["id"], row["name"], row["version"])
 
 
 def decryption_failed(err: SealError) -> ApiError:
@@ -242,7 +242,7 @@ class Secrets:
                 row["master_key_version"], retired=bool(row["master_key_retired"])
             )
         try:
-            return unseal(_sealed(row), _binding(row), self._keys.keyring)
+            return unseal(*stored(row), self._keys.keyring)
         except SealError as err:
             raise decryption_failed(err) from None
         except MasterKeyMissing as err:
@@ -251,14 +251,16 @@ class Secrets:
     async def put(
         self,
         actor: Actor,
-        workspace_id: uuid.UUID,
         ref: SecretRef,
         value: bytes,
         *,
         expected_version: int | None,
         request_id: str | None,
     ) -> SecretMeta:
-        """Store a new version; check-and-set on `expected_version`; idempotent per request id."""
+        """Store a new version in the actor's workspace.
+
+        Check-and-set on `expected_version`; idempotent per secret and request id.
+        """
         secret_id = check_secret_id(ref)
         if not value:
             raise invalid_argument("value", "value is required and must not be empty.")
@@ -266,8 +268,6 @@ class Secrets:
             raise limit_exceeded("value", self._max_value_bytes, "bytes")
         if expected_version is not None and expected_version < 0:
             raise invalid_argument("expected_version", "expected_version must not be negative.")
-        if workspace_id != actor.workspace_id:
-            raise not_found(str(ref))
         try:
             return await self._put(actor, secret_id, value, expected_version, request_id)
         except asyncpg.UniqueViolationError:

@@ -10,14 +10,16 @@ import httpx
 import structlog
 from agentplatform.dispatch.v1 import dispatch_service_pb2 as pb
 from agentplatform.dispatch.v1 import dispatch_service_pb2_grpc
+from agentplatform.gateway.v1 import gateway_service_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
-from services.rpc.internal_auth import INTERNAL_TOKEN_HEADER
+from services.rpc.internal_auth import INTERNAL_TOKEN_HEADER, internal_channel
 from services.rpc.server import GrpcServer
 from services.rpc.settings import HostedModelSettings, SettingsError
 from services.worker.execution import RunExecution
 from services.worker.model import ChatCompletionsClient
 from services.worker.settings import WorkerSettings
+from services.worker.tools import RunTools
 
 log = structlog.get_logger(service="worker")
 
@@ -35,6 +37,8 @@ class Worker:
         self._loops: list[asyncio.Task[None]] = []
         self._executing: dict[asyncio.Task[None], RunExecution] = {}
         self._channel: grpc.aio.Channel | None = None
+        self._gateway_channel: grpc.aio.Channel | None = None
+        self._tools: RunTools | None = None
         self._http: httpx.AsyncClient | None = None
         self._server = GrpcServer(
             host=settings.grpc_host,
@@ -59,6 +63,19 @@ class Worker:
             dispatch_service_pb2_grpc.DispatchServiceStub(self._channel)
         )
         model = ChatCompletionsClient(self.model, self._http)
+        if self.settings.gateway_address:
+            token = self.settings.gateway_call_token
+            self._gateway_channel, gateway_metadata = internal_channel(
+                self.settings.gateway_address,
+                self.settings.service_tls(),
+                token.get_secret_value() if token else None,
+                needs="AP_GATEWAY_CALL_TOKEN",
+            )
+            self._tools = RunTools(
+                gateway_service_pb2_grpc.GatewayServiceStub(self._gateway_channel),
+                gateway_metadata,
+                progress_seconds=self.settings.tool_progress_seconds,
+            )
         self._loops = [
             asyncio.create_task(self._claim_forever(stub, model), name=f"claim-{i}")
             for i in range(self.settings.worker_concurrency)
@@ -89,7 +106,15 @@ class Worker:
                 continue
             current = asyncio.current_task()
             assert current is not None
-            execution = RunExecution(stub, response.claim, self.model, model, self._metadata)
+            execution = RunExecution(
+                stub,
+                response.claim,
+                self.model,
+                model,
+                self._metadata,
+                tools=self._tools,
+                max_steps=self.settings.max_steps,
+            )
             self._executing[current] = execution
             try:
                 await execution.execute()
@@ -129,3 +154,5 @@ class Worker:
             await self._http.aclose()
         if self._channel is not None:
             await self._channel.close(None)
+        if self._gateway_channel is not None:
+            await self._gateway_channel.close(None)

@@ -34,9 +34,11 @@ from services.worker.model import (
     ModelError,
     ReasoningDelta,
     TextDelta,
+    ToolCallRequest,
     UsageReport,
 )
-from services.worker.prompt import model_messages
+from services.worker.prompt import function_tools, model_messages
+from services.worker.tools import RunTools
 
 log = structlog.get_logger(service="worker")
 
@@ -148,6 +150,22 @@ class EventSink:
             await self._task
 
 
+def _assistant_turn(text: str, calls: list[ToolCallRequest]) -> dict[str, Any]:
+    """Return the assistant message that asked for these tool calls, for the next model call."""
+    return {
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [
+            {
+                "id": call.call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments_json},
+            }
+            for call in calls
+        ],
+    }
+
+
 class RunExecution:
     """Carry one claimed run from its first event to FinishRun (or hand it back)."""
 
@@ -158,8 +176,13 @@ class RunExecution:
         model_settings: HostedModelSettings,
         model: ChatCompletionsClient,
         metadata: Metadata,
+        *,
+        tools: RunTools | None = None,
+        max_steps: int = 8,
     ) -> None:
         self._stub = stub
+        self._tools = tools
+        self._max_steps = max_steps
         self._claim = claim
         self._model_settings = model_settings
         self._model = model
@@ -271,28 +294,56 @@ class RunExecution:
         sink.emit(
             run_pb2.RunEvent(run_started=run_pb2.RunStarted(model=self._model_settings.name or ""))
         )
+        offered = function_tools(await self._tools.offered(self._claim)) if self._tools else []
+        messages = model_messages(self._claim, [t["function"]["name"] for t in offered])
         reply: list[str] = []
         usage = run_pb2.Usage()
         try:
-            async for item in self._model.stream(model_messages(self._claim)):
-                if isinstance(item, TextDelta):
-                    reply.append(item.text)
-                    sink.emit(run_pb2.RunEvent(output_text_delta=run_pb2.TextDelta(text=item.text)))
-                elif isinstance(item, ReasoningDelta):
-                    sink.emit(
-                        run_pb2.RunEvent(reasoning_summary_delta=run_pb2.TextDelta(text=item.text))
-                    )
-                elif isinstance(item, UsageReport):
-                    usage = run_pb2.Usage(
-                        input_tokens=item.input_tokens,
-                        output_tokens=item.output_tokens,
-                        reasoning_tokens=item.reasoning_tokens,
-                    )
-                    sink.emit(run_pb2.RunEvent(usage=usage))
+            for _step in range(self._max_steps):
+                step_text: list[str] = []
+                calls: list[ToolCallRequest] = []
+                async for item in self._model.stream(messages, offered):
+                    if isinstance(item, TextDelta):
+                        step_text.append(item.text)
+                        sink.emit(
+                            run_pb2.RunEvent(output_text_delta=run_pb2.TextDelta(text=item.text))
+                        )
+                    elif isinstance(item, ReasoningDelta):
+                        sink.emit(
+                            run_pb2.RunEvent(
+                                reasoning_summary_delta=run_pb2.TextDelta(text=item.text)
+                            )
+                        )
+                    elif isinstance(item, UsageReport):
+                        usage.input_tokens += item.input_tokens
+                        usage.output_tokens += item.output_tokens
+                        usage.reasoning_tokens += item.reasoning_tokens
+                        sink.emit(run_pb2.RunEvent(usage=usage))
+                    else:
+                        calls.append(item)
+                reply += step_text
+                if not calls:
+                    return {
+                        "completed": pb.FinishRunRequest.Completed(text="".join(reply), usage=usage)
+                    }
+                if self._tools is None:
+                    raise ModelError("MODEL_ERROR", "The model called a tool, but none is offered.")
+                messages.append(_assistant_turn("".join(step_text), calls))
+                results = await self._tools.run(sink, self._claim, calls)
+                messages += [
+                    {"role": "tool", "tool_call_id": call.call_id, "content": result}
+                    for call, result in zip(calls, results, strict=True)
+                ]
         except ModelError as err:
             log.info("model_call_failed", reason=err.reason, error=err.message)
             return {"failed": pb.FinishRunRequest.Failed(reason=err.reason, message=err.message)}
-        return {"completed": pb.FinishRunRequest.Completed(text="".join(reply), usage=usage)}
+        return {
+            "failed": pb.FinishRunRequest.Failed(
+                reason="MAX_STEPS",
+                message=f"The run reached its limit of {self._max_steps} model calls in the "
+                "tool loop without a final answer.",
+            )
+        }
 
     async def _finish(self, leftover: list[run_pb2.RunEvent], outcome: dict[str, Any]) -> None:
         request = pb.FinishRunRequest(

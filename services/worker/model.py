@@ -44,7 +44,16 @@ class UsageReport:
     reasoning_tokens: int
 
 
-ModelEvent = TextDelta | ReasoningDelta | UsageReport
+@dataclass(frozen=True)
+class ToolCallRequest:
+    """A function call the model asked for, assembled from its streamed fragments."""
+
+    call_id: str
+    name: str
+    arguments_json: str
+
+
+ModelEvent = TextDelta | ReasoningDelta | UsageReport | ToolCallRequest
 
 
 class ChatCompletionsClient:
@@ -54,8 +63,10 @@ class ChatCompletionsClient:
         self._settings = settings
         self._http = http
 
-    async def stream(self, messages: list[dict[str, Any]]) -> AsyncIterator[ModelEvent]:
-        """Yield reply pieces as the model streams them."""
+    async def stream(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> AsyncIterator[ModelEvent]:
+        """Yield reply pieces as the model streams them; the tool calls it asks for come last."""
         settings = self._settings
         headers = {"accept": "text/event-stream"}
         if settings.api_key is not None:
@@ -66,6 +77,8 @@ class ChatCompletionsClient:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if tools:
+            body["tools"] = tools
         # The read timeout bounds every wait for bytes, so a stream that goes silent fails.
         timeout = httpx.Timeout(
             connect=settings.connect_timeout_seconds,
@@ -101,6 +114,9 @@ class ChatCompletionsClient:
 
 async def _parse_stream(lines: AsyncIterator[str]) -> AsyncIterator[ModelEvent]:
     done = False
+    # Tool calls stream as fragments keyed by index: the id and name first, then pieces of
+    # the arguments' JSON; they are complete only at the end of the stream.
+    calls: dict[int, dict[str, str]] = {}
     async for line in lines:
         if not line.startswith("data:"):
             continue  # blank separators, comments and other SSE fields
@@ -113,7 +129,7 @@ async def _parse_stream(lines: AsyncIterator[str]) -> AsyncIterator[ModelEvent]:
             continue
         try:
             chunk = json.loads(data)
-            for event in _chunk_events(chunk):
+            for event in _chunk_events(chunk, calls):
                 yield event
         except (ValueError, TypeError, KeyError, AttributeError):
             raise ModelError(
@@ -121,9 +137,16 @@ async def _parse_stream(lines: AsyncIterator[str]) -> AsyncIterator[ModelEvent]:
             ) from None
     if not done:
         raise ModelError("MODEL_ERROR", "The model stream ended without [DONE].")
+    for index in sorted(calls):
+        call = calls[index]
+        if not call["name"]:
+            raise ModelError("MODEL_ERROR", "The model streamed a tool call without a name.")
+        yield ToolCallRequest(
+            call["id"] or f"call_{index}", call["name"], call["arguments"] or "{}"
+        )
 
 
-def _chunk_events(chunk: dict[str, Any]) -> list[ModelEvent]:
+def _chunk_events(chunk: dict[str, Any], calls: dict[int, dict[str, str]]) -> list[ModelEvent]:
     if "error" in chunk:
         message = str(chunk["error"].get("message", chunk["error"]))[:500]
         raise ModelError("MODEL_ERROR", f"The model endpoint reported an error: {message}")
@@ -136,6 +159,12 @@ def _chunk_events(chunk: dict[str, Any]) -> list[ModelEvent]:
         content = delta.get("content")
         if content:
             events.append(TextDelta(str(content)))
+        for fragment in delta.get("tool_calls") or []:
+            call = calls.setdefault(int(fragment["index"]), {"id": "", "name": "", "arguments": ""})
+            call["id"] = call["id"] or str(fragment.get("id") or "")
+            function = fragment.get("function") or {}
+            call["name"] += str(function.get("name") or "")
+            call["arguments"] += str(function.get("arguments") or "")
     usage = chunk.get("usage")
     if usage:
         details = usage.get("completion_tokens_details") or {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from services.rpc.settings import ServiceSettings
 
@@ -18,3 +18,15 @@ class WorkerSettings(ServiceSettings):
     worker_concurrency: int = Field(default=16, ge=1, le=1024)
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     claim_wait_seconds: float = Field(default=10.0, gt=0, le=30)
+    gateway_address: str | None = Field(
+        default=None, description="The gateway; unset: runs are offered no tools."
+    )
+    gateway_call_token: SecretStr | None = Field(
+        default=None, description="Without mTLS (AP_TLS_*): the token presented to the gateway."
+    )
+    max_steps: int = Field(
+        default=8, ge=1, le=100, description="Model calls per run; the run fails with MAX_STEPS."
+    )
+    tool_progress_seconds: float = Field(
+        default=2.0, gt=0, description="Interval of tool_call.progress events while a call runs."
+    )

@@ -52,7 +52,7 @@ REQUIRED = {
     },
     "worker": {"AP_INTERNAL_TOKEN", "AP_CONTROL_PLANE_ADDRESS"},
     "vault": {"AP_DATABASE_URL", "AP_VAULT_ADMIN_TOKEN", "AP_VAULT_RESOLVE_TOKEN"},
-    "gateway": {"AP_DATABASE_URL", "AP_INTERNAL_TOKEN"},
+    "gateway": {"AP_DATABASE_URL", "AP_GATEWAY_ADMIN_TOKEN", "AP_GATEWAY_CALL_TOKEN"},
 }
 # Settings of which a service needs exactly one.
 ONE_OF = {"vault": {"AP_VAULT_MASTER_KEY_FILE", "AP_VAULT_MASTER_KEYS"}}

@@ -13,6 +13,7 @@ import secrets
 import signal
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -160,6 +161,36 @@ def by_name(services: Sequence[Service], name: str | None) -> Service:
     return next(s for s in services if s.name == name)
 
 
+@dataclass
+class WatchedRun:
+    """A run being created and followed by a streaming client."""
+
+    client: Client
+    run: run_pb2.Run
+    follower: Follower
+    following: asyncio.Task[list[run_pb2.RunEvent]]
+
+    async def finish(self, timeout: float = 30) -> list[run_pb2.RunEvent]:
+        """Wait for the client to see the terminal event; close its channel."""
+        try:
+            return await asyncio.wait_for(self.following, timeout)
+        finally:
+            await self.client.channel.close(None)
+
+
+async def watch_new_run(
+    cp: Service, key: str, text: str, *, stream_from: Sequence[str] = ()
+) -> WatchedRun:
+    """Create a run through `cp` and follow it until its model output has started."""
+    client = Client(grpc.aio.insecure_channel(cp.address), key)
+    session = await new_session(client)
+    run = await new_run(client, session.name, text)
+    follower = Follower(list(stream_from) or [cp.address], key, run.name)
+    following = asyncio.create_task(follower.follow())
+    await follower.wait_for("output_text.delta")
+    return WatchedRun(client, run, follower, following)
+
+
 async def test_kill_9_of_a_worker_mid_stream_is_rescued_on_another(
     database: str, devmodel: DevModel
 ) -> None:
@@ -168,17 +199,11 @@ async def test_kill_9_of_a_worker_mid_stream_is_rescued_on_another(
     async with cluster(database, secrets.token_urlsafe(16), devmodel.base_url) as c:
         cp = await c.control_plane()
         workers = [await c.worker("w1", cp), await c.worker("w2", cp)]
-        client = Client(grpc.aio.insecure_channel(cp.address), key)
-        session = await new_session(client)
-        run = await new_run(client, session.name, f"kill me {SLOW}")
-        follower = Follower([cp.address], key, run.name)
-        following = asyncio.create_task(follower.follow())
-        await follower.wait_for("output_text.delta")
-        victim = by_name(workers, await lease_owner(database, run.name))
-        victim.signal(signal.SIGKILL)
-        events = await asyncio.wait_for(following, 30)
-        await client.channel.close(None)
-    assert events[-1].type == "run.completed"
+        watched = await watch_new_run(cp, key, f"kill me {SLOW}")
+        run = watched.run
+        by_name(workers, await lease_owner(database, run.name)).signal(signal.SIGKILL)
+        events = await watched.finish()
+    assert events[-1].type == "run.completed", events[-1]
     assert "run.attempt_started" in [e.type for e in events]
     assert events[-1].attempt == 2
     await assert_invariants(database, run.name, events)
@@ -192,21 +217,16 @@ async def test_a_paused_worker_is_fenced_after_another_takes_over(
     async with cluster(database, secrets.token_urlsafe(16), devmodel.base_url) as c:
         cp = await c.control_plane()
         workers = [await c.worker("w1", cp), await c.worker("w2", cp)]
-        client = Client(grpc.aio.insecure_channel(cp.address), key)
-        session = await new_session(client)
-        run = await new_run(client, session.name, f"pause me {SLOW}")
-        follower = Follower([cp.address], key, run.name)
-        following = asyncio.create_task(follower.follow())
-        await follower.wait_for("output_text.delta")
+        watched = await watch_new_run(cp, key, f"pause me {SLOW}")
+        run = watched.run
         zombie = by_name(workers, await lease_owner(database, run.name))
         zombie.signal(signal.SIGSTOP)
-        await follower.wait_for("run.attempt_started")
-        events = await asyncio.wait_for(following, 30)
+        await watched.follower.wait_for("run.attempt_started")
+        events = await watched.finish()
         zombie.signal(signal.SIGCONT)
         # The zombie wakes up with buffered output and a stale fence; it must give up.
         await zombie.wait_for_line("lease_lost_run_abandoned", timeout=15)
-        await client.channel.close(None)
-    assert events[-1].type == "run.completed"
+    assert events[-1].type == "run.completed", events[-1]
     await assert_invariants(database, run.name, events)
     rows = await stored_history(database, run.name)
     takeover = next(r["sequence"] for r in rows if r["type"] == "run.attempt_started")
@@ -222,17 +242,14 @@ async def test_killing_the_streaming_replica_loses_nothing(
         cp_a = await c.control_plane("cp-a")
         cp_b = await c.control_plane("cp-b")
         await c.worker("w1", cp_a)
-        client = Client(grpc.aio.insecure_channel(cp_a.address), key)
-        session = await new_session(client)
-        run = await new_run(client, session.name, f"replicas {SLOW}")
-        follower = Follower([cp_b.address, cp_a.address], key, run.name)
-        following = asyncio.create_task(follower.follow())
-        await follower.wait_for("output_text.delta")
+        watched = await watch_new_run(
+            cp_a, key, f"replicas {SLOW}", stream_from=[cp_b.address, cp_a.address]
+        )
+        run = watched.run
         cp_b.signal(signal.SIGKILL)
-        events = await asyncio.wait_for(following, 30)
-        await client.channel.close(None)
-    assert follower.reconnects >= 1
-    assert events[-1].type == "run.completed"
+        events = await watched.finish()
+    assert watched.follower.reconnects >= 1
+    assert events[-1].type == "run.completed", events[-1]
     await assert_invariants(database, run.name, events)
 
 
@@ -285,18 +302,13 @@ async def test_sigterm_drains_a_worker_without_running_anything_twice(
     async with cluster(database, secrets.token_urlsafe(16), devmodel.base_url) as c:
         cp = await c.control_plane()
         draining = await c.worker("w1", cp)
-        client = Client(grpc.aio.insecure_channel(cp.address), key)
-        session = await new_session(client)
-        run = await new_run(client, session.name, f"drain me {SLOW}")
-        follower = Follower([cp.address], key, run.name)
-        following = asyncio.create_task(follower.follow())
-        await follower.wait_for("output_text.delta")
+        watched = await watch_new_run(cp, key, f"drain me {SLOW}")
+        run = watched.run
         await c.worker("w2", cp)
         draining.signal(signal.SIGTERM)
-        events = await asyncio.wait_for(following, 30)
+        events = await watched.finish()
         assert await draining.wait_exit() == 0
-        await client.channel.close(None)
-    assert events[-1].type == "run.completed"
+    assert events[-1].type == "run.completed", events[-1]
     assert "run.attempt_started" not in [e.type for e in events]
     assert events[-1].attempt == 1
     await assert_invariants(database, run.name, events)
@@ -310,21 +322,16 @@ async def test_a_drain_past_its_grace_hands_the_run_over_at_once(
     async with cluster(database, secrets.token_urlsafe(16), devmodel.base_url) as c:
         cp = await c.control_plane(AP_LEASE_SECONDS="30")
         draining = await c.worker("w1", cp, AP_SHUTDOWN_GRACE_SECONDS="0.2")
-        client = Client(grpc.aio.insecure_channel(cp.address), key)
-        session = await new_session(client)
-        run = await new_run(client, session.name, f"hand over {SLOW}")
-        follower = Follower([cp.address], key, run.name)
-        following = asyncio.create_task(follower.follow())
-        await follower.wait_for("output_text.delta")
+        watched = await watch_new_run(cp, key, f"hand over {SLOW}")
+        run = watched.run
         await c.worker("w2", cp)
         draining.signal(signal.SIGTERM)
         # The lease is 30 s: only the explicit release can get the run finished this soon.
-        events = await asyncio.wait_for(following, 15)
+        events = await watched.finish(timeout=15)
         assert await draining.wait_exit() == 0
-        await client.channel.close(None)
     started = [e for e in events if e.type == "run.attempt_started"]
     assert [e.run_attempt_started.reason for e in started] == ["WORKER_DRAINED"]
-    assert events[-1].type == "run.completed"
+    assert events[-1].type == "run.completed", events[-1]
     await assert_invariants(database, run.name, events)
 
 

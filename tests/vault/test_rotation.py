@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
 import stat
 import uuid
 from pathlib import Path
@@ -291,3 +292,20 @@ async def test_keys_from_the_environment_cannot_be_rotated_by_the_vault(
             rotate(vault.owner), grpc.StatusCode.FAILED_PRECONDITION, "MASTER_KEYS_READ_ONLY"
         )
         assert summary(await status(vault.owner)) == [(1, ACTIVE, 1)]
+
+
+async def test_a_key_file_the_vault_cannot_write_is_not_rotated(
+    database: str, mtls: Identities, key_dir: Path
+) -> None:
+    """When the new version cannot reach the key file, nothing changes and the caller is told."""
+    key_file = write_key_file(key_dir / "vanishing")
+    async with start_vault_stack(
+        database, mtls, key_file, internal_token=secrets.token_urlsafe(24)
+    ) as vault:
+        await vault.put(vault.owner, "STAYS_ON_V1", vault.guard.plant())
+        shutil.rmtree(key_file.parent)
+        await expect_error(
+            rotate(vault.owner), grpc.StatusCode.FAILED_PRECONDITION, "MASTER_KEYS_READ_ONLY"
+        )
+        assert summary(await status(vault.owner)) == [(1, ACTIVE, 1)]
+        assert (await vault.resolve(vault.owner, "STAYS_ON_V1")).version == 1

@@ -1,0 +1,303 @@
+"""Implement `ap whoami`, `ap keys …`, `ap members …` and `ap admin bootstrap`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from agentplatform.v1 import (
+    api_key_pb2,
+    api_key_service_pb2,
+    api_key_service_pb2_grpc,
+    profile_service_pb2,
+    profile_service_pb2_grpc,
+    workspace_pb2,
+    workspace_service_pb2,
+    workspace_service_pb2_grpc,
+)
+from google.protobuf import field_mask_pb2
+
+from ap_cli.context import Context
+from ap_cli.format import format_table, format_time
+
+T = TypeVar("T")
+
+TIMEOUT_S = 30.0
+ROLES = ("owner", "admin", "member", "viewer")
+
+
+async def _finish(call: Awaitable[T]) -> T:
+    """Await a gRPC call; Context.run takes coroutines only."""
+    return await call
+
+
+def _keys(ctx: Context) -> api_key_service_pb2_grpc.ApiKeyServiceAsyncStub:
+    return api_key_service_pb2_grpc.ApiKeyServiceStub(ctx.client.channel)
+
+
+def _workspaces(ctx: Context) -> workspace_service_pb2_grpc.WorkspaceServiceAsyncStub:
+    return workspace_service_pb2_grpc.WorkspaceServiceStub(ctx.client.channel)
+
+
+def member_name(value: str) -> str:
+    """Return `members/{user}` for a member name, a user name or a bare user id."""
+    bare = value.strip().removeprefix("members/").removeprefix("users/")
+    if not bare or "/" in bare:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a member: give users/ID or ID")
+    return f"members/{bare}"
+
+
+def api_key_name(value: str) -> str:
+    """Return `apiKeys/{id}` for a key name or a bare id."""
+    bare = value.strip().removeprefix("apiKeys/")
+    if not bare or "/" in bare:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an API key: give apiKeys/ID or ID")
+    return f"apiKeys/{bare}"
+
+
+def whoami(ctx: Context, args: argparse.Namespace) -> int:
+    """Print the caller's profile: display name, user, workspace and role."""
+    stub = profile_service_pb2_grpc.ProfileServiceStub(ctx.client.channel)
+    profile = ctx.run(
+        _finish(
+            stub.GetProfile(
+                profile_service_pb2.GetProfileRequest(name="users/me/profile"),
+                metadata=ctx.client.metadata,
+                timeout=TIMEOUT_S,
+            )
+        )
+    )
+    ctx.say(f"{profile.display_name} ({profile.name.removesuffix('/profile')})")
+    ctx.say(f"{profile.role} of {profile.workspace}")
+    return 0
+
+
+def keys_create(ctx: Context, args: argparse.Namespace) -> int:
+    """Create an API key and print it; it is shown this once."""
+    made = ctx.run(
+        _finish(
+            _keys(ctx).CreateApiKey(
+                api_key_service_pb2.CreateApiKeyRequest(
+                    api_key=api_key_pb2.ApiKey(display_name=args.name, user=args.user or "")
+                ),
+                metadata=ctx.client.metadata,
+                timeout=TIMEOUT_S,
+            )
+        )
+    )
+    ctx.note(f"{made.api_key.name} for {made.api_key.user} ({made.api_key.role}); shown once:")
+    ctx.say(made.key)
+    return 0
+
+
+def keys_list(ctx: Context, args: argparse.Namespace) -> int:
+    """Print the workspace's live API keys (never the keys themselves)."""
+
+    async def collect() -> list[api_key_pb2.ApiKey]:
+        found: list[api_key_pb2.ApiKey] = []
+        token = ""
+        while True:
+            page = await _keys(ctx).ListApiKeys(
+                api_key_service_pb2.ListApiKeysRequest(page_token=token),
+                metadata=ctx.client.metadata,
+                timeout=TIMEOUT_S,
+            )
+            found.extend(page.api_keys)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    listed = ctx.run(collect())
+    if not listed:
+        ctx.say("no API keys")
+        return 0
+    rows = [
+        (k.name, k.prefix, k.display_name, k.role, k.user, format_time(k.last_use_time))
+        for k in listed
+    ]
+    ctx.say(format_table(("NAME", "PREFIX", "LABEL", "ROLE", "USER", "LAST USED"), rows))
+    return 0
+
+
+def keys_revoke(ctx: Context, args: argparse.Namespace) -> int:
+    """Revoke an API key; every replica refuses it from the next call on."""
+    ctx.run(
+        _finish(
+            _keys(ctx).DeleteApiKey(
+                api_key_service_pb2.DeleteApiKeyRequest(name=args.key),
+                metadata=ctx.client.metadata,
+                timeout=TIMEOUT_S,
+            )
+        )
+    )
+    ctx.say(f"revoked {args.key}")
+    return 0
+
+
+def members_list(ctx: Context, args: argparse.Namespace) -> int:
+    """Print the workspace's members and their roles."""
+
+    async def collect() -> list[workspace_pb2.Member]:
+        found: list[workspace_pb2.Member] = []
+        token = ""
+        while True:
+            page = await _workspaces(ctx).ListMembers(
+                workspace_service_pb2.ListMembersRequest(page_token=token),
+                metadata=ctx.client.metadata,
+                timeout=TIMEOUT_S,
+            )
+            found.extend(page.members)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    rows = [
+        (m.user, m.display_name, m.role, format_time(m.create_time)) for m in ctx.run(collect())
+    ]
+    ctx.say(format_table(("USER", "NAME", "ROLE", "JOINED"), rows))
+    return 0
+
+
+def members_add(ctx: Context, args: argparse.Namespace) -> int:
+    """Add an existing user (--user) or a new one (--name) with a role; print the member."""
+    if bool(args.user) == bool(args.name):
+        ctx.error("give either --user users/ID (an existing user) or --name NAME (a new user)")
+        return 2
+    user = f"users/{args.user.removeprefix('users/')}" if args.user else ""
+    member = ctx.run(
+        _finish(
+            _workspaces(ctx).CreateMember(
+                workspace_service_pb2.CreateMemberRequest(
+                    member=workspace_pb2.Member(
+                        user=user, role=args.role, display_name=args.name or ""
+                    )
+                ),
+                metadata=ctx.client.metadata,
+                timeout=TIMEOUT_S,
+            )
+        )
+    )
+    ctx.say(f"{member.user} ({member.display_name}) is now {member.role}")
+    return 0
+
+
+def members_set_role(ctx: Context, args: argparse.Namespace) -> int:
+    """Change a member's role."""
+    member = ctx.run(
+        _finish(
+            _workspaces(ctx).UpdateMember(
+                workspace_service_pb2.UpdateMemberRequest(
+                    member=workspace_pb2.Member(name=args.member, role=args.role),
+                    update_mask=field_mask_pb2.FieldMask(paths=["role"]),
+                ),
+                metadata=ctx.client.metadata,
+                timeout=TIMEOUT_S,
+            )
+        )
+    )
+    ctx.say(f"{member.user} is now {member.role}")
+    return 0
+
+
+def members_remove(ctx: Context, args: argparse.Namespace) -> int:
+    """Remove a member; their API keys of this workspace stop working at once."""
+    ctx.run(
+        _finish(
+            _workspaces(ctx).DeleteMember(
+                workspace_service_pb2.DeleteMemberRequest(name=args.member),
+                metadata=ctx.client.metadata,
+                timeout=TIMEOUT_S,
+            )
+        )
+    )
+    ctx.say(f"removed {args.member} and revoked their keys here")
+    return 0
+
+
+def admin_bootstrap(args: argparse.Namespace) -> int:
+    """Create the first workspace, its owner and an owner key, straight in the database.
+
+    Needs AP_DATABASE_URL (the control plane's role) and no running server; refuses (exit 3)
+    once any workspace exists. Prints the key, or the JSON result with --json.
+    """
+    if not os.environ.get("AP_DATABASE_URL"):
+        print(
+            "error: AP_DATABASE_URL must be set (the control plane's database URL)", file=sys.stderr
+        )
+        return 2
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.control_plane.bootstrap",
+            "--workspace",
+            args.workspace,
+            "--display-name",
+            args.display_name,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr)
+        return done.returncode
+    if args.json:
+        sys.stdout.write(done.stdout)
+        return 0
+    made = json.loads(done.stdout)
+    print(f"created {made['workspace']} with owner {made['user']}; API key (shown once):")
+    print(made["api_key"])
+    return 0
+
+
+def add_commands(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the `whoami`, `keys`, `members` and `admin` command groups to the parser."""
+    groups.add_parser("whoami", help="show who the API key acts as, and where").set_defaults(
+        handler=whoami
+    )
+
+    keys = groups.add_parser("keys", help="create, list and revoke API keys (owners only)")
+    key_cmds = keys.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    create = key_cmds.add_parser("create", help="create a key and print it (shown once)")
+    create.add_argument("name", help="a label, e.g. laptop or ci")
+    create.add_argument("--user", help="the member it acts as, users/ID (default: you)")
+    create.set_defaults(handler=keys_create)
+    key_cmds.add_parser("list", help="list live keys: prefix, label, role, last use").set_defaults(
+        handler=keys_list
+    )
+    revoke = key_cmds.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("key", type=api_key_name, help="apiKeys/ID or ID")
+    revoke.set_defaults(handler=keys_revoke)
+
+    members = groups.add_parser("members", help="list and manage the workspace's members")
+    member_cmds = members.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    member_cmds.add_parser("list", help="list members and roles").set_defaults(handler=members_list)
+    add = member_cmds.add_parser("add", help="add an existing user or a new one with a role")
+    add.add_argument("role", choices=ROLES)
+    add.add_argument("--user", help="an existing user, users/ID (e.g. from another workspace)")
+    add.add_argument("--name", help="display name of a new user")
+    add.set_defaults(handler=members_add)
+    set_role = member_cmds.add_parser("set-role", help="change a member's role")
+    set_role.add_argument("member", type=member_name, help="users/ID or ID")
+    set_role.add_argument("role", choices=ROLES)
+    set_role.set_defaults(handler=members_set_role)
+    remove = member_cmds.add_parser("remove", help="remove a member and revoke their keys here")
+    remove.add_argument("member", type=member_name, help="users/ID or ID")
+    remove.set_defaults(handler=members_remove)
+
+    admin = groups.add_parser("admin", help="operator commands that talk to the database")
+    admin_cmds = admin.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    boot = admin_cmds.add_parser(
+        "bootstrap",
+        help="create the first workspace, owner and key (AP_DATABASE_URL; refuses a second time)",
+    )
+    boot.add_argument("--workspace", default="Default workspace", help="the workspace's name")
+    boot.add_argument("--display-name", default="Owner", help="the owner's display name")
+    boot.add_argument("--json", action="store_true", help="print the result as JSON")
+    boot.set_defaults(offline_handler=admin_bootstrap)

@@ -1,0 +1,223 @@
+"""Implement `ap tools add-http|add-mcp|list|rm|calls`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import urllib.parse
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from agentplatform.v1 import tool_pb2, tool_service_pb2, tool_service_pb2_grpc
+from google.protobuf import struct_pb2
+
+from ap_cli.context import Context
+from ap_cli.format import format_table, format_time
+
+T = TypeVar("T")
+
+TIMEOUT_S = 150.0  # registering an MCP server connects to it and lists its tools
+
+
+async def _finish(call: Awaitable[T]) -> T:
+    """Await a gRPC call; Context.run takes coroutines only."""
+    return await call
+
+
+def _tools(ctx: Context) -> tool_service_pb2_grpc.ToolServiceAsyncStub:
+    return tool_service_pb2_grpc.ToolServiceStub(ctx.client.channel)
+
+
+def parameters_schema(text: str) -> struct_pb2.Struct:
+    """Parse a JSON Schema object given on the command line (or @FILE)."""
+    if text.startswith("@"):
+        with open(text[1:], encoding="utf-8") as source:
+            text = source.read()
+    try:
+        schema = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--parameters is not JSON: {err}") from None
+    if not isinstance(schema, dict):
+        raise argparse.ArgumentTypeError("--parameters must be a JSON object")
+    out = struct_pb2.Struct()
+    out.update(schema)
+    return out
+
+
+def tools_add_http(ctx: Context, args: argparse.Namespace) -> int:
+    """Register an HTTP tool; print its name."""
+    credential = args.credential or ""
+    if credential and not credential.startswith("secrets/"):
+        credential = f"secrets/{credential}"
+    created = ctx.run(
+        _finish(
+            _tools(ctx).CreateTool(
+                tool_service_pb2.CreateToolRequest(
+                    tool_id=args.name,
+                    tool=tool_pb2.Tool(
+                        description=args.description,
+                        parameters=args.parameters,
+                        timeout_ms=args.timeout_ms,
+                        http=tool_pb2.HttpEndpoint(
+                            method=args.method,
+                            url_template=args.url,
+                            credential=credential,
+                            credential_injection=args.inject,
+                        ),
+                    ),
+                ),
+                metadata=ctx.client.metadata,
+                timeout=TIMEOUT_S,
+            )
+        )
+    )
+    ctx.say(f"registered {created.name}")
+    return 0
+
+
+def server_id_for(url: str) -> str:
+    """Derive a server id from a URL's host: "mcp.github.com" → "mcp-github-com"."""
+    host = (urllib.parse.urlsplit(url).hostname or "server").lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", host).strip("-")
+    slug = slug if slug[:1].isalpha() else f"s-{slug}"
+    return slug[:20].rstrip("-")
+
+
+def tools_add_mcp(ctx: Context, args: argparse.Namespace) -> int:
+    """Register an MCP server and print the tools discovered on it."""
+    created = ctx.run(
+        _finish(
+            _tools(ctx).CreateMcpServer(
+                tool_service_pb2.CreateMcpServerRequest(
+                    mcp_server_id=args.id or server_id_for(args.url),
+                    mcp_server=tool_pb2.McpServer(url=args.url, timeout_ms=args.timeout_ms),
+                ),
+                metadata=ctx.client.metadata,
+                timeout=TIMEOUT_S,
+            )
+        )
+    )
+    ctx.say(f"registered {created.name} with {len(created.tools)} tools")
+    for tool in created.tools:
+        ctx.say(f"  {tool.name}  {tool.description}")
+    return 0
+
+
+def tools_list(ctx: Context, args: argparse.Namespace) -> int:
+    """Print the workspace's tools as a table."""
+
+    async def collect() -> list[tool_pb2.Tool]:
+        found: list[tool_pb2.Tool] = []
+        token = ""
+        while True:
+            page = await _tools(ctx).ListTools(
+                tool_service_pb2.ListToolsRequest(page_token=token),
+                metadata=ctx.client.metadata,
+                timeout=TIMEOUT_S,
+            )
+            found.extend(page.tools)
+            token = page.next_page_token
+            if not token:
+                return found
+
+    listed = ctx.run(collect())
+    if not listed:
+        ctx.say("no tools")
+        return 0
+    rows = [
+        (
+            t.name,
+            t.mcp_server or f"{t.http.method} {t.http.url_template}",
+            t.http.credential or "-",
+            format_time(t.create_time),
+        )
+        for t in listed
+    ]
+    ctx.say(format_table(("NAME", "ENDPOINT", "CREDENTIAL", "REGISTERED"), rows))
+    return 0
+
+
+def tools_rm(ctx: Context, args: argparse.Namespace) -> int:
+    """Remove an HTTP tool, or an MCP server with all its tools."""
+    name: str = args.name
+    stub = _tools(ctx)
+    if name.startswith("mcpServers/"):
+        call: Awaitable[object] = stub.DeleteMcpServer(
+            tool_service_pb2.DeleteMcpServerRequest(name=name),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
+        )
+    else:
+        name = name if name.startswith("tools/") else f"tools/{name}"
+        call = stub.DeleteTool(
+            tool_service_pb2.DeleteToolRequest(name=name),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
+        )
+    ctx.run(_finish(call))
+    ctx.say(f"removed {name}")
+    return 0
+
+
+def tools_calls(ctx: Context, args: argparse.Namespace) -> int:
+    """Print a run's tool call records."""
+    listed = ctx.run(
+        _finish(
+            _tools(ctx).ListToolCalls(
+                tool_service_pb2.ListToolCallsRequest(parent=args.run, page_size=1000),
+                metadata=ctx.client.metadata,
+                timeout=TIMEOUT_S,
+            )
+        )
+    )
+    rows = [
+        (
+            c.name.rsplit("/", 1)[-1],
+            c.tool,
+            tool_pb2.ToolCall.State.Name(c.state).lower(),
+            c.error_code or "-",
+            f"{c.duration_ms} ms",
+        )
+        for c in listed.tool_calls
+    ]
+    ctx.say(format_table(("CALL", "TOOL", "STATE", "ERROR", "DURATION"), rows) if rows else "none")
+    return 0
+
+
+def add_commands(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the `tools` command group to the parser."""
+    tools = groups.add_parser("tools", help="register, list and remove the workspace's tools")
+    cmds = tools.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    http = cmds.add_parser("add-http", help="register an HTTP tool")
+    http.add_argument("name", help="the tool's name as the model sees it ([a-zA-Z0-9_-]{1,64})")
+    http.add_argument("url", help="URL template; {arg} in the path takes that argument")
+    http.add_argument("--method", default="GET", help="GET (default), POST, PUT, PATCH, DELETE")
+    http.add_argument("--description", default="", help="what the tool does, for the model")
+    http.add_argument(
+        "--parameters",
+        type=parameters_schema,
+        default=parameters_schema('{"type": "object"}'),
+        help="JSON Schema of the arguments (or @FILE); default: any object",
+    )
+    http.add_argument("--credential", help="a secret to inject: NAME or secrets/NAME")
+    http.add_argument(
+        "--inject", default="bearer", help='"bearer" (default), "header:NAME" or "query:NAME"'
+    )
+    http.add_argument("--timeout-ms", type=int, default=0, help="per-call timeout")
+    http.set_defaults(handler=tools_add_http)
+    mcp = cmds.add_parser("add-mcp", help="register an MCP server (streamable HTTP)")
+    mcp.add_argument("url", help="the server's MCP endpoint, e.g. https://host/mcp")
+    mcp.add_argument(
+        "--id", help="server id; its tools are named ID__TOOL (default: from the URL's host)"
+    )
+    mcp.add_argument("--timeout-ms", type=int, default=0, help="per-call timeout")
+    mcp.set_defaults(handler=tools_add_mcp)
+    listing = cmds.add_parser("list", help="list the workspace's tools")
+    listing.set_defaults(handler=tools_list)
+    rm = cmds.add_parser("rm", help="remove tools/NAME, or mcpServers/ID with its tools")
+    rm.add_argument("name")
+    rm.set_defaults(handler=tools_rm)
+    calls = cmds.add_parser("calls", help="list a run's tool calls")
+    calls.add_argument("run", help="sessions/S/runs/R")
+    calls.set_defaults(handler=tools_calls)

@@ -1,0 +1,89 @@
+"""ApiKeyService: mint, list and revoke the API keys of the caller's workspace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from agentplatform.v1 import api_key_service_pb2, api_key_service_pb2_grpc
+from google.protobuf import empty_pb2
+
+from services.control_plane import store
+from services.control_plane.auth import Principal, new_api_key
+from services.control_plane.convert import api_key_to_proto
+from services.control_plane.runtime import Runtime
+from services.control_plane.workspaces import keyset_cursor, next_token
+from services.rpc import validate
+from services.rpc.errors import not_found
+from services.rpc.interceptors import current_principal
+from services.rpc.names import parse_api_key_name, parse_user_name
+from services.rpc.pagination import clamp_page_size
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+DISPLAY_NAME_MAX = 100
+
+
+class ApiKeyService(api_key_service_pb2_grpc.ApiKeyServiceServicer):
+    """Serve the caller's workspace's API keys; a key is shown once, when it is made."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    async def CreateApiKey(
+        self, request: api_key_service_pb2.CreateApiKeyRequest, context: Context
+    ) -> api_key_service_pb2.CreateApiKeyResponse:
+        principal: Principal = current_principal()
+        spec = request.api_key
+        display_name = validate.text_field(
+            "api_key.display_name",
+            spec.display_name.strip(),
+            max_chars=DISPLAY_NAME_MAX,
+            required=True,
+        )
+        user_id = parse_user_name(spec.user, "api_key.user") if spec.user else principal.user_id
+        key = new_api_key()
+        async with self._rt.pool.acquire() as conn, conn.transaction():
+            # Membership, not mere existence: a key for a non-member would be a way in.
+            if await store.member_get(conn, principal.workspace_id, user_id) is None:
+                raise not_found(spec.user)
+            key_id = await store.api_key_insert(
+                conn,
+                workspace_id=principal.workspace_id,
+                user_id=user_id,
+                name=display_name,
+                prefix=key.prefix,
+                secret_sha256=key.secret_sha256,
+            )
+            row = await store.api_key_get(conn, principal.workspace_id, key_id)
+        assert row is not None
+        return api_key_service_pb2.CreateApiKeyResponse(api_key=api_key_to_proto(row), key=key.key)
+
+    async def ListApiKeys(
+        self, request: api_key_service_pb2.ListApiKeysRequest, context: Context
+    ) -> api_key_service_pb2.ListApiKeysResponse:
+        principal: Principal = current_principal()
+        limit = clamp_page_size(request.page_size, default=100, maximum=1000)
+        scope = f"api_keys:{principal.workspace_id}"
+        before = keyset_cursor(request.page_token, scope)
+        async with self._rt.pool.acquire() as conn:
+            rows = await store.api_key_list(
+                conn, principal.workspace_id, before=before, limit=limit + 1
+            )
+        response = api_key_service_pb2.ListApiKeysResponse(
+            api_keys=[api_key_to_proto(r) for r in rows[:limit]]
+        )
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            response.next_page_token = next_token(scope, last["create_time"], last["id"])
+        return response
+
+    async def DeleteApiKey(
+        self, request: api_key_service_pb2.DeleteApiKeyRequest, context: Context
+    ) -> empty_pb2.Empty:
+        principal: Principal = current_principal()
+        key_id = parse_api_key_name(request.name)
+        async with self._rt.pool.acquire() as conn:
+            if not await store.api_key_revoke(conn, principal.workspace_id, key_id):
+                raise not_found(request.name)
+        return empty_pb2.Empty()

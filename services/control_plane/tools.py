@@ -1,0 +1,296 @@
+"""ToolService: public tool administration forwarded to the gateway, and tool call records.
+
+The control plane checks the caller's role, turns public names (`tools/{tool}`,
+`mcpServers/{server}`, `secrets/{secret}`, the workspace implied by the API key) into the
+gateway's (`workspaces/{w}/...`), and calls the gateway as the control plane's service
+identity. Tool call records are the control plane's own (`store.tool_call_list`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import grpc
+import structlog
+from agentplatform.gateway.v1 import gateway_service_pb2 as gw
+from agentplatform.gateway.v1 import gateway_service_pb2_grpc
+from agentplatform.v1 import tool_pb2, tool_service_pb2, tool_service_pb2_grpc
+from google.protobuf import empty_pb2
+
+from services.control_plane import store
+from services.control_plane.auth import Principal
+from services.control_plane.runtime import Runtime
+from services.control_plane.settings import ControlPlaneSettings
+from services.rpc.errors import ApiError, Reason, forwarded_error, invalid_argument, not_found
+from services.rpc.interceptors import current_principal
+from services.rpc.internal_auth import internal_channel
+from services.rpc.names import parse_run_name, workspace_name
+from services.rpc.pagination import clamp_page_size, decode_page_token, encode_page_token
+from services.rpc.server import ServiceBinding
+
+Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
+
+log = structlog.get_logger()
+
+# Discovering an MCP server's tools connects to it; leave room for a slow one.
+_GATEWAY_TIMEOUT_S = 150.0
+_STATES = {
+    "running": tool_pb2.ToolCall.RUNNING,
+    "succeeded": tool_pb2.ToolCall.SUCCEEDED,
+    "failed": tool_pb2.ToolCall.FAILED,
+}
+
+
+class GatewayClient:
+    """A channel to the gateway, authenticated as the control plane."""
+
+    def __init__(self, settings: ControlPlaneSettings) -> None:
+        """Open the channel (inside the running loop): mTLS if AP_TLS_* is set, else a token."""
+        assert settings.gateway_address is not None
+        token = settings.gateway_admin_token
+        self._channel, self._metadata = internal_channel(
+            settings.gateway_address,
+            settings.service_tls(),
+            token.get_secret_value() if token else None,
+            needs="AP_GATEWAY_ADMIN_TOKEN",
+        )
+        self.stub = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
+
+    async def call(self, method: Callable[..., Awaitable[T]], request: object) -> T:
+        """Call a gateway method; its errors reach our caller as the gateway put them."""
+        try:
+            return await method(request, metadata=self._metadata, timeout=_GATEWAY_TIMEOUT_S)
+        except grpc.aio.AioRpcError as err:
+            forwarded = forwarded_error(err, "gateway")
+            if forwarded.code == grpc.StatusCode.INTERNAL:
+                log.error("gateway_call_failed", code=err.code().name, details=err.details())
+            raise forwarded from None
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close(None)
+
+
+def _public_id(name: str, collection: str, field: str = "name") -> str:
+    prefix = f"{collection}/"
+    if not name.startswith(prefix) or "/" in name[len(prefix) :] or len(name) == len(prefix):
+        raise invalid_argument(field, f"{field} must look like '{collection}/{{id}}'.")
+    return name[len(prefix) :]
+
+
+def _public_tool(tool: gw.Tool) -> tool_pb2.Tool:
+    public = tool_pb2.Tool(
+        name="tools/" + tool.name.rsplit("/", 1)[-1],
+        description=tool.description,
+        parameters=tool.parameters,
+        timeout_ms=tool.timeout_ms,
+    )
+    if tool.mcp_server:
+        public.mcp_server = "mcpServers/" + tool.mcp_server.rsplit("/", 1)[-1]
+    else:
+        public.http.CopyFrom(
+            tool_pb2.HttpEndpoint(
+                method=tool.method,
+                url_template=tool.url_template,
+                credential=(
+                    "secrets/" + tool.credential.rsplit("/", 1)[-1] if tool.credential else ""
+                ),
+                credential_injection=tool.credential_injection,
+            )
+        )
+    public.create_time.CopyFrom(tool.create_time)
+    return public
+
+
+def _public_server(server: gw.McpServer) -> tool_pb2.McpServer:
+    public = tool_pb2.McpServer(
+        name="mcpServers/" + server.name.rsplit("/", 1)[-1],
+        url=server.url,
+        tools=[_public_tool(t) for t in server.tools],
+        timeout_ms=server.timeout_ms,
+    )
+    public.create_time.CopyFrom(server.create_time)
+    return public
+
+
+def _tool_call(record: asyncpg.Record, run: str) -> tool_pb2.ToolCall:
+    call = tool_pb2.ToolCall(
+        name=f"{run}/toolCalls/{record['call_id']}",
+        tool=record["tool"],
+        arguments_json=record["arguments_json"],
+        state=_STATES[record["state"]],
+        result=record["result"],
+        error_code=record["error_code"],
+        truncated=record["truncated"],
+        attempt=record["attempt"],
+        duration_ms=record["duration_ms"],
+    )
+    call.start_time.FromDatetime(record["start_time"])
+    if record["end_time"] is not None:
+        call.end_time.FromDatetime(record["end_time"])
+    return call
+
+
+class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
+    """Serve the caller's workspace's tools: owners and admins write, everyone reads."""
+
+    def __init__(self, runtime: Runtime, gateway: GatewayClient | None) -> None:
+        self._rt = runtime
+        self._gateway = gateway
+
+    def _gw(self) -> GatewayClient:
+        if self._gateway is None:
+            raise ApiError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                Reason.NOT_IMPLEMENTED,
+                "This deployment has no gateway configured (AP_GATEWAY_ADDRESS), so it has no "
+                "tools.",
+            )
+        return self._gateway
+
+    async def _call(self, public: str, method: Callable[..., Awaitable[T]], request: object) -> T:
+        try:
+            return await self._gw().call(method, request)
+        except ApiError as err:
+            if err.reason == Reason.NOT_FOUND:
+                raise not_found(public) from None  # the public name, not the gateway's
+            raise
+
+    async def CreateTool(
+        self, request: tool_service_pb2.CreateToolRequest, context: Context
+    ) -> tool_pb2.Tool:
+        principal: Principal = current_principal()
+        workspace = workspace_name(principal.workspace_id)
+        tool, http = request.tool, request.tool.http
+        credential = ""
+        if http.credential:
+            secret = _public_id(http.credential, "secrets", "tool.http.credential")
+            credential = f"{workspace}/secrets/{secret}"
+        gateway = self._gw()
+        created = await gateway.call(
+            gateway.stub.CreateTool,
+            gw.CreateToolRequest(
+                parent=workspace,
+                tool_id=request.tool_id,
+                tool=gw.Tool(
+                    description=tool.description,
+                    parameters=tool.parameters,
+                    method=http.method,
+                    url_template=http.url_template,
+                    credential=credential,
+                    credential_injection=http.credential_injection,
+                    timeout_ms=tool.timeout_ms,
+                ),
+            ),
+        )
+        return _public_tool(created)
+
+    async def ListTools(
+        self, request: tool_service_pb2.ListToolsRequest, context: Context
+    ) -> tool_service_pb2.ListToolsResponse:
+        principal: Principal = current_principal()
+        gateway = self._gw()
+        listed = await gateway.call(
+            gateway.stub.ListTools,
+            gw.ListToolsRequest(
+                parent=workspace_name(principal.workspace_id),
+                page_size=request.page_size,
+                page_token=request.page_token,
+            ),
+        )
+        return tool_service_pb2.ListToolsResponse(
+            tools=[_public_tool(t) for t in listed.tools], next_page_token=listed.next_page_token
+        )
+
+    async def DeleteTool(
+        self, request: tool_service_pb2.DeleteToolRequest, context: Context
+    ) -> empty_pb2.Empty:
+        principal: Principal = current_principal()
+        tool = _public_id(request.name, "tools")
+        name = f"{workspace_name(principal.workspace_id)}/tools/{tool}"
+        await self._call(request.name, self._gw().stub.DeleteTool, gw.DeleteToolRequest(name=name))
+        return empty_pb2.Empty()
+
+    async def CreateMcpServer(
+        self, request: tool_service_pb2.CreateMcpServerRequest, context: Context
+    ) -> tool_pb2.McpServer:
+        principal: Principal = current_principal()
+        gateway = self._gw()
+        created = await gateway.call(
+            gateway.stub.CreateMcpServer,
+            gw.CreateMcpServerRequest(
+                parent=workspace_name(principal.workspace_id),
+                mcp_server_id=request.mcp_server_id,
+                mcp_server=gw.McpServer(
+                    url=request.mcp_server.url, timeout_ms=request.mcp_server.timeout_ms
+                ),
+            ),
+        )
+        return _public_server(created)
+
+    async def ListMcpServers(
+        self, request: tool_service_pb2.ListMcpServersRequest, context: Context
+    ) -> tool_service_pb2.ListMcpServersResponse:
+        principal: Principal = current_principal()
+        gateway = self._gw()
+        listed = await gateway.call(
+            gateway.stub.ListMcpServers,
+            gw.ListMcpServersRequest(
+                parent=workspace_name(principal.workspace_id),
+                page_size=request.page_size,
+                page_token=request.page_token,
+            ),
+        )
+        return tool_service_pb2.ListMcpServersResponse(
+            mcp_servers=[_public_server(s) for s in listed.mcp_servers],
+            next_page_token=listed.next_page_token,
+        )
+
+    async def DeleteMcpServer(
+        self, request: tool_service_pb2.DeleteMcpServerRequest, context: Context
+    ) -> empty_pb2.Empty:
+        principal: Principal = current_principal()
+        server = _public_id(request.name, "mcpServers")
+        name = f"{workspace_name(principal.workspace_id)}/mcpServers/{server}"
+        await self._call(
+            request.name, self._gw().stub.DeleteMcpServer, gw.DeleteMcpServerRequest(name=name)
+        )
+        return empty_pb2.Empty()
+
+    async def ListToolCalls(
+        self, request: tool_service_pb2.ListToolCallsRequest, context: Context
+    ) -> tool_service_pb2.ListToolCallsResponse:
+        principal: Principal = current_principal()
+        run = parse_run_name(request.parent, "parent")
+        size = clamp_page_size(request.page_size, default=100, maximum=1000)
+        scope = f"tool_calls:{request.parent}"
+        cursor = decode_page_token(request.page_token, scope) or {}
+        async with self._rt.pool.acquire() as conn:
+            found = await store.run_get(conn, principal.workspace_id, run.session_id, run.run_id)
+            if found is None:
+                raise not_found(request.parent)
+            rows = await store.tool_call_list(
+                conn, run.run_id, after_sequence=int(cursor.get("after", 0)), limit=size + 1
+            )
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = encode_page_token(scope, {"after": rows[-1]["start_sequence"]})
+        return tool_service_pb2.ListToolCallsResponse(
+            tool_calls=[_tool_call(r, request.parent) for r in rows], next_page_token=token
+        )
+
+
+def tool_bindings(runtime: Runtime, gateway: GatewayClient | None) -> list[ServiceBinding]:
+    """Return the public ToolService, for the control plane's server."""
+    return [
+        ServiceBinding(
+            tool_service_pb2.DESCRIPTOR.services_by_name["ToolService"].full_name,
+            lambda s: tool_service_pb2_grpc.add_ToolServiceServicer_to_server(
+                ToolService(runtime, gateway), s
+            ),
+        )
+    ]

@@ -1,0 +1,250 @@
+"""WorkspaceService: the caller's workspace, the workspaces of their user, and members.
+
+Who may call what is the policy table's business (policy.py); this module adds the rules
+that depend on the data: admins manage members below owner only, and no change may leave a
+workspace without an owner.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import grpc
+from agentplatform.v1 import workspace_pb2, workspace_service_pb2, workspace_service_pb2_grpc
+from google.protobuf import empty_pb2
+
+from services.control_plane import store
+from services.control_plane.auth import Principal
+from services.control_plane.convert import member_to_proto, workspace_to_proto
+from services.control_plane.policy import ROLES
+from services.control_plane.runtime import Runtime
+from services.rpc import validate
+from services.rpc.db import Connection
+from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
+from services.rpc.interceptors import current_principal
+from services.rpc.names import (
+    parse_member_name,
+    parse_user_name,
+    parse_workspace_name,
+    user_name,
+)
+from services.rpc.pagination import clamp_page_size, decode_page_token, encode_page_token
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+DISPLAY_NAME_MAX = 100
+
+
+def check_role(field: str, role: str) -> str:
+    """Check a role name from a request."""
+    if role not in ROLES:
+        raise invalid_argument(field, f"{field} must be one of {', '.join(ROLES)}; got {role!r}.")
+    return role
+
+
+def check_member_change(actor_role: str, before: str | None, after: str | None) -> None:
+    """Refuse an admin's change that touches an owner; only owners manage owners."""
+    if actor_role != "owner" and "owner" in (before, after):
+        raise ApiError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            Reason.PERMISSION_DENIED,
+            f"Your role ({actor_role}) cannot add, change or remove owners; it takes owner.",
+            metadata={"role": actor_role, "required_role": "owner"},
+        )
+
+
+def last_owner() -> ApiError:
+    """Build the refusal of a change that would leave a workspace without an owner."""
+    return ApiError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        Reason.LAST_OWNER,
+        "The workspace must keep at least one owner; make another member owner first.",
+    )
+
+
+def keyset_cursor(token: str, scope: str) -> tuple[datetime, uuid.UUID] | None:
+    """Decode a (time, id) keyset page token bound to `scope`."""
+    cursor = decode_page_token(token, scope)
+    if cursor is None:
+        return None
+    try:
+        return datetime.fromisoformat(cursor["t"]), uuid.UUID(cursor["i"])
+    except (KeyError, TypeError, ValueError):
+        raise invalid_argument("page_token", "page_token is malformed.") from None
+
+
+def next_token(scope: str, time: datetime, row_id: uuid.UUID) -> str:
+    """Encode the page token that continues after a row."""
+    return encode_page_token(scope, {"t": time.isoformat(), "i": str(row_id)})
+
+
+class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
+    """Serve the caller's workspace and its members; other workspaces read as not found."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    def _own_workspace(self, principal: Principal, name: str, field: str) -> None:
+        if parse_workspace_name(name, field) != principal.workspace_id:
+            raise not_found(name)
+
+    async def GetWorkspace(
+        self, request: workspace_service_pb2.GetWorkspaceRequest, context: Context
+    ) -> workspace_pb2.Workspace:
+        principal: Principal = current_principal()
+        self._own_workspace(principal, request.name, "name")
+        async with self._rt.pool.acquire() as conn:
+            row = await store.workspace_get(conn, principal.workspace_id, principal.user_id)
+        if row is None:
+            raise not_found(request.name)
+        return workspace_to_proto(row)
+
+    async def ListWorkspaces(
+        self, request: workspace_service_pb2.ListWorkspacesRequest, context: Context
+    ) -> workspace_service_pb2.ListWorkspacesResponse:
+        principal: Principal = current_principal()
+        limit = clamp_page_size(request.page_size, default=50, maximum=1000)
+        scope = f"workspaces:{principal.user_id}"
+        after = keyset_cursor(request.page_token, scope)
+        async with self._rt.pool.acquire() as conn:
+            rows = await store.workspace_list_for_user(
+                conn, principal.user_id, after=after, limit=limit + 1
+            )
+        response = workspace_service_pb2.ListWorkspacesResponse(
+            workspaces=[workspace_to_proto(r) for r in rows[:limit]]
+        )
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            response.next_page_token = next_token(scope, last["create_time"], last["id"])
+        return response
+
+    async def UpdateWorkspace(
+        self, request: workspace_service_pb2.UpdateWorkspaceRequest, context: Context
+    ) -> workspace_pb2.Workspace:
+        principal: Principal = current_principal()
+        self._own_workspace(principal, request.workspace.name, "workspace.name")
+        if set(request.update_mask.paths) - {"display_name"}:
+            raise invalid_argument(
+                "update_mask", "Only display_name can be updated; other fields are output only."
+            )
+        display_name = validate.text_field(
+            "workspace.display_name",
+            request.workspace.display_name.strip(),
+            max_chars=DISPLAY_NAME_MAX,
+            required=True,
+        )
+        async with self._rt.pool.acquire() as conn:
+            await store.workspace_rename(conn, principal.workspace_id, display_name)
+            row = await store.workspace_get(conn, principal.workspace_id, principal.user_id)
+        assert row is not None
+        return workspace_to_proto(row)
+
+    async def CreateMember(
+        self, request: workspace_service_pb2.CreateMemberRequest, context: Context
+    ) -> workspace_pb2.Member:
+        principal: Principal = current_principal()
+        spec = request.member
+        role = check_role("member.role", spec.role)
+        check_member_change(principal.role, None, role)
+        user_id = parse_user_name(spec.user, "member.user") if spec.user else None
+        display_name = ""
+        if user_id is None:
+            display_name = validate.text_field(
+                "member.display_name",
+                spec.display_name.strip(),
+                max_chars=DISPLAY_NAME_MAX,
+                required=True,
+            )
+        async with self._rt.pool.acquire() as conn, conn.transaction():
+            if user_id is None:
+                user_id = await store.user_create(conn, display_name)
+            elif not await store.user_exists(conn, user_id):
+                raise not_found(spec.user)
+            row = await store.member_add(conn, principal.workspace_id, user_id, role)
+        if row is None:
+            raise ApiError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                Reason.ALREADY_EXISTS,
+                f"{user_name(user_id)} is a member of this workspace already.",
+                metadata={"resource": user_name(user_id)},
+            )
+        return member_to_proto(row)
+
+    async def GetMember(
+        self, request: workspace_service_pb2.GetMemberRequest, context: Context
+    ) -> workspace_pb2.Member:
+        principal: Principal = current_principal()
+        user_id = parse_member_name(request.name)
+        async with self._rt.pool.acquire() as conn:
+            row = await store.member_get(conn, principal.workspace_id, user_id)
+        if row is None:
+            raise not_found(request.name)
+        return member_to_proto(row)
+
+    async def ListMembers(
+        self, request: workspace_service_pb2.ListMembersRequest, context: Context
+    ) -> workspace_service_pb2.ListMembersResponse:
+        principal: Principal = current_principal()
+        limit = clamp_page_size(request.page_size, default=100, maximum=1000)
+        scope = f"members:{principal.workspace_id}"
+        after = keyset_cursor(request.page_token, scope)
+        async with self._rt.pool.acquire() as conn:
+            rows = await store.member_list(
+                conn, principal.workspace_id, after=after, limit=limit + 1
+            )
+        response = workspace_service_pb2.ListMembersResponse(
+            members=[member_to_proto(r) for r in rows[:limit]]
+        )
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            response.next_page_token = next_token(scope, last["create_time"], last["user_id"])
+        return response
+
+    async def UpdateMember(
+        self, request: workspace_service_pb2.UpdateMemberRequest, context: Context
+    ) -> workspace_pb2.Member:
+        principal: Principal = current_principal()
+        user_id = parse_member_name(request.member.name, "member.name")
+        if set(request.update_mask.paths) - {"role"}:
+            raise invalid_argument("update_mask", "Only role can be updated.")
+        role = check_role("member.role", request.member.role)
+        async with self._rt.pool.acquire() as conn, conn.transaction():
+            await self._locked_member(conn, principal, user_id, request.member.name, role)
+            await store.member_set_role(conn, principal.workspace_id, user_id, role)
+            row = await store.member_get(conn, principal.workspace_id, user_id)
+        assert row is not None
+        return member_to_proto(row)
+
+    async def DeleteMember(
+        self, request: workspace_service_pb2.DeleteMemberRequest, context: Context
+    ) -> empty_pb2.Empty:
+        principal: Principal = current_principal()
+        user_id = parse_member_name(request.name)
+        async with self._rt.pool.acquire() as conn, conn.transaction():
+            await self._locked_member(conn, principal, user_id, request.name, None)
+            await store.member_remove(conn, principal.workspace_id, user_id)
+        return empty_pb2.Empty()
+
+    async def _locked_member(
+        self,
+        conn: Connection,
+        principal: Principal,
+        user_id: uuid.UUID,
+        name: str,
+        new_role: str | None,
+    ) -> None:
+        """Lock the member and check the change of their role to `new_role` (None: removal).
+
+        The workspace's owners are locked first, so two concurrent demotions of its last two
+        owners serialise and the second sees one owner left.
+        """
+        owners = await store.member_owner_count(conn, principal.workspace_id)
+        row = await store.member_get(conn, principal.workspace_id, user_id, lock=True)
+        if row is None:
+            raise not_found(name)
+        before = str(row["role"])
+        check_member_change(principal.role, before, new_role)
+        if before == "owner" and new_role != "owner" and owners <= 1:
+            raise last_owner()

@@ -1,0 +1,155 @@
+"""Run a model's tool calls through the gateway, reporting each as tool_call.* events.
+
+    tool_call.started (all calls of the step, in the model's order)
+      └─ CallTool, in parallel ─► tool_call.progress every few seconds ─► tool_call.completed
+
+A call that cannot complete because the run stops (cancel, deadline, drain) still gets its
+tool_call.completed (`CANCELLED`), so no record is left without an outcome; the cancel
+reaches the gateway as the cancellation of the CallTool RPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeAlias
+
+import grpc
+import structlog
+from agentplatform.dispatch.v1 import dispatch_service_pb2 as pb
+from agentplatform.gateway.v1 import gateway_service_pb2 as gw
+from agentplatform.gateway.v1 import gateway_service_pb2_grpc
+from agentplatform.v1 import run_pb2
+
+from services.worker.model import ToolCallRequest
+
+if TYPE_CHECKING:
+    from services.worker.execution import EventSink
+
+log = structlog.get_logger(service="worker")
+
+GatewayStub: TypeAlias = "gateway_service_pb2_grpc.GatewayServiceAsyncStub"
+Metadata = tuple[tuple[str, str], ...]
+_LIST_TIMEOUT_S = 10.0
+
+
+def _remaining(claim: pb.RunClaim) -> float:
+    return max(claim.deadline.ToDatetime().timestamp() - time.time(), 0.1)
+
+
+class RunTools:
+    """The gateway as a run sees it: the tools it is offered, and the calls it makes."""
+
+    def __init__(self, stub: GatewayStub, metadata: Metadata, *, progress_seconds: float) -> None:
+        self._stub = stub
+        self._metadata = metadata
+        self._progress_seconds = progress_seconds
+
+    async def offered(self, claim: pb.RunClaim) -> Sequence[gw.Tool]:
+        """List the tools of the run's workspace; none when the gateway cannot be reached."""
+        try:
+            response = await self._stub.ListRunTools(
+                gw.ListRunToolsRequest(run=claim.run, workspace=claim.workspace),
+                metadata=self._metadata,
+                timeout=min(_LIST_TIMEOUT_S, _remaining(claim)),
+            )
+        except grpc.aio.AioRpcError as err:
+            # A run without tools still answers; the model is told none are available.
+            log.warning("tool_list_failed", code=err.code().name)
+            return []
+        return response.tools
+
+    async def run(
+        self, sink: EventSink, claim: pb.RunClaim, calls: Sequence[ToolCallRequest]
+    ) -> list[str]:
+        """Make the calls in parallel; return each one's result text, in the calls' order."""
+        for call in calls:
+            sink.emit(
+                run_pb2.RunEvent(
+                    tool_call_started=run_pb2.ToolCallStarted(
+                        call_id=call.call_id, tool=call.name, arguments_json=call.arguments_json
+                    )
+                )
+            )
+        return list(await asyncio.gather(*(self._one(sink, claim, call) for call in calls)))
+
+    async def _one(self, sink: EventSink, claim: pb.RunClaim, call: ToolCallRequest) -> str:
+        started = time.monotonic()
+        task = asyncio.ensure_future(
+            self._stub.CallTool(
+                gw.CallToolRequest(
+                    run=claim.run,
+                    workspace=claim.workspace,
+                    tool=call.name,
+                    arguments_json=call.arguments_json,
+                    call_id=call.call_id,
+                ),
+                metadata=self._metadata,
+                timeout=_remaining(claim),
+            )
+        )
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self._progress_seconds)
+                if done:
+                    break
+                sink.emit(
+                    run_pb2.RunEvent(
+                        tool_call_progress=run_pb2.ToolCallProgress(
+                            call_id=call.call_id,
+                            elapsed_ms=int((time.monotonic() - started) * 1000),
+                        )
+                    )
+                )
+        except asyncio.CancelledError:
+            task.cancel()
+            self._completed(
+                sink,
+                call,
+                started,
+                "The run stopped before the tool answered.",
+                error_code="CANCELLED",
+            )
+            raise
+        try:
+            response = task.result()
+        except grpc.aio.AioRpcError as err:
+            log.warning("tool_call_failed", tool=call.name, code=err.code().name)
+            text = f"Error GATEWAY_ERROR: the tool gateway failed ({err.code().name})."
+            self._completed(sink, call, started, text, error_code="GATEWAY_ERROR")
+            return text
+        self._completed(
+            sink,
+            call,
+            started,
+            response.result,
+            error_code=response.error_code if response.is_error else "",
+            is_error=response.is_error,
+            truncated=response.truncated,
+        )
+        return response.result
+
+    @staticmethod
+    def _completed(
+        sink: EventSink,
+        call: ToolCallRequest,
+        started: float,
+        result: str,
+        *,
+        error_code: str,
+        is_error: bool = True,
+        truncated: bool = False,
+    ) -> None:
+        sink.emit(
+            run_pb2.RunEvent(
+                tool_call_completed=run_pb2.ToolCallCompleted(
+                    call_id=call.call_id,
+                    result=result,
+                    is_error=is_error,
+                    duration_ms=int((time.monotonic() - started) * 1000),
+                    error_code=error_code,
+                    truncated=truncated,
+                )
+            )
+        )
