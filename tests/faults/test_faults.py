@@ -9,6 +9,7 @@ one assistant message; what a client streamed equals the stored log.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import signal
 import uuid
@@ -375,3 +376,74 @@ async def test_services_recover_from_a_postgres_restart_without_restarts(
             await assert_invariants(admin, run.name, events)
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_cancel_during_model_streaming_stops_the_worker_run(
+    database: str, devmodel: DevModel
+) -> None:
+    """CancelRun reaches the worker process within a heartbeat; the run ends cancelled."""
+    key = await owner_key(database)
+    async with cluster(database, secrets.token_urlsafe(16), devmodel.base_url) as c:
+        cp = await c.control_plane()
+        await c.worker("w1", cp)
+        watched = await watch_new_run(cp, key, "cancel me [[tokens=300]] [[delay_ms=20]]")
+        await watched.client.runs.CancelRun(
+            run_service_pb2.CancelRunRequest(name=watched.run.name),
+            metadata=watched.client.auth,
+            timeout=10,
+        )
+        events = await watched.finish(timeout=10)
+    assert events[-1].type == "run.cancelled"
+    assert sum(e.type == "output_text.delta" for e in events) < 150
+    await assert_invariants(database, watched.run.name, events)
+
+
+async def test_enqueue_and_interrupt_under_concurrent_creates(
+    database: str, devmodel: DevModel
+) -> None:
+    """Racing ENQUEUE creates all run, one at a time; an INTERRUPT cancels what is pending."""
+    key = await owner_key(database)
+    async with cluster(database, secrets.token_urlsafe(16), devmodel.base_url) as c:
+        cp = await c.control_plane()
+        await c.worker("w1", cp)
+        await c.worker("w2", cp)
+        client = Client(grpc.aio.insecure_channel(cp.address), key)
+        session = await new_session(client)
+
+        async def create(text: str, policy: run_service_pb2.ConcurrencyPolicy.ValueType) -> str:
+            run = await client.runs.CreateRun(
+                run_service_pb2.CreateRunRequest(
+                    parent=session.name, input_text=text, concurrency_policy=policy
+                ),
+                metadata=client.auth,
+                timeout=10,
+            )
+            return run.name
+
+        queued = await asyncio.gather(
+            *(
+                create(f"q{i} [[tokens=3]] [[delay_ms=10]]", run_service_pb2.ENQUEUE)
+                for i in range(6)
+            )
+        )
+        finals = [await Follower([cp.address], key, name).follow() for name in queued]
+        slow = await create(f"slow {SLOW}", run_service_pb2.ENQUEUE)
+        behind = await create("behind it", run_service_pb2.ENQUEUE)
+        winner = await create("now [[tokens=2]]", run_service_pb2.INTERRUPT)
+        slow_events = await Follower([cp.address], key, slow).follow()
+        behind_events = await Follower([cp.address], key, behind).follow()
+        winner_events = await Follower([cp.address], key, winner).follow()
+        runs = await client.runs.ListRuns(
+            run_service_pb2.ListRunsRequest(parent=session.name), metadata=client.auth, timeout=10
+        )
+        await client.channel.close(None)
+    assert all(f[-1].type == "run.completed" for f in finals)
+    spans = sorted(
+        (r.start_time.ToDatetime(), r.end_time.ToDatetime()) for r in runs.runs if r.name in queued
+    )
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), "two enqueued runs overlapped"
+    assert slow_events[-1].type == "run.cancelled"
+    assert behind_events[-1].type == "run.cancelled"
+    assert winner_events[-1].type == "run.completed"
+    for name, events in [*zip(queued, finals, strict=True), (winner, winner_events)]:
+        await assert_invariants(database, name, events)
