@@ -170,7 +170,11 @@ class Gateway:
             authenticator=GatewayAuthenticator(self._identifier),
             max_message_bytes=settings.max_message_bytes,
             credentials=self._tls.server_credentials() if self._tls else None,
-            quiet_methods={"/agentplatform.gateway.v1.GatewayService/CallTool"},
+            # Every run lists its tools: an info line per run would cost more than the call.
+            quiet_methods={
+                "/agentplatform.gateway.v1.GatewayService/CallTool",
+                "/agentplatform.gateway.v1.GatewayService/ListRunTools",
+            },
             bindings=[
                 ServiceBinding(
                     gateway_service_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
