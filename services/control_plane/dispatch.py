@@ -148,6 +148,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             ],
             input_text=row["input_text"],
             deadline=deadline,
+            tools_version=row["tools_version"],
         )
 
     async def _explain_refusal(

@@ -60,6 +60,13 @@ async def workspace_create_with_owner(
     return workspace_id, user_id
 
 
+async def workspace_tools_changed(conn: Connection, workspace_id: uuid.UUID) -> None:
+    """Record that the workspace's tool registry changed."""
+    await conn.execute(
+        "UPDATE workspaces SET tools_version = tools_version + 1 WHERE id = $1", workspace_id
+    )
+
+
 async def workspace_count(conn: Connection) -> int:
     """Count the workspaces."""
     count: int = await conn.fetchval("SELECT count(*) FROM workspaces")
@@ -570,7 +577,7 @@ async def run_claim(
         "  RETURNING r.id, r.session_id, r.workspace_id, r.created_by, r.input_message_id,"
         "   r.attempt, r.fencing_token, r.lease_expire_time, r.last_event_sequence,"
         "   r.start_time, r.create_time)"
-        " SELECT c.*, w.display_name AS workspace_display_name,"
+        " SELECT c.*, w.display_name AS workspace_display_name, w.tools_version,"
         "  c.start_time + make_interval(secs => coalesce(s.run_timeout_seconds, $3))"
         "   AS deadline,"
         "  coalesce(p.display_name, '') AS caller_display_name,"

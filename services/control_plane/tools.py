@@ -134,6 +134,17 @@ def _tool_call(record: asyncpg.Record, run: str) -> tool_pb2.ToolCall:
     return call
 
 
+_OUTCOME_UNKNOWN = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
 class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
     """Serve the caller's workspace's tools: owners and admins write, everyone reads."""
 
@@ -151,6 +162,26 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
             )
         return self._gateway
 
+    async def _changing_registry(self, principal: Principal, change: Awaitable[T]) -> T:
+        """Make a registry change, then bump the workspace's registry version.
+
+        Workers reuse a tool list until the version changes. A change the gateway refused
+        leaves the version alone; one whose outcome is unknown (it may have committed before
+        failing) bumps it too: an extra refresh costs a ListRunTools, a stale list a tool.
+        """
+        try:
+            result = await change
+        except ApiError as err:
+            if err.code in _OUTCOME_UNKNOWN:
+                await self._bump_registry_version(principal)
+            raise
+        await self._bump_registry_version(principal)
+        return result
+
+    async def _bump_registry_version(self, principal: Principal) -> None:
+        async with self._rt.pool.acquire() as conn:
+            await store.workspace_tools_changed(conn, principal.workspace_id)
+
     async def _call(self, public: str, method: Callable[..., Awaitable[T]], request: object) -> T:
         try:
             return await self._gw().call(method, request)
@@ -163,6 +194,11 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
         self, request: tool_service_pb2.CreateToolRequest, context: Context
     ) -> tool_pb2.Tool:
         principal: Principal = current_principal()
+        return await self._changing_registry(principal, self._create_tool(principal, request))
+
+    async def _create_tool(
+        self, principal: Principal, request: tool_service_pb2.CreateToolRequest
+    ) -> tool_pb2.Tool:
         workspace = workspace_name(principal.workspace_id)
         tool, http = request.tool, request.tool.http
         credential = ""
@@ -209,6 +245,11 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
         self, request: tool_service_pb2.DeleteToolRequest, context: Context
     ) -> empty_pb2.Empty:
         principal: Principal = current_principal()
+        return await self._changing_registry(principal, self._delete_tool(principal, request))
+
+    async def _delete_tool(
+        self, principal: Principal, request: tool_service_pb2.DeleteToolRequest
+    ) -> empty_pb2.Empty:
         tool = _public_id(request.name, "tools")
         name = f"{workspace_name(principal.workspace_id)}/tools/{tool}"
         await self._call(request.name, self._gw().stub.DeleteTool, gw.DeleteToolRequest(name=name))
@@ -218,6 +259,11 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
         self, request: tool_service_pb2.CreateMcpServerRequest, context: Context
     ) -> tool_pb2.McpServer:
         principal: Principal = current_principal()
+        return await self._changing_registry(principal, self._create_mcp_server(principal, request))
+
+    async def _create_mcp_server(
+        self, principal: Principal, request: tool_service_pb2.CreateMcpServerRequest
+    ) -> tool_pb2.McpServer:
         gateway = self._gw()
         created = await gateway.call(
             gateway.stub.CreateMcpServer,
@@ -253,6 +299,11 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
         self, request: tool_service_pb2.DeleteMcpServerRequest, context: Context
     ) -> empty_pb2.Empty:
         principal: Principal = current_principal()
+        return await self._changing_registry(principal, self._delete_mcp_server(principal, request))
+
+    async def _delete_mcp_server(
+        self, principal: Principal, request: tool_service_pb2.DeleteMcpServerRequest
+    ) -> empty_pb2.Empty:
         server = _public_id(request.name, "mcpServers")
         name = f"{workspace_name(principal.workspace_id)}/mcpServers/{server}"
         await self._call(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
@@ -32,6 +33,7 @@ log = structlog.get_logger(service="worker")
 GatewayStub: TypeAlias = "gateway_service_pb2_grpc.GatewayServiceAsyncStub"
 Metadata = tuple[tuple[str, str], ...]
 _LIST_TIMEOUT_S = 10.0
+_CACHED_LISTS = 1024  # workspaces whose current tool list a worker keeps
 
 
 def _remaining(claim: pb.RunClaim) -> float:
@@ -45,9 +47,21 @@ class RunTools:
         self._stub = stub
         self._metadata = metadata
         self._progress_seconds = progress_seconds
+        self._lists: OrderedDict[tuple[str, int], list[gw.Tool]] = OrderedDict()
 
     async def offered(self, claim: pb.RunClaim) -> Sequence[gw.Tool]:
-        """List the tools of the run's workspace; none when the gateway cannot be reached."""
+        """List the tools of the run's workspace; none when the gateway cannot be reached.
+
+        The claim carries the version of the workspace's registry, so a list fetched for the
+        same version is reused and a workspace that never registered a tool costs no call.
+        """
+        if claim.tools_version == 0:
+            return []
+        key = (claim.workspace, claim.tools_version)
+        cached = self._lists.get(key)
+        if cached is not None:
+            self._lists.move_to_end(key)
+            return cached
         try:
             response = await self._stub.ListRunTools(
                 gw.ListRunToolsRequest(run=claim.run, workspace=claim.workspace),
@@ -58,7 +72,10 @@ class RunTools:
             # A run without tools still answers; the model is told none are available.
             log.warning("tool_list_failed", code=err.code().name)
             return []
-        return response.tools
+        self._lists[key] = list(response.tools)
+        while len(self._lists) > _CACHED_LISTS:
+            self._lists.popitem(last=False)
+        return self._lists[key]
 
     async def run(
         self, sink: EventSink, claim: pb.RunClaim, calls: Sequence[ToolCallRequest]

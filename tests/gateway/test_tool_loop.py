@@ -254,3 +254,28 @@ async def test_remote_ref_schema_is_refused(gw_stack: GatewayStack) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_ARGUMENT",
     )
+
+
+async def test_runs_see_registry_changes_at_once(gw_stack: GatewayStack) -> None:
+    """Workers reuse a workspace's tool list only until a tool is added or removed."""
+    client = await gw_stack.stack.new_workspace("Registry")
+    model = gw_stack.stack.devmodel
+
+    def offered() -> list[str]:
+        return sorted(t["function"]["name"] for t in model.requests[-1].get("tools") or [])
+
+    await gw_stack.run(client, "no tools yet [[tokens=1]]")
+    assert offered() == []
+    await gw_stack.add_http_tool(client, "first", gw_stack.tools.base + "/echo")
+    await gw_stack.run(client, "one tool [[tokens=1]]")
+    assert offered() == ["first"]
+    await gw_stack.run(client, "same registry [[tokens=1]]")
+    assert offered() == ["first"]
+    await gw_stack.add_http_tool(client, "second", gw_stack.tools.base + "/echo")
+    await gw_stack.run(client, "two tools [[tokens=1]]")
+    assert offered() == ["first", "second"]
+    await gw_stack.tool_api(client).DeleteTool(
+        tool_service_pb2.DeleteToolRequest(name="tools/first"), metadata=client.auth, timeout=10
+    )
+    await gw_stack.run(client, "one left [[tokens=1]]")
+    assert offered() == ["second"]
