@@ -344,6 +344,10 @@ async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
         assert "stack stopped" in stack.output
         for port in ports(env):
             assert not await answers(port), f"port {port} still answers"
+    # The key is printed once on the terminal by design, and never written to a service log.
+    secret = config["api_key"].rsplit("_", 1)[1]
+    for log_file in (REPO / "var" / "logs").glob("*.log"):
+        assert secret not in log_file.read_text(errors="replace"), f"API key in {log_file}"
 
 
 @pytest.mark.timeout(90)
