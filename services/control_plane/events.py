@@ -147,12 +147,6 @@ class EventBus:
         self._poller: asyncio.Task[None] | None = None
         self._closing = False
 
-    @property
-    def subscriber_count(self) -> int:
-        """Count the open subscriptions in this process."""
-        channels = [*self._runs.values(), *self._sessions.values()]
-        return sum(c.subscribers for c in channels)
-
     def start(self) -> None:
         """Start the safety-net poller."""
         self._poller = asyncio.create_task(self._poll_forever(), name="event-bus-poller")
