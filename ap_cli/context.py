@@ -4,13 +4,42 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TextIO, TypeVar
+from typing import Protocol, TextIO, TypeVar
 
 from agentplatform import Client, RpcFailure
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
+
+
+class Page(Protocol):
+    """A List response: some items and the token of the next page."""
+
+    @property
+    def next_page_token(self) -> str: ...
+
+
+PageT = TypeVar("PageT", bound=Page)
+
+
+async def _await(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+async def all_pages(
+    fetch: Callable[[str], Awaitable[PageT]], items: Callable[[PageT], Iterable[ItemT]]
+) -> list[ItemT]:
+    """Follow a List RPC's page tokens to the end and return every item."""
+    found: list[ItemT] = []
+    token = ""
+    while True:
+        page = await fetch(token)
+        found.extend(items(page))
+        token = page.next_page_token
+        if not token:
+            return found
 
 
 def wants_color(stream: TextIO) -> bool:
@@ -37,9 +66,9 @@ class Context:
         """Say whether stdout gets ANSI styling."""
         return wants_color(self.out)
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the invocation's loop; Ctrl-C cancels it and raises."""
-        return self.runner.run(coro)
+    def run(self, awaitable: Awaitable[T]) -> T:
+        """Run a coroutine or a gRPC call on the invocation's loop; Ctrl-C cancels it."""
+        return self.runner.run(_await(awaitable))
 
     def say(self, text: str = "") -> None:
         """Write a line to stdout."""

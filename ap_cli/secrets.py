@@ -12,21 +12,18 @@ import getpass
 import sys
 import uuid
 from collections.abc import Awaitable
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO
 
 from agentplatform.v1 import (
     master_key_pb2,
     master_key_service_pb2,
     master_key_service_pb2_grpc,
-    secret_pb2,
     secret_service_pb2,
     secret_service_pb2_grpc,
 )
 
-from ap_cli.context import Context
+from ap_cli.context import Context, all_pages
 from ap_cli.format import format_table, format_time
-
-T = TypeVar("T")
 
 TIMEOUT_S = 30.0
 _ROTATION_POLL_S = 0.5
@@ -64,11 +61,6 @@ def read_value(name: str, stdin: BinaryIO, *, interactive: bool) -> bytes:
     return value
 
 
-async def _finish(call: Awaitable[T]) -> T:
-    """Await a gRPC call; Context.run takes coroutines only."""
-    return await call
-
-
 def _secrets(ctx: Context) -> secret_service_pb2_grpc.SecretServiceAsyncStub:
     return secret_service_pb2_grpc.SecretServiceStub(ctx.client.channel)
 
@@ -90,7 +82,7 @@ def secrets_put(ctx: Context, args: argparse.Namespace) -> int:
     if args.expected_version is not None:
         request.expected_version = args.expected_version
     stored = ctx.run(
-        _finish(_secrets(ctx).PutSecret(request, metadata=ctx.client.metadata, timeout=TIMEOUT_S))
+        _secrets(ctx).PutSecret(request, metadata=ctx.client.metadata, timeout=TIMEOUT_S)
     )
     ctx.say(f"{stored.name} version {stored.version}")
     return 0
@@ -99,21 +91,14 @@ def secrets_put(ctx: Context, args: argparse.Namespace) -> int:
 def secrets_list(ctx: Context, args: argparse.Namespace) -> int:
     """Print the workspace's secrets (metadata only) as a table."""
 
-    async def collect() -> list[secret_pb2.Secret]:
-        found: list[secret_pb2.Secret] = []
-        token = ""
-        while True:
-            page = await _secrets(ctx).ListSecrets(
-                secret_service_pb2.ListSecretsRequest(page_size=args.page_size, page_token=token),
-                metadata=ctx.client.metadata,
-                timeout=TIMEOUT_S,
-            )
-            found.extend(page.secrets)
-            token = page.next_page_token
-            if not token:
-                return found
+    def fetch(token: str) -> Awaitable[secret_service_pb2.ListSecretsResponse]:
+        return _secrets(ctx).ListSecrets(
+            secret_service_pb2.ListSecretsRequest(page_size=args.page_size, page_token=token),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
+        )
 
-    listed = ctx.run(collect())
+    listed = ctx.run(all_pages(fetch, lambda page: page.secrets))
     if not listed:
         ctx.say("no secrets")
         return 0
@@ -125,12 +110,10 @@ def secrets_list(ctx: Context, args: argparse.Namespace) -> int:
 def secrets_rm(ctx: Context, args: argparse.Namespace) -> int:
     """Delete a secret and every version of its value."""
     ctx.run(
-        _finish(
-            _secrets(ctx).DeleteSecret(
-                secret_service_pb2.DeleteSecretRequest(name=args.name),
-                metadata=ctx.client.metadata,
-                timeout=TIMEOUT_S,
-            )
+        _secrets(ctx).DeleteSecret(
+            secret_service_pb2.DeleteSecretRequest(name=args.name),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
         )
     )
     ctx.say(f"deleted {args.name} and all its versions")

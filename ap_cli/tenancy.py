@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Awaitable
-from typing import TypeVar
 
 from agentplatform.v1 import (
     api_key_pb2,
@@ -22,18 +21,11 @@ from agentplatform.v1 import (
 )
 from google.protobuf import field_mask_pb2
 
-from ap_cli.context import Context
+from ap_cli.context import Context, all_pages
 from ap_cli.format import format_table, format_time
-
-T = TypeVar("T")
 
 TIMEOUT_S = 30.0
 ROLES = ("owner", "admin", "member", "viewer")
-
-
-async def _finish(call: Awaitable[T]) -> T:
-    """Await a gRPC call; Context.run takes coroutines only."""
-    return await call
 
 
 def _keys(ctx: Context) -> api_key_service_pb2_grpc.ApiKeyServiceAsyncStub:
@@ -64,12 +56,10 @@ def whoami(ctx: Context, args: argparse.Namespace) -> int:
     """Print the caller's profile: display name, user, workspace and role."""
     stub = profile_service_pb2_grpc.ProfileServiceStub(ctx.client.channel)
     profile = ctx.run(
-        _finish(
-            stub.GetProfile(
-                profile_service_pb2.GetProfileRequest(name="users/me/profile"),
-                metadata=ctx.client.metadata,
-                timeout=TIMEOUT_S,
-            )
+        stub.GetProfile(
+            profile_service_pb2.GetProfileRequest(name="users/me/profile"),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
         )
     )
     ctx.say(f"{profile.display_name} ({profile.name.removesuffix('/profile')})")
@@ -80,14 +70,12 @@ def whoami(ctx: Context, args: argparse.Namespace) -> int:
 def keys_create(ctx: Context, args: argparse.Namespace) -> int:
     """Create an API key and print it; it is shown this once."""
     made = ctx.run(
-        _finish(
-            _keys(ctx).CreateApiKey(
-                api_key_service_pb2.CreateApiKeyRequest(
-                    api_key=api_key_pb2.ApiKey(display_name=args.name, user=args.user or "")
-                ),
-                metadata=ctx.client.metadata,
-                timeout=TIMEOUT_S,
-            )
+        _keys(ctx).CreateApiKey(
+            api_key_service_pb2.CreateApiKeyRequest(
+                api_key=api_key_pb2.ApiKey(display_name=args.name, user=args.user or "")
+            ),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
         )
     )
     ctx.note(f"{made.api_key.name} for {made.api_key.user} ({made.api_key.role}); shown once:")
@@ -98,21 +86,14 @@ def keys_create(ctx: Context, args: argparse.Namespace) -> int:
 def keys_list(ctx: Context, args: argparse.Namespace) -> int:
     """Print the workspace's live API keys (never the keys themselves)."""
 
-    async def collect() -> list[api_key_pb2.ApiKey]:
-        found: list[api_key_pb2.ApiKey] = []
-        token = ""
-        while True:
-            page = await _keys(ctx).ListApiKeys(
-                api_key_service_pb2.ListApiKeysRequest(page_token=token),
-                metadata=ctx.client.metadata,
-                timeout=TIMEOUT_S,
-            )
-            found.extend(page.api_keys)
-            token = page.next_page_token
-            if not token:
-                return found
+    def fetch(token: str) -> Awaitable[api_key_service_pb2.ListApiKeysResponse]:
+        return _keys(ctx).ListApiKeys(
+            api_key_service_pb2.ListApiKeysRequest(page_token=token),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
+        )
 
-    listed = ctx.run(collect())
+    listed = ctx.run(all_pages(fetch, lambda page: page.api_keys))
     if not listed:
         ctx.say("no API keys")
         return 0
@@ -127,12 +108,10 @@ def keys_list(ctx: Context, args: argparse.Namespace) -> int:
 def keys_revoke(ctx: Context, args: argparse.Namespace) -> int:
     """Revoke an API key; every replica refuses it from the next call on."""
     ctx.run(
-        _finish(
-            _keys(ctx).DeleteApiKey(
-                api_key_service_pb2.DeleteApiKeyRequest(name=args.key),
-                metadata=ctx.client.metadata,
-                timeout=TIMEOUT_S,
-            )
+        _keys(ctx).DeleteApiKey(
+            api_key_service_pb2.DeleteApiKeyRequest(name=args.key),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
         )
     )
     ctx.say(f"revoked {args.key}")
@@ -142,22 +121,16 @@ def keys_revoke(ctx: Context, args: argparse.Namespace) -> int:
 def members_list(ctx: Context, args: argparse.Namespace) -> int:
     """Print the workspace's members and their roles."""
 
-    async def collect() -> list[workspace_pb2.Member]:
-        found: list[workspace_pb2.Member] = []
-        token = ""
-        while True:
-            page = await _workspaces(ctx).ListMembers(
-                workspace_service_pb2.ListMembersRequest(page_token=token),
-                metadata=ctx.client.metadata,
-                timeout=TIMEOUT_S,
-            )
-            found.extend(page.members)
-            token = page.next_page_token
-            if not token:
-                return found
+    def fetch(token: str) -> Awaitable[workspace_service_pb2.ListMembersResponse]:
+        return _workspaces(ctx).ListMembers(
+            workspace_service_pb2.ListMembersRequest(page_token=token),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
+        )
 
     rows = [
-        (m.user, m.display_name, m.role, format_time(m.create_time)) for m in ctx.run(collect())
+        (m.user, m.display_name, m.role, format_time(m.create_time))
+        for m in ctx.run(all_pages(fetch, lambda page: page.members))
     ]
     ctx.say(format_table(("USER", "NAME", "ROLE", "JOINED"), rows))
     return 0
@@ -170,16 +143,12 @@ def members_add(ctx: Context, args: argparse.Namespace) -> int:
         return 2
     user = f"users/{args.user.removeprefix('users/')}" if args.user else ""
     member = ctx.run(
-        _finish(
-            _workspaces(ctx).CreateMember(
-                workspace_service_pb2.CreateMemberRequest(
-                    member=workspace_pb2.Member(
-                        user=user, role=args.role, display_name=args.name or ""
-                    )
-                ),
-                metadata=ctx.client.metadata,
-                timeout=TIMEOUT_S,
-            )
+        _workspaces(ctx).CreateMember(
+            workspace_service_pb2.CreateMemberRequest(
+                member=workspace_pb2.Member(user=user, role=args.role, display_name=args.name or "")
+            ),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
         )
     )
     ctx.say(f"{member.user} ({member.display_name}) is now {member.role}")
@@ -189,15 +158,13 @@ def members_add(ctx: Context, args: argparse.Namespace) -> int:
 def members_set_role(ctx: Context, args: argparse.Namespace) -> int:
     """Change a member's role."""
     member = ctx.run(
-        _finish(
-            _workspaces(ctx).UpdateMember(
-                workspace_service_pb2.UpdateMemberRequest(
-                    member=workspace_pb2.Member(name=args.member, role=args.role),
-                    update_mask=field_mask_pb2.FieldMask(paths=["role"]),
-                ),
-                metadata=ctx.client.metadata,
-                timeout=TIMEOUT_S,
-            )
+        _workspaces(ctx).UpdateMember(
+            workspace_service_pb2.UpdateMemberRequest(
+                member=workspace_pb2.Member(name=args.member, role=args.role),
+                update_mask=field_mask_pb2.FieldMask(paths=["role"]),
+            ),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
         )
     )
     ctx.say(f"{member.user} is now {member.role}")
@@ -207,12 +174,10 @@ def members_set_role(ctx: Context, args: argparse.Namespace) -> int:
 def members_remove(ctx: Context, args: argparse.Namespace) -> int:
     """Remove a member; their API keys of this workspace stop working at once."""
     ctx.run(
-        _finish(
-            _workspaces(ctx).DeleteMember(
-                workspace_service_pb2.DeleteMemberRequest(name=args.member),
-                metadata=ctx.client.metadata,
-                timeout=TIMEOUT_S,
-            )
+        _workspaces(ctx).DeleteMember(
+            workspace_service_pb2.DeleteMemberRequest(name=args.member),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
         )
     )
     ctx.say(f"removed {args.member} and revoked their keys here")

@@ -7,22 +7,14 @@ import json
 import re
 import urllib.parse
 from collections.abc import Awaitable
-from typing import TypeVar
 
 from agentplatform.v1 import tool_pb2, tool_service_pb2, tool_service_pb2_grpc
 from google.protobuf import struct_pb2
 
-from ap_cli.context import Context
+from ap_cli.context import Context, all_pages
 from ap_cli.format import format_table, format_time
 
-T = TypeVar("T")
-
 TIMEOUT_S = 150.0  # registering an MCP server connects to it and lists its tools
-
-
-async def _finish(call: Awaitable[T]) -> T:
-    """Await a gRPC call; Context.run takes coroutines only."""
-    return await call
 
 
 def _tools(ctx: Context) -> tool_service_pb2_grpc.ToolServiceAsyncStub:
@@ -51,25 +43,23 @@ def tools_add_http(ctx: Context, args: argparse.Namespace) -> int:
     if credential and not credential.startswith("secrets/"):
         credential = f"secrets/{credential}"
     created = ctx.run(
-        _finish(
-            _tools(ctx).CreateTool(
-                tool_service_pb2.CreateToolRequest(
-                    tool_id=args.name,
-                    tool=tool_pb2.Tool(
-                        description=args.description,
-                        parameters=args.parameters,
-                        timeout_ms=args.timeout_ms,
-                        http=tool_pb2.HttpEndpoint(
-                            method=args.method,
-                            url_template=args.url,
-                            credential=credential,
-                            credential_injection=args.inject,
-                        ),
+        _tools(ctx).CreateTool(
+            tool_service_pb2.CreateToolRequest(
+                tool_id=args.name,
+                tool=tool_pb2.Tool(
+                    description=args.description,
+                    parameters=args.parameters,
+                    timeout_ms=args.timeout_ms,
+                    http=tool_pb2.HttpEndpoint(
+                        method=args.method,
+                        url_template=args.url,
+                        credential=credential,
+                        credential_injection=args.inject,
                     ),
                 ),
-                metadata=ctx.client.metadata,
-                timeout=TIMEOUT_S,
-            )
+            ),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
         )
     )
     ctx.say(f"registered {created.name}")
@@ -87,15 +77,13 @@ def server_id_for(url: str) -> str:
 def tools_add_mcp(ctx: Context, args: argparse.Namespace) -> int:
     """Register an MCP server and print the tools discovered on it."""
     created = ctx.run(
-        _finish(
-            _tools(ctx).CreateMcpServer(
-                tool_service_pb2.CreateMcpServerRequest(
-                    mcp_server_id=args.id or server_id_for(args.url),
-                    mcp_server=tool_pb2.McpServer(url=args.url, timeout_ms=args.timeout_ms),
-                ),
-                metadata=ctx.client.metadata,
-                timeout=TIMEOUT_S,
-            )
+        _tools(ctx).CreateMcpServer(
+            tool_service_pb2.CreateMcpServerRequest(
+                mcp_server_id=args.id or server_id_for(args.url),
+                mcp_server=tool_pb2.McpServer(url=args.url, timeout_ms=args.timeout_ms),
+            ),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
         )
     )
     ctx.say(f"registered {created.name} with {len(created.tools)} tools")
@@ -107,21 +95,14 @@ def tools_add_mcp(ctx: Context, args: argparse.Namespace) -> int:
 def tools_list(ctx: Context, args: argparse.Namespace) -> int:
     """Print the workspace's tools as a table."""
 
-    async def collect() -> list[tool_pb2.Tool]:
-        found: list[tool_pb2.Tool] = []
-        token = ""
-        while True:
-            page = await _tools(ctx).ListTools(
-                tool_service_pb2.ListToolsRequest(page_token=token),
-                metadata=ctx.client.metadata,
-                timeout=TIMEOUT_S,
-            )
-            found.extend(page.tools)
-            token = page.next_page_token
-            if not token:
-                return found
+    def fetch(token: str) -> Awaitable[tool_service_pb2.ListToolsResponse]:
+        return _tools(ctx).ListTools(
+            tool_service_pb2.ListToolsRequest(page_token=token),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
+        )
 
-    listed = ctx.run(collect())
+    listed = ctx.run(all_pages(fetch, lambda page: page.tools))
     if not listed:
         ctx.say("no tools")
         return 0
@@ -155,7 +136,7 @@ def tools_rm(ctx: Context, args: argparse.Namespace) -> int:
             metadata=ctx.client.metadata,
             timeout=TIMEOUT_S,
         )
-    ctx.run(_finish(call))
+    ctx.run(call)
     ctx.say(f"removed {name}")
     return 0
 
@@ -163,12 +144,10 @@ def tools_rm(ctx: Context, args: argparse.Namespace) -> int:
 def tools_calls(ctx: Context, args: argparse.Namespace) -> int:
     """Print a run's tool call records."""
     listed = ctx.run(
-        _finish(
-            _tools(ctx).ListToolCalls(
-                tool_service_pb2.ListToolCallsRequest(parent=args.run, page_size=1000),
-                metadata=ctx.client.metadata,
-                timeout=TIMEOUT_S,
-            )
+        _tools(ctx).ListToolCalls(
+            tool_service_pb2.ListToolCallsRequest(parent=args.run, page_size=1000),
+            metadata=ctx.client.metadata,
+            timeout=TIMEOUT_S,
         )
     )
     rows = [

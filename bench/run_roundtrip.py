@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import platform
 import sys
@@ -23,6 +22,7 @@ import grpc
 from agentplatform import Client, ClientError, RpcFailure, describe_rpc_error
 
 from ap_cli.config import ClientConfig, ConfigError, load_client_config
+from devtools.measure import percentile
 
 # The dev model's directives: 20 content tokens, no per-token delay, no reasoning.
 INPUT_TEXT = "[[tokens=20]] [[reasoning=0]] bench"
@@ -61,13 +61,6 @@ class Phase:
     def failures(self) -> Counter[str]:
         """Count the runs that did not complete, by outcome."""
         return Counter(r.outcome for r in self.results if not r.completed)
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Return the nearest-rank p-th percentile of `values` (non-empty)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def describe_latency(label: str, values: list[float]) -> str:

@@ -39,6 +39,7 @@ from agentplatform.v1 import (
 
 from devtools.devmodel import DevModel
 from devtools.embedded_pg import EmbeddedPostgres
+from devtools.measure import percentile
 from devtools.processes import Cluster, Service, cluster
 from services.control_plane.bootstrap import create_workspace
 from services.migrate import migrate_all
@@ -46,12 +47,6 @@ from services.rpc.db import role_dsn
 
 TERMINAL = ("run.completed", "run.failed", "run.cancelled")
 TERMINAL_STATES = ("completed", "failed", "cancelled")
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Return the q-quantile (0..1) of the values."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def client_loop(
@@ -240,8 +235,8 @@ async def report(
     print(f"  rescues (run.attempt_started)  {len(rescued)}")
     if latencies:
         print(
-            f"  rescue latency (kill → run.attempt_started)  p50 {percentile(latencies, 0.5):.3f} s"
-            f"   p99 {percentile(latencies, 0.99):.3f} s   max {max(latencies):.3f} s"
+            f"  rescue latency (kill → run.attempt_started)  p50 {percentile(latencies, 50):.3f} s"
+            f"   p99 {percentile(latencies, 99):.3f} s   max {max(latencies):.3f} s"
         )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import platform
 import secrets
@@ -33,18 +32,13 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devtools.embedded_pg import EmbeddedPostgres
+from devtools.measure import percentile
 from services.migrate import migrate_all
 from services.rpc.db import role_dsn
 from services.rpc.internal_auth import INTERNAL_TOKEN_HEADER
 
 WORKSPACE = f"workspaces/{uuid.uuid4()}"
 RUN = f"sessions/{uuid.uuid4()}/runs/{uuid.uuid4()}"
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Return the p-th percentile (nearest rank) of non-empty values."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 async def tool_server() -> tuple[web.AppRunner, int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import platform
 import secrets
@@ -33,16 +32,11 @@ from agentplatform.v1 import (
 from agentplatform.vault.v1 import vault_service_pb2, vault_service_pb2_grpc
 
 from ap_cli.config import ClientConfig, ConfigError, load_client_config
+from devtools.measure import percentile
 from services.rpc.tls import ServiceTls
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = f"sessions/{uuid.uuid4()}/runs/{uuid.uuid4()}"
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Return the p-th percentile (nearest rank) of non-empty values."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def describe(label: str, seconds: list[float]) -> str:

@@ -28,9 +28,9 @@ from google.protobuf import empty_pb2
 
 from services.control_plane.auth import Principal
 from services.control_plane.settings import ControlPlaneSettings
-from services.rpc.errors import ApiError, Reason, forwarded_error, not_found
+from services.rpc.errors import ApiError, Reason, not_found
 from services.rpc.interceptors import current_principal
-from services.rpc.internal_auth import INTERNAL_TOKEN_HEADER
+from services.rpc.internal_auth import InternalClient
 from services.rpc.names import (
     parse_secret_name,
     secret_name,
@@ -39,7 +39,6 @@ from services.rpc.names import (
     workspace_secret_name,
 )
 from services.rpc.server import ServiceBinding
-from services.rpc.settings import SettingsError
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
@@ -49,43 +48,22 @@ log = structlog.get_logger()
 _VAULT_TIMEOUT_S = 10.0
 
 
-class VaultClient:
+class VaultClient(InternalClient["vault_service_pb2_grpc.VaultServiceAsyncStub"]):
     """A channel to the vault, authenticated as the control plane."""
 
     def __init__(self, settings: ControlPlaneSettings) -> None:
         """Open the channel (inside the running loop): mTLS if AP_TLS_* is set, else a token."""
         assert settings.vault_address is not None
-        tls = settings.service_tls()
-        if tls is not None:
-            self._channel = grpc.aio.secure_channel(
-                settings.vault_address, tls.channel_credentials()
-            )
-            self._metadata: tuple[tuple[str, str], ...] = ()
-        elif settings.vault_admin_token is not None:
-            self._channel = grpc.aio.insecure_channel(settings.vault_address)
-            self._metadata = (
-                (INTERNAL_TOKEN_HEADER, settings.vault_admin_token.get_secret_value()),
-            )
-        else:
-            raise SettingsError(
-                "AP_VAULT_ADDRESS is set: the control plane needs AP_TLS_* (mTLS) or "
-                "AP_VAULT_ADMIN_TOKEN to call the vault"
-            )
-        self.stub = vault_service_pb2_grpc.VaultServiceStub(self._channel)
-
-    async def call(self, method: Callable[..., Awaitable[T]], request: object) -> T:
-        """Call a vault method; its errors reach our caller as the vault put them."""
-        try:
-            return await method(request, metadata=self._metadata, timeout=_VAULT_TIMEOUT_S)
-        except grpc.aio.AioRpcError as err:
-            forwarded = forwarded_error(err, "vault")
-            if forwarded.code == grpc.StatusCode.INTERNAL:
-                log.error("vault_call_failed", code=err.code().name, details=err.details())
-            raise forwarded from None
-
-    async def close(self) -> None:
-        """Close the channel."""
-        await self._channel.close(None)
+        token = settings.vault_admin_token
+        super().__init__(
+            service="vault",
+            address=settings.vault_address,
+            tls=settings.service_tls(),
+            token=token.get_secret_value() if token else None,
+            needs="AP_VAULT_ADMIN_TOKEN",
+            stub=vault_service_pb2_grpc.VaultServiceStub,
+            timeout=_VAULT_TIMEOUT_S,
+        )
 
 
 def _vault(vault: VaultClient | None) -> VaultClient:

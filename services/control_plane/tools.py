@@ -23,9 +23,9 @@ from services.control_plane import store
 from services.control_plane.auth import Principal
 from services.control_plane.runtime import Runtime
 from services.control_plane.settings import ControlPlaneSettings
-from services.rpc.errors import ApiError, Reason, forwarded_error, invalid_argument, not_found
+from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
 from services.rpc.interceptors import current_principal
-from services.rpc.internal_auth import internal_channel
+from services.rpc.internal_auth import InternalClient
 from services.rpc.names import parse_run_name, workspace_name
 from services.rpc.pagination import clamp_page_size, decode_page_token, encode_page_token
 from services.rpc.server import ServiceBinding
@@ -44,34 +44,22 @@ _STATES = {
 }
 
 
-class GatewayClient:
+class GatewayClient(InternalClient["gateway_service_pb2_grpc.GatewayServiceAsyncStub"]):
     """A channel to the gateway, authenticated as the control plane."""
 
     def __init__(self, settings: ControlPlaneSettings) -> None:
         """Open the channel (inside the running loop): mTLS if AP_TLS_* is set, else a token."""
         assert settings.gateway_address is not None
         token = settings.gateway_admin_token
-        self._channel, self._metadata = internal_channel(
-            settings.gateway_address,
-            settings.service_tls(),
-            token.get_secret_value() if token else None,
+        super().__init__(
+            service="gateway",
+            address=settings.gateway_address,
+            tls=settings.service_tls(),
+            token=token.get_secret_value() if token else None,
             needs="AP_GATEWAY_ADMIN_TOKEN",
+            stub=gateway_service_pb2_grpc.GatewayServiceStub,
+            timeout=_GATEWAY_TIMEOUT_S,
         )
-        self.stub = gateway_service_pb2_grpc.GatewayServiceStub(self._channel)
-
-    async def call(self, method: Callable[..., Awaitable[T]], request: object) -> T:
-        """Call a gateway method; its errors reach our caller as the gateway put them."""
-        try:
-            return await method(request, metadata=self._metadata, timeout=_GATEWAY_TIMEOUT_S)
-        except grpc.aio.AioRpcError as err:
-            forwarded = forwarded_error(err, "gateway")
-            if forwarded.code == grpc.StatusCode.INTERNAL:
-                log.error("gateway_call_failed", code=err.code().name, details=err.details())
-            raise forwarded from None
-
-    async def close(self) -> None:
-        """Close the channel."""
-        await self._channel.close(None)
 
 
 def _public_id(name: str, collection: str, field: str = "name") -> str:

@@ -12,14 +12,18 @@ Two ways for an internal caller to say which platform service it is:
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Generic, TypeVar
 
 import grpc
+import structlog
 
-from services.rpc.errors import ApiError, Reason
+from services.rpc.errors import ApiError, Reason, forwarded_error
 from services.rpc.interceptors import current_call_context
 from services.rpc.settings import SettingsError
 from services.rpc.tls import ServiceTls, peer_service
+
+log = structlog.get_logger()
 
 INTERNAL_TOKEN_HEADER = "x-ap-internal-token"
 
@@ -93,3 +97,47 @@ def internal_channel(
     if token is None:
         raise SettingsError(f"calling {address} needs AP_TLS_* (mTLS) or {needs}")
     return grpc.aio.insecure_channel(address), ((INTERNAL_TOKEN_HEADER, token),)
+
+
+StubT = TypeVar("StubT")
+T = TypeVar("T")
+
+
+class InternalClient(Generic[StubT]):
+    """A channel to another service's internal API, as this service, forwarding its errors."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        address: str,
+        tls: ServiceTls | None,
+        token: str | None,
+        needs: str,
+        stub: Callable[[grpc.aio.Channel], StubT],
+        timeout: float,
+    ) -> None:
+        """Open the channel (inside the running loop): mTLS when configured, else the token."""
+        self._service = service
+        self._timeout = timeout
+        self._channel, self._metadata = internal_channel(address, tls, token, needs=needs)
+        self.stub = stub(self._channel)
+
+    async def call(self, method: Callable[..., Awaitable[T]], request: object) -> T:
+        """Call a method; its errors reach our caller as the other service put them."""
+        try:
+            return await method(request, metadata=self._metadata, timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            forwarded = forwarded_error(err, self._service)
+            if forwarded.code == grpc.StatusCode.INTERNAL:
+                log.error(
+                    "internal_call_failed",
+                    service=self._service,
+                    code=err.code().name,
+                    details=err.details(),
+                )
+            raise forwarded from None
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close(None)

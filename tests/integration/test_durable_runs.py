@@ -77,6 +77,17 @@ def dispatch_stub(
     return stub, channel
 
 
+async def claim(
+    stub: dispatch_service_pb2_grpc.DispatchServiceAsyncStub,
+    md: tuple[tuple[str, str], ...],
+    worker: str,
+    wait: Duration,
+) -> pb.RunClaim:
+    """Claim a run as a hand-driven worker, waiting up to `wait` for one."""
+    response = await stub.ClaimRun(pb.ClaimRunRequest(worker_id=worker, wait=wait), metadata=md)
+    return response.claim
+
+
 def worker_md(stack: Stack) -> tuple[tuple[str, str], ...]:
     """Return the internal identity metadata."""
     return (("x-ap-internal-token", stack.internal_token),)
@@ -216,9 +227,7 @@ async def test_an_expired_lease_is_rescued_as_a_new_attempt(no_worker: Stack) ->
     md = worker_md(no_worker)
     try:
         wait = Duration(seconds=5)
-        first = (
-            await stub.ClaimRun(pb.ClaimRunRequest(worker_id="a", wait=wait), metadata=md)
-        ).claim
+        first = await claim(stub, md, "a", wait)
         await stub.AppendRunEvents(
             pb.AppendRunEventsRequest(
                 run=first.run,
@@ -232,9 +241,7 @@ async def test_an_expired_lease_is_rescued_as_a_new_attempt(no_worker: Stack) ->
             metadata=md,
         )
         # Worker "a" now goes silent; the rescue hands the run to worker "b".
-        second = (
-            await stub.ClaimRun(pb.ClaimRunRequest(worker_id="b", wait=wait), metadata=md)
-        ).claim
+        second = await claim(stub, md, "b", wait)
         assert second.run == run.name
         assert second.attempt == 2
         assert second.fencing_token > first.fencing_token
@@ -304,10 +311,8 @@ async def test_a_run_whose_workers_keep_dying_fails_with_worker_lost(no_worker: 
     try:
         wait = Duration(seconds=5)
         for attempt in (1, 2):
-            claim = (
-                await stub.ClaimRun(pb.ClaimRunRequest(worker_id="w", wait=wait), metadata=md)
-            ).claim
-            assert claim.attempt == attempt
+            claimed = await claim(stub, md, "w", wait)
+            assert claimed.attempt == attempt
         events = await asyncio.wait_for(client.stream(run.name), 10)
         nothing = await stub.ClaimRun(
             pb.ClaimRunRequest(worker_id="w", wait=Duration(nanos=300_000_000)), metadata=md
@@ -329,17 +334,11 @@ async def test_a_released_run_is_claimable_at_once_as_a_new_attempt(no_worker: S
     md = worker_md(no_worker)
     try:
         wait = Duration(seconds=5)
-        first = (
-            await stub.ClaimRun(pb.ClaimRunRequest(worker_id="a", wait=wait), metadata=md)
-        ).claim
+        first = await claim(stub, md, "a", wait)
         await stub.ReleaseRun(
             pb.ReleaseRunRequest(run=first.run, fencing_token=first.fencing_token), metadata=md
         )
-        second = (
-            await stub.ClaimRun(
-                pb.ClaimRunRequest(worker_id="b", wait=Duration(nanos=200_000_000)), metadata=md
-            )
-        ).claim
+        second = await claim(stub, md, "b", Duration(nanos=200_000_000))
         assert second.run == run.name
         assert second.attempt == 2
     finally:
