@@ -40,8 +40,7 @@ class RunLifecycle:
         """Publish one event a statement just stored (row: session_id, positions, attempt)."""
         event.sequence = row["last_event_sequence"]
         event.session_sequence = row["session_sequence"]
-        if not event.attempt:  # a new attempt's first event already carries its number
-            event.attempt = row["attempt"]
+        event.attempt = row["attempt"]
         stamp(event, row["session_id"], run_id, _now())
         metrics.record_event_announced(event.type, row["create_time"])
         self._rt.bus.publish(run_id, row["session_id"], [event])

@@ -435,6 +435,8 @@ async def run_requeue(
 ) -> Record | None:
     """Put a running run back in the queue as a new attempt, starting with the given event.
 
+    Returns the new attempt's number (the next claim takes it) with the event's positions.
+
     With `fencing_token`, only if the caller still holds the lease (a draining worker);
     without, unconditionally (its lease expired and the run is being rescued).
     """
@@ -453,7 +455,8 @@ async def run_requeue(
         "   sequence, type, attempt, body)"
         "  SELECT $1, upd.session_id, ses.last_event_sequence, $4, upd.last_event_sequence,"
         "   $2, upd.attempt + 1, $3 FROM upd, ses)"
-        " SELECT upd.*, ses.last_event_sequence AS session_sequence FROM upd, ses",
+        " SELECT upd.session_id, upd.last_event_sequence, upd.attempt + 1 AS attempt,"
+        "  upd.create_time, ses.last_event_sequence AS session_sequence FROM upd, ses",
         run_id,
         event_type,
         event_body,
