@@ -35,6 +35,15 @@ REFUSED_URLS = [
     "http://[64:ff9b::a9fe:a9fe]/",
     "http://[2002:7f00:1::]/",
     "http://[::127.0.0.1]/",
+    "http://[::ffff:0:7f00:1]/",
+    "http://[::ffff:0:a9fe:a9fe]/",
+    "http://[64:ff9b:1::a9fe:a9fe]/",
+    "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
+    "http://[2001:2::1]/",
+    "http://[3fff::1]/",
+    "http://[5f00::1]/",
+    "http://[100:0:0:1::1]/",
+    "http://[fe80::1%25eth0]/",
     "http://[fc00::1]/",
     "http://[fd00:ec2::254]/",
     "http://[fe80::1]/",
@@ -85,13 +94,24 @@ def _resolver(answers: dict[str, list[str]]):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(
     "answer",
-    [["10.1.2.3"], ["93.184.216.34", "10.0.0.1"], ["::ffff:169.254.169.254"], []],
+    [
+        ["10.1.2.3"],
+        ["93.184.216.34", "10.0.0.1"],
+        ["::ffff:169.254.169.254"],
+        ["::ffff:0:7f00:1"],
+        ["93.184.216.34", "::ffff:0:a9fe:a9fe"],
+        ["2001:2::1"],
+        ["3fff::1"],
+        ["fe80::1%eth0"],
+        [],
+    ],
 )
 async def test_names_resolving_to_internal_addresses_are_refused(answer: list[str]) -> None:
-    """A name resolving to a private address, or to a public and a private one, is refused."""
+    """A name resolving to a refused address, alone or beside a public one, is refused."""
     guard = Guard(Allowlist(), _resolver({"tools.example": answer}))
-    with pytest.raises(DestinationBlockedError):
+    with pytest.raises(DestinationBlockedError) as refused:
         await guard.vet("tools.example", 443)
+    assert "tools.example" in refused.value.cause
 
 
 async def test_public_answer_passes() -> None:
@@ -106,6 +126,15 @@ async def test_allowlist_lets_exactly_that_destination_through() -> None:
     await guard.vet("127.0.0.1", 8080)
     with pytest.raises(DestinationBlockedError):
         await guard.vet("127.0.0.1", 8081)
+
+
+async def test_allowlist_does_not_extend_to_ipv6_forms_of_an_entry() -> None:
+    """Allowlisting 127.0.0.1:8080 or 10.0.0.0/8 lets no IPv6 form of them through."""
+    guard = Guard(Allowlist.parse(["127.0.0.1:8080", "10.0.0.0/8"]), _no_dns)
+    for host in ("::ffff:7f00:1", "::ffff:0:7f00:1", "64:ff9b::7f00:1", "::ffff:a00:1"):
+        with pytest.raises(DestinationBlockedError):
+            await guard.vet(host, 8080)
+    await guard.vet("10.9.8.7", 8080)
 
 
 async def test_allowlist_refuses_everything_wide_entries() -> None:
