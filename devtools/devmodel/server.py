@@ -19,13 +19,14 @@ from typing import Any
 from aiohttp import web
 
 from devtools.devmodel.chat_completions import ChatCompletions
+from devtools.devmodel.responses import Responses
 from devtools.devmodel.script import BadRequestError, Plan, plan_reply
 from devtools.devmodel.wire import MODEL_ID, Call, Reply, StreamEncoder, WireFormat
 
 # Agent conversations resend the whole history; aiohttp's 1 MiB default is too small.
 _MAX_BODY_BYTES = 64 * 1024 * 1024
 _CHAT_COMPLETIONS = ChatCompletions()
-WIRE_FORMATS: tuple[WireFormat, ...] = (_CHAT_COMPLETIONS,)
+WIRE_FORMATS: tuple[WireFormat, ...] = (_CHAT_COMPLETIONS, Responses())
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
