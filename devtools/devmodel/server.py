@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from devtools.devmodel.chat_completions import ChatCompletions
+from devtools.devmodel.messages import Messages
 from devtools.devmodel.responses import Responses
 from devtools.devmodel.script import BadRequestError, Plan, plan_reply
 from devtools.devmodel.wire import MODEL_ID, Call, Reply, StreamEncoder, WireFormat
@@ -26,7 +27,8 @@ from devtools.devmodel.wire import MODEL_ID, Call, Reply, StreamEncoder, WireFor
 # Agent conversations resend the whole history; aiohttp's 1 MiB default is too small.
 _MAX_BODY_BYTES = 64 * 1024 * 1024
 _CHAT_COMPLETIONS = ChatCompletions()
-WIRE_FORMATS: tuple[WireFormat, ...] = (_CHAT_COMPLETIONS, Responses())
+_MESSAGES = Messages()
+WIRE_FORMATS: tuple[WireFormat, ...] = (_CHAT_COMPLETIONS, Responses(), _MESSAGES)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -214,8 +216,8 @@ class DevModel:
         return web.json_response({"status": "ok"})
 
     def _catalogue_format(self, request: web.Request) -> WireFormat:
-        """Pick the shape of a model list."""
-        return _CHAT_COMPLETIONS
+        """Pick the shape of a model list: Anthropic's for Anthropic clients, else OpenAI's."""
+        return _MESSAGES if "anthropic-version" in request.headers else _CHAT_COMPLETIONS
 
     async def _models(self, request: web.Request) -> web.Response:
         """List the models this server offers."""
