@@ -226,6 +226,8 @@ def plan_reply(conversation: Sequence[Turn]) -> Plan:
     fail = directives.get("fail")
     if fail is not None and not 400 <= fail <= 599:
         raise BadRequestError("directive [[fail=CODE]] needs an HTTP error code (400-599)")
+    if "hang_after" in directives and "fail_after" in directives:
+        raise BadRequestError("directives [[hang_after=N]] and [[fail_after=N]] exclude each other")
     prompt = sum(len(turn.text.split()) for turn in conversation)
     cached = directives.get("cached")
     if cached is not None and cached > prompt:

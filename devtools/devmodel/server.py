@@ -149,7 +149,7 @@ class DevModel:
         if self.api_key is None:
             return None
         presented = wire.api_key(request.headers)
-        if presented is not None and hmac.compare_digest(presented, self.api_key):
+        if presented is not None and hmac.compare_digest(presented.encode(), self.api_key.encode()):
             return None
         return _error(wire, 401, "invalid or missing API key")
 

@@ -232,6 +232,16 @@ async def test_unknown_directive_is_rejected(model: DevModel, client: httpx.Asyn
     assert "tokenz" in response.json()["error"]["message"]
 
 
+async def test_hang_after_and_fail_after_exclude_each_other(
+    model: DevModel, client: httpx.AsyncClient
+) -> None:
+    """Asking to hang and to fail after N tokens at once is a 400, not a guess at the order."""
+    body = _body("[[hang_after=1]] [[fail_after=2]]")
+    response = await client.post(f"{model.base_url}/chat/completions", json=body)
+    assert response.status_code == 400
+    assert "exclude each other" in response.json()["error"]["message"]
+
+
 async def test_models_and_healthz_answer(model: DevModel, client: httpx.AsyncClient) -> None:
     """GET /v1/models lists the dev model and GET /healthz reports ok."""
     models = (await client.get(f"{model.base_url}/models")).json()
@@ -373,7 +383,12 @@ async def test_api_key_is_required_when_configured(client: httpx.AsyncClient) ->
     await dev.start()
     try:
         url = f"{dev.base_url}/chat/completions"
-        for headers in ({}, {"Authorization": "Bearer sk-dev-wrong"}):
+        wrong_keys: list[dict[str, Any]] = [
+            {},
+            {"Authorization": "Bearer sk-dev-wrong"},
+            {"Authorization": "Bearer clé".encode()},
+        ]
+        for headers in wrong_keys:
             response = await client.post(url, json=_body("hi", stream=False), headers=headers)
             assert response.status_code == 401
             assert response.json()["error"]["code"] == "invalid_api_key"
