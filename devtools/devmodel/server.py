@@ -28,7 +28,7 @@ from devtools.devmodel.wire import MODEL_ID, Call, Reply, StreamEncoder, WireFor
 _MAX_BODY_BYTES = 64 * 1024 * 1024
 _CHAT_COMPLETIONS = ChatCompletions()
 _MESSAGES = Messages()
-WIRE_FORMATS: tuple[WireFormat, ...] = (_CHAT_COMPLETIONS, Responses(), _MESSAGES)
+_WIRE_FORMATS: tuple[WireFormat, ...] = (_CHAT_COMPLETIONS, Responses(), _MESSAGES)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -96,7 +96,7 @@ class DevModel:
         if self._runner is not None:
             raise RuntimeError("the dev model is already running")
         app = web.Application(client_max_size=_MAX_BODY_BYTES)
-        for wire in WIRE_FORMATS:
+        for wire in _WIRE_FORMATS:
             app.router.add_post(wire.path, self._tracked(self._answerer(wire)))
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model_id:.+}", self._model)
