@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -230,6 +232,16 @@ async def test_unknown_directive_is_rejected(model: DevModel, client: httpx.Asyn
     assert "tokenz" in response.json()["error"]["message"]
 
 
+async def test_hang_after_and_fail_after_exclude_each_other(
+    model: DevModel, client: httpx.AsyncClient
+) -> None:
+    """Asking to hang and to fail after N tokens at once is a 400, not a guess at the order."""
+    body = _body("[[hang_after=1]] [[fail_after=2]]")
+    response = await client.post(f"{model.base_url}/chat/completions", json=body)
+    assert response.status_code == 400
+    assert "exclude each other" in response.json()["error"]["message"]
+
+
 async def test_models_and_healthz_answer(model: DevModel, client: httpx.AsyncClient) -> None:
     """GET /v1/models lists the dev model and GET /healthz reports ok."""
     models = (await client.get(f"{model.base_url}/models")).json()
@@ -266,3 +278,187 @@ async def test_stop_ends_a_hanging_stream_promptly(
             await response.aread()
     finally:
         await response.aclose()
+
+
+def _tool_round_trip(body: dict[str, Any], result: str) -> dict[str, Any]:
+    """Extend a chat request with a call of the tool ``lookup`` (id call_1_1) and its result."""
+    call = {"id": "call_1_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    messages = [
+        *body["messages"],
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1_1", "content": result},
+    ]
+    return {**body, "messages": messages}
+
+
+async def test_tool_call_round_trip(model: DevModel, client: httpx.AsyncClient) -> None:
+    """[[tool=...]] streams a tool call; the conversation with its result gets the reply."""
+    body = _body('find it [[tool=lookup args={"item": "a/b"}]] [[reasoning=0]]')
+    chunks = await _chunks(client, model, body)
+    fragments = [f for c in chunks for f in _delta(c).get("tool_calls", [])]
+    assert fragments[0] == {
+        "index": 0,
+        "id": "call_1_1",
+        "type": "function",
+        "function": {"name": "lookup"},
+    }
+    arguments = "".join(f["function"].get("arguments", "") for f in fragments)
+    assert json.loads(arguments) == {"item": "a/b"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+    chunks = await _chunks(client, model, _tool_round_trip(body, "42"))
+    assert "".join(_deltas(chunks, "content")) == "Tool lookup returned: 42"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_cached_directive_reports_cached_prompt_tokens(
+    model: DevModel, client: httpx.AsyncClient
+) -> None:
+    """[[cached=N]] adds prompt_tokens_details.cached_tokens; N beyond the prompt is a 400."""
+    chunks = await _chunks(client, model, _body("one two [[cached=3]]", usage=True))
+    usage = chunks[-1]["usage"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 3}
+    assert usage["prompt_tokens"] == 7  # "You are a test." and "one two [[cached=3]]"
+
+    response = await client.post(
+        f"{model.base_url}/chat/completions", json=_body("[[cached=9]]", stream=False)
+    )
+    assert response.status_code == 400
+    assert "cached=9" in response.json()["error"]["message"]
+
+
+async def test_rate_limit_refuses_n_times_then_answers(
+    model: DevModel, client: httpx.AsyncClient
+) -> None:
+    """[[rate_limit=2]] answers the same conversation 429 twice, with Retry-After, then 200."""
+    url = f"{model.base_url}/chat/completions"
+    body = _body("slow down [[rate_limit=2]] [[retry_after_ms=1500]]", stream=False)
+    for _ in range(2):
+        response = await client.post(url, json=body)
+        assert response.status_code == 429
+        assert response.headers["retry-after"] == "2"
+        assert response.headers["retry-after-ms"] == "1500"
+        assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    response = await client.post(url, json=body)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "You said: slow down"
+
+    # Another conversation has a count of its own.
+    response = await client.post(url, json=_body("other [[rate_limit=1]]", stream=False))
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1"
+
+
+async def test_fail_429_carries_retry_after(model: DevModel, client: httpx.AsyncClient) -> None:
+    """[[fail=429]] refuses every time, each refusal saying when to retry."""
+    body = _body("[[fail=429]] [[retry_after_ms=0]]")
+    for _ in range(2):
+        response = await client.post(f"{model.base_url}/chat/completions", json=body)
+        assert response.status_code == 429
+        assert response.headers["retry-after"] == "0"
+
+
+async def test_fail_after_sends_an_error_in_the_stream(
+    model: DevModel, client: httpx.AsyncClient
+) -> None:
+    """[[fail_after=2]] streams two tokens, then an error object, and never [DONE]."""
+    lines: list[str] = []
+    await _stream_lines(client, model, _body("[[fail_after=2]] [[tokens=5]]"), lines)
+    payloads = [json.loads(line) for line in lines]
+    content = [d["content"] for d in map(_delta, payloads[:-1]) if "content" in d]
+    assert content == ["alpha ", "bravo "]
+    assert payloads[-1]["error"]["type"] == "server_error"
+    assert "fail_after=2" in payloads[-1]["error"]["message"]
+
+    response = await client.post(
+        f"{model.base_url}/chat/completions", json=_body("[[fail_after=2]]", stream=False)
+    )
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "server_error"
+
+
+async def test_api_key_is_required_when_configured(client: httpx.AsyncClient) -> None:
+    """With api_key set, a missing or wrong bearer token gets 401 invalid_api_key."""
+    dev = DevModel(api_key="sk-dev-right")
+    await dev.start()
+    try:
+        url = f"{dev.base_url}/chat/completions"
+        wrong_keys: list[dict[str, Any]] = [
+            {},
+            {"Authorization": "Bearer sk-dev-wrong"},
+            {"Authorization": "Bearer clé".encode()},
+        ]
+        for headers in wrong_keys:
+            response = await client.post(url, json=_body("hi", stream=False), headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "invalid_api_key"
+            assert "sk-dev" not in response.text
+            models = await client.get(f"{dev.base_url}/models", headers=headers)
+            assert models.status_code == 401
+        good = {"Authorization": "Bearer sk-dev-right"}
+        response = await client.post(url, json=_body("hi", stream=False), headers=good)
+        assert response.status_code == 200
+        assert (await client.get(f"{dev.base_url}/models", headers=good)).status_code == 200
+        assert dev.requests == [_body("hi", stream=False)]
+    finally:
+        await dev.stop()
+
+
+async def test_only_listed_models_are_served(client: httpx.AsyncClient) -> None:
+    """With models set, another model name gets 404 model_not_found, and the list shows them."""
+    dev = DevModel(models=["small", "org/large"])
+    await dev.start()
+    try:
+        url = f"{dev.base_url}/chat/completions"
+        response = await client.post(url, json={**_body("hi", stream=False), "model": "huge"})
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "model_not_found"
+        assert "huge" in response.json()["error"]["message"]
+        response = await client.post(url, json={**_body("hi", stream=False), "model": "org/large"})
+        assert response.status_code == 200
+        assert response.json()["model"] == "org/large"
+
+        listed = (await client.get(f"{dev.base_url}/models")).json()
+        assert [m["id"] for m in listed["data"]] == ["small", "org/large"]
+        one = await client.get(f"{dev.base_url}/models/org/large")
+        assert one.json() == {
+            "id": "org/large",
+            "object": "model",
+            "created": 0,
+            "owned_by": "agentplatform",
+        }
+        missing = await client.get(f"{dev.base_url}/models/huge")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "model_not_found"
+    finally:
+        await dev.stop()
+
+
+async def test_command_line_serves_the_listed_models_with_the_key(
+    client: httpx.AsyncClient,
+) -> None:
+    """The command line serves only its --model names, to holders of AP_DEVMODEL_API_KEY."""
+    env = {**os.environ, "AP_DEVMODEL_API_KEY": "sk-dev-cli"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "devtools.devmodel", "--port", "0", "--model", "served"),
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stderr is not None
+        async with asyncio.timeout(20):
+            line = (await process.stderr.readline()).decode()
+        base_url = line.rsplit(" ", 1)[-1].strip()
+        assert base_url.startswith("http://127.0.0.1:")
+        url = f"{base_url}/chat/completions"
+        key = {"Authorization": "Bearer sk-dev-cli"}
+        wrong_key = await client.post(url, json=_body("hi", stream=False))
+        assert wrong_key.status_code == 401
+        other = await client.post(url, json=_body("hi", stream=False), headers=key)
+        assert other.status_code == 404
+        served = {**_body("hi", stream=False), "model": "served"}
+        assert (await client.post(url, json=served, headers=key)).status_code == 200
+    finally:
+        process.terminate()
+        assert await process.wait() == 0
