@@ -6,7 +6,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SDK_SRC := sdk/python/src
-PROTO_FILES := $(shell find protos -name '*.proto')
+# Our protos. The vendored google/api ones (protos/google/README.md) are imported, not
+# generated: their Python code ships in googleapis-common-protos.
+PROTO_FILES := $(shell find protos/agentplatform -name '*.proto')
+VENDORED_PROTOS := $(shell find protos/google -name '*.proto')
 # buf breaking compares protos/ with this commit. CI runs on a clean clone of main, where
 # HEAD~1 is main before the change under test.
 BREAKING_AGAINST ?= HEAD~1
@@ -27,7 +30,7 @@ $(BIN)/.installed: pyproject.toml sdk/python/pyproject.toml
 
 venv: $(BIN)/.installed ## Create the virtualenv with every dependency
 
-$(SDK_SRC)/.generated: $(BIN)/.installed $(PROTO_FILES)
+$(SDK_SRC)/.generated: $(BIN)/.installed $(PROTO_FILES) $(VENDORED_PROTOS)
 	rm -rf $(SDK_SRC)/agentplatform/{v1,dispatch,vault,gateway}
 	$(BIN)/python -m grpc_tools.protoc -I protos \
 		--python_out=$(SDK_SRC) --mypy_out=$(SDK_SRC) \
