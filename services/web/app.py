@@ -294,6 +294,8 @@ async def login(request: Request) -> Response:
     request.state.route = "login"
     try:
         check_same_origin(request)
+        if request.url.query:
+            raise invalid_argument("query", "Send the API key in the body, never in a URL.")
         body = await read_body(request, 16 * 1024)
         try:
             parsed: Any = json.loads(body or b"{}")

@@ -58,21 +58,34 @@ class SseEvent:
     data: dict[str, Any]
 
 
+class EventReader:
+    """Parse the events of one open text/event-stream, in as many reads as needed."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._lines = response.aiter_lines()
+
+    async def read(self, until: set[str] | None = None) -> list[SseEvent]:
+        """Return the events up to the end of the stream, or up to one of type `until`."""
+        events: list[SseEvent] = []
+        fields: dict[str, str] = {}
+        async for line in self._lines:
+            if line == "":
+                if "data" in fields:
+                    event = SseEvent(
+                        fields.get("id", ""),
+                        fields.get("event", "message"),
+                        json.loads(fields["data"]),
+                    )
+                    events.append(event)
+                    if until is not None and event.event in until:
+                        return events
+                fields = {}
+            elif not line.startswith(":"):
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+        return events
+
+
 async def read_events(response: httpx.Response, until: set[str] | None = None) -> list[SseEvent]:
     """Parse events from an open text/event-stream until it ends (or an `until` type)."""
-    events: list[SseEvent] = []
-    fields: dict[str, str] = {}
-    async for line in response.aiter_lines():
-        if line == "":
-            if "data" in fields:
-                event = SseEvent(
-                    fields.get("id", ""), fields.get("event", "message"), json.loads(fields["data"])
-                )
-                events.append(event)
-                if until is not None and event.event in until:
-                    return events
-            fields = {}
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            fields[name] = value.removeprefix(" ")
-    return events
+    return await EventReader(response).read(until)

@@ -1,0 +1,198 @@
+"""Run and session streams as server-sent events: exact resume, replicas, sharing, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+from prometheus_client import REGISTRY
+
+from services.web.app import Edge
+from tests.harness import TERMINAL, Stack
+from tests.integration.helpers import new_run, new_session
+from tests.web.helpers import EventReader, SseEvent, bearer, read_events, running_edge
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Wait until `condition()` holds (a metric: it has no change event to await), bounded."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert condition(), what
+
+
+async def _events(
+    http: httpx.AsyncClient, url: str, headers: dict[str, str], **params: str
+) -> list[SseEvent]:
+    async with http.stream("GET", url, headers=headers, params=params) as response:
+        if response.status_code == 204:
+            return []
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return await read_events(response)
+
+
+async def test_resume_from_every_cursor_gives_exactly_the_suffix(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """After the run, Last-Event-ID or ?after=N yields events N+1… then ends; at the end, 204."""
+    auth = bearer(stack.owner.api_key)
+    session = await new_session(stack.owner)
+    run = await new_run(stack.owner, session.name, "hi [[tokens=6]]")
+    url = f"/v1/{run.name}:streamEvents"
+    full = await _events(http, url, auth)
+    n = len(full)
+    assert [int(e.id) for e in full] == list(range(1, n + 1))
+    assert full[-1].event in TERMINAL
+    assert [e.event for e in full] == [e.data["type"] for e in full]
+    for cursor in range(n + 1):
+        by_header = await _events(http, url, auth | {"last-event-id": str(cursor)})
+        by_query = await _events(http, url, auth, after=str(cursor))
+        assert [e.id for e in by_header] == [e.id for e in full[cursor:]]
+        assert [e.data for e in by_query] == [e.data for e in full[cursor:]]
+    async with http.stream("GET", url, headers=auth | {"last-event-id": str(n)}) as response:
+        assert response.status_code == 204  # EventSource stops reconnecting
+
+
+async def test_last_event_id_wins_over_the_urls_after(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """An EventSource made with ?after=2 reconnects to that URL with a later Last-Event-ID."""
+    auth = bearer(stack.owner.api_key)
+    session = await new_session(stack.owner)
+    run = await new_run(stack.owner, session.name, "hi [[tokens=4]]")
+    url = f"/v1/{run.name}:streamEvents"
+    full = await _events(http, url, auth)
+    resumed = await _events(http, url, auth | {"last-event-id": "5"}, after="2")
+    assert [e.id for e in resumed] == [e.id for e in full[5:]]
+
+
+async def test_a_live_stream_resumes_on_another_replica_without_gap(
+    stack: Stack, edge: Edge
+) -> None:
+    """Read part of a live run from one edge, disconnect, resume on a second: every event once."""
+    auth = bearer(stack.owner.api_key)
+    session = await new_session(stack.owner)
+    run = await new_run(stack.owner, session.name, "hi [[tokens=30]] [[delay_ms=20]]")
+    url = f"/v1/{run.name}:streamEvents"
+    async with running_edge(stack.address) as other:
+        async with (
+            httpx.AsyncClient(base_url=edge.url, timeout=15) as first,
+            first.stream("GET", url, headers=auth) as response,
+        ):
+            head = await read_events(response, until={"output_text.delta"})
+        async with httpx.AsyncClient(base_url=other.url, timeout=15) as second:
+            tail = await _events(second, url, auth | {"last-event-id": head[-1].id})
+    ids = [int(e.id) for e in head + tail]
+    assert ids == list(range(1, len(ids) + 1))
+    assert tail[-1].event == "run.completed"
+
+
+async def test_stream_errors_are_http_statuses_before_the_stream_opens(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """A stream the control plane refuses answers its status as JSON, not an event stream."""
+    missing = (
+        "sessions/00000000-0000-4000-8000-000000000000/runs/00000000-0000-4000-8000-000000000000"
+    )
+    url = f"/v1/{missing}:streamEvents"
+    not_found = await http.get(url, headers=bearer(stack.owner.api_key))
+    assert not_found.status_code == 404
+    assert not_found.json()["error"]["status"] == "NOT_FOUND"
+    unauthenticated = await http.get(url)
+    assert unauthenticated.status_code == 401
+    bad_cursor = await http.get(
+        url, headers=bearer(stack.owner.api_key) | {"last-event-id": "seven"}
+    )
+    assert bad_cursor.status_code == 400
+
+
+async def test_a_client_that_disconnects_frees_its_upstream_stream_at_once(
+    stack: Stack, edge: Edge
+) -> None:
+    """Closing an idle session stream ends the edge's subscriber and the control plane's stream."""
+    session = await new_session(stack.owner)
+    baseline = _sample("ap_stream_subscribers")
+    async with (
+        httpx.AsyncClient(base_url=edge.url, timeout=15) as http,
+        http.stream(
+            "GET", f"/v1/{session.name}:streamEvents", headers=bearer(stack.owner.api_key)
+        ) as response,
+    ):
+        assert response.status_code == 200
+        await _until(lambda: _sample("ap_stream_subscribers") == baseline + 1, "upstream opened")
+        assert _sample("ap_sse_subscribers") >= 1
+    await _until(lambda: _sample("ap_stream_subscribers") == baseline, "upstream cancelled")
+    await _until(lambda: _sample("ap_sse_subscribers") == 0, "subscriber released")
+
+
+async def test_an_idle_stream_sends_keep_alive_comments(stack: Stack) -> None:
+    """While nothing happens, comments keep proxies from closing the stream."""
+    session = await new_session(stack.owner)
+    async with (
+        running_edge(stack.address, sse_keepalive_seconds=0.05) as edge,
+        httpx.AsyncClient(base_url=edge.url, timeout=15) as http,
+        http.stream(
+            "GET", f"/v1/{session.name}:streamEvents", headers=bearer(stack.owner.api_key)
+        ) as response,
+    ):
+        lines = response.aiter_lines()
+        assert await anext(lines) == "retry: 1000"
+        seen = [await anext(lines) for _ in range(4)]
+        assert ": keep-alive" in seen
+
+
+async def test_the_session_stream_carries_every_run_with_the_session_cursor(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """Session streams use session_sequence as the id, across runs, and resume by it."""
+    auth = bearer(stack.owner.api_key)
+    session = await new_session(stack.owner)
+    for text in ("one [[tokens=2]]", "two [[tokens=2]]"):
+        run = await new_run(stack.owner, session.name, text)
+        await stack.owner.stream(run.name)
+    url = f"/v1/{session.name}:streamEvents"
+    async with http.stream("GET", url, headers=auth) as response:
+        events = await _until_terminals(EventReader(response), 2)
+    ids = [int(e.id) for e in events]
+    assert ids == list(range(1, len(ids) + 1))
+    assert [e.id for e in events] == [e.data["sessionSequence"] for e in events]
+    async with http.stream("GET", url, headers=auth | {"last-event-id": "3"}) as response:
+        resumed = await _until_terminals(EventReader(response), 2)
+    assert [e.id for e in resumed] == [e.id for e in events[3:]]
+
+
+async def _until_terminals(reader: EventReader, terminals: int) -> list[SseEvent]:
+    events: list[SseEvent] = []
+    while sum(e.event in TERMINAL for e in events) < terminals:
+        events += await reader.read(until=TERMINAL)
+    return events
+
+
+async def test_subscribers_with_one_key_share_one_upstream_stream(stack: Stack, edge: Edge) -> None:
+    """Ten clients of one run and key cost one upstream stream; each gets its exact suffix."""
+    auth = bearer(stack.owner.api_key)
+    session = await new_session(stack.owner)
+    run = await new_run(stack.owner, session.name, "hi [[tokens=20]] [[delay_ms=30]]")
+    url = f"/v1/{run.name}:streamEvents"
+    joins = _sample("ap_sse_shared_joins_total")
+    async with (
+        httpx.AsyncClient(base_url=edge.url, timeout=15) as http,
+        http.stream("GET", url, headers=auth) as first,
+    ):
+        reader = EventReader(first)
+        head = await reader.read(until={"output_text.delta"})
+        results = await asyncio.gather(
+            *(_events(http, url, auth | {"last-event-id": str(cursor)}) for cursor in range(1, 10))
+        )
+        rest = await reader.read()
+    full = head + rest
+    assert [int(e.id) for e in full] == list(range(1, len(full) + 1))
+    for cursor, events in zip(range(1, 10), results, strict=True):
+        assert [e.id for e in events] == [e.id for e in full[cursor:]]
+    assert _sample("ap_sse_shared_joins_total") - joins >= 9
