@@ -265,6 +265,17 @@ class Feed:
             subscriber.finish(why, failure)
 
 
+def authorizer_of(stream: Route, routes: list[Route]) -> Route | None:
+    """Return the Get that authorizes a stream's joiners: its template without the verb."""
+    if not stream.path.verb:
+        return None
+    base = stream.path.template.rsplit(":", 1)[0]
+    for get in routes:
+        if get.http_method == "GET" and not get.streaming and get.path.template == base:
+            return get
+    return None
+
+
 class StreamHub:
     """Open, share and end the edge's event streams."""
 
@@ -282,18 +293,11 @@ class StreamHub:
         self._replay_events = replay_events
         self._request_timeout = request_timeout
         self.shapes = {r.grpc_path: StreamShape.of(r) for r in routes if r.streaming}
-        # The Get that authorizes a joiner: same template without the verb, same variables.
-        self._authorizers: dict[str, Route] = {}
-        for stream in (r for r in routes if r.streaming):
-            base = stream.path.template.rsplit(":", 1)[0] if stream.path.verb else None
-            for get in routes:
-                if (
-                    base is not None
-                    and get.http_method == "GET"
-                    and not get.streaming
-                    and get.path.template == base
-                ):
-                    self._authorizers[stream.grpc_path] = get
+        self._authorizers = {
+            stream.grpc_path: get
+            for stream in routes
+            if stream.streaming and (get := authorizer_of(stream, routes)) is not None
+        }
         self._feeds: dict[tuple[str, bytes, str], Feed] = {}
         self._subscribers: set[Subscriber] = set()
         self.stopping = False

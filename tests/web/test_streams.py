@@ -196,3 +196,21 @@ async def test_subscribers_with_one_key_share_one_upstream_stream(stack: Stack, 
     for cursor, events in zip(range(1, 10), results, strict=True):
         assert [e.id for e in events] == [e.id for e in full[cursor:]]
     assert _sample("ap_sse_shared_joins_total") - joins >= 9
+
+
+async def test_a_revoked_key_cannot_join_a_feed_it_opened(stack: Stack, edge: Edge) -> None:
+    """Sharing never skips the control plane: a joiner with a since-revoked key is refused."""
+    owner = bearer(stack.owner.api_key)
+    session = await new_session(stack.owner)
+    async with httpx.AsyncClient(base_url=edge.url, timeout=15) as http:
+        created = await http.post("/v1/apiKeys", json={"displayName": "joiner"}, headers=owner)
+        assert created.status_code == 200, created.text
+        key = bearer(created.json()["key"])
+        url = f"/v1/{session.name}:streamEvents"
+        async with http.stream("GET", url, headers=key) as first:
+            assert first.status_code == 200
+            revoked = await http.delete(f"/v1/{created.json()['apiKey']['name']}", headers=owner)
+            assert revoked.status_code == 200, revoked.text
+            joiner = await http.get(url, headers=key)
+            assert joiner.status_code == 401
+            assert joiner.json()["error"]["status"] == "UNAUTHENTICATED"
