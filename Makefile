@@ -16,7 +16,7 @@ BREAKING_AGAINST ?= HEAD~1
 # The venv's bin/ must be on PATH so protoc finds protoc-gen-mypy_grpc.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv protos sdk migrate run test lint breaking fmt bench clean
+.PHONY: help venv protos openapi sdk migrate run test lint breaking fmt bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,6 +39,9 @@ $(SDK_SRC)/.generated: $(BIN)/.installed $(PROTO_FILES) $(VENDORED_PROTOS)
 
 protos: $(SDK_SRC)/.generated ## Generate the Python SDK stubs (and type stubs) from protos/
 
+openapi: protos ## Regenerate services/web/openapi.json from the protos and their comments
+	$(BIN)/python -m services.web.openapi
+
 sdk: protos ## Build the SDK wheel (generated stubs + client) into dist/
 	rm -rf sdk/python/build
 	$(BIN)/pip wheel -q --no-deps --no-build-isolation -w dist sdk/python
@@ -53,11 +56,12 @@ run: protos ## Run the whole platform locally: Postgres, migrations, four servic
 test: protos ## Run the test suite against real Postgres and real gRPC
 	$(BIN)/python -m pytest -q
 
-lint: protos breaking ## ruff format check, ruff check, mypy (strict), buf lint, buf breaking
+lint: protos breaking ## ruff format check, ruff check, mypy (strict), buf lint, buf breaking, OpenAPI current
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy services ap_cli devtools tests bench sdk/python/src/agentplatform
 	cd protos && $(CURDIR)/$(BIN)/buf lint
+	$(BIN)/python -m services.web.openapi --check
 
 breaking: venv ## buf breaking: protos/ must stay wire-compatible with $(BREAKING_AGAINST)
 	@if git cat-file -e '$(BREAKING_AGAINST):protos/buf.yaml' 2>/dev/null; then \
