@@ -16,7 +16,7 @@ BREAKING_AGAINST ?= HEAD~1
 # The venv's bin/ must be on PATH so protoc finds protoc-gen-mypy_grpc.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv protos openapi sdk migrate run test lint breaking fmt bench clean
+.PHONY: help venv browser protos openapi sdk migrate run test lint breaking fmt bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,6 +29,17 @@ $(BIN)/.installed: pyproject.toml sdk/python/pyproject.toml
 	touch $@
 
 venv: $(BIN)/.installed ## Create the virtualenv with every dependency
+
+# The browser tests drive Debian's chromium through Playwright (the pip package brings only
+# its driver; no browser download). Installed here when missing, as root with apt.
+browser: ## Install Debian's chromium for the browser tests when it is missing (root + apt)
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "The browser tests need Chromium: run 'sudo apt-get install -y chromium'" \
+				"(Debian), or put a chromium binary on PATH." >&2; \
+		fi; }
 
 $(SDK_SRC)/.generated: $(BIN)/.installed $(PROTO_FILES) $(VENDORED_PROTOS)
 	rm -rf $(SDK_SRC)/agentplatform/{v1,dispatch,vault,gateway}
@@ -53,7 +64,7 @@ migrate: protos ## Apply the database migrations (embedded Postgres unless AP_DA
 run: protos ## Run the whole platform locally: Postgres, migrations, four services, dev model
 	$(BIN)/python -m devtools.stack run
 
-test: protos ## Run the test suite against real Postgres and real gRPC
+test: protos browser ## Run the test suite against real Postgres, real gRPC and a real browser
 	$(BIN)/python -m pytest -q
 
 lint: protos breaking ## ruff format check, ruff check, mypy (strict), buf lint, buf breaking, OpenAPI current
