@@ -46,7 +46,7 @@ from services.web.login import (
 )
 from services.web.routes import Route as RpcRoute
 from services.web.routes import Router, public_services, routes_of
-from services.web.settings import WebSettings
+from services.web.settings import STATIC_DIR, WebSettings
 from services.web.streams import EventStreamResponse, StreamHub
 from services.web.transcode import build_request, to_dict, to_json
 
@@ -236,7 +236,7 @@ def build_app(edge: Edge) -> ASGIApp:
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
-            Mount("/", StaticFiles(directory=settings.static_dir, html=True)),
+            Mount("/", StaticFiles(directory=settings.static_dir or STATIC_DIR, html=True)),
         ],
         middleware=middleware,
     )

@@ -55,7 +55,9 @@ class WebSettings(ServiceSettings):
     sse_replay_events: int = Field(
         default=4096, ge=0, description="Recent events a shared feed keeps for late joiners."
     )
-    static_dir: Path = STATIC_DIR
+    static_dir: Path | None = Field(
+        default=None, description="The dashboard's files; default: services/web/static."
+    )
 
     @model_validator(mode="after")
     def _metrics_beside_http(self) -> Self:
