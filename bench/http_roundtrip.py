@@ -240,42 +240,85 @@ async def fan_out(
     latencies: list[float] = []
     connected = 0
     all_connected = asyncio.Event()
-    limits = httpx.Limits(max_connections=len(keys) + 10, max_keepalive_connections=0)
     before = (rss_mb(edge.proc.pid), rss_mb(control_plane_pid))
+    own = os.getpid()
 
-    async def subscriber(client: httpx.AsyncClient, key: str) -> None:
+    host, port = edge.url.removeprefix("http://").split(":")
+
+    async def subscriber(key: str) -> None:
+        # Raw asyncio streams, not httpx: with 1,000 streams the client's own parsing would
+        # otherwise take more CPU than the edge and hide its latency.
         nonlocal connected
-        headers = {"authorization": f"Bearer {key}"}
-        async with client.stream("GET", url, headers=headers) as response:
-            response.raise_for_status()
-            connected += 1
-            if connected == len(keys):
-                all_connected.set()
-            async for raw in _events(response):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        path = url.removeprefix(edge.url)
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head.decode(errors="replace"))
+        connected += 1
+        if connected == len(keys):
+            all_connected.set()
+        buffer = b""
+        try:
+            while data := await reader.read(65536):
                 arrived = time.time()
-                stamp = _CREATE_TIME.search(raw)
-                if stamp is None:
-                    continue
-                created = datetime.fromisoformat(stamp.group(1).decode()).timestamp()
-                kind = _EVENT.search(raw)
-                if kind and kind.group(1).decode() != "run.queued":
-                    latencies.append(arrived - created)
-                if kind and kind.group(1).decode() in TERMINAL:
-                    return
+                buffer += data
+                *events, buffer = buffer.split(b"\n\n")
+                for raw in events:
+                    stamp = _CREATE_TIME.search(raw)
+                    kind = _EVENT.search(raw)
+                    if stamp is None or kind is None:
+                        continue
+                    name = kind.group(1).decode()
+                    if name != "run.queued":
+                        created = datetime.fromisoformat(stamp.group(1).decode()).timestamp()
+                        latencies.append(arrived - created)
+                    if name in TERMINAL:
+                        return
+        finally:
+            writer.close()
 
-    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
-        tasks = [asyncio.create_task(subscriber(client, key)) for key in keys]
-        await asyncio.wait_for(all_connected.wait(), 120)
-        peak_rss = (rss_mb(edge.proc.pid), rss_mb(control_plane_pid))
-        connections = (tcp_connections(edge.proc.pid), tcp_connections(control_plane_pid))
-        upstreams = await edge.metric(paths.http, "ap_sse_upstream_streams")
-        text = (
-            f"[[tokens={args.fanout_tokens}]] [[delay_ms={args.fanout_delay_ms}]] [[reasoning=0]]"
-        )
-        await paths.runs.CreateRun(
-            run_service_pb2.CreateRunRequest(parent=session, input_text=text), metadata=paths.md
-        )
-        await asyncio.wait_for(asyncio.gather(*tasks), 300)
+    tasks = [asyncio.create_task(subscriber(key)) for key in keys]
+    await asyncio.wait_for(all_connected.wait(), 120)
+    peak_rss = (rss_mb(edge.proc.pid), rss_mb(control_plane_pid))
+    connections = (tcp_connections(edge.proc.pid), tcp_connections(control_plane_pid))
+    upstreams = await edge.metric(paths.http, "ap_sse_upstream_streams")
+    cpu = (cpu_seconds(edge.proc.pid), cpu_seconds(control_plane_pid), cpu_seconds(own))
+    text = f"[[tokens={args.fanout_tokens}]] [[delay_ms={args.fanout_delay_ms}]] [[reasoning=0]]"
+    await paths.runs.CreateRun(
+        run_service_pb2.CreateRunRequest(parent=session, input_text=text), metadata=paths.md
+    )
+    await asyncio.wait_for(asyncio.gather(*tasks), 300)
+    cpu = (
+        cpu_seconds(edge.proc.pid) - cpu[0],
+        cpu_seconds(control_plane_pid) - cpu[1],
+        cpu_seconds(own) - cpu[2],
+    )
+    _report(
+        args,
+        keys,
+        latencies=latencies,
+        upstreams=upstreams,
+        rss=(before, peak_rss),
+        connections=connections,
+        cpu=cpu,
+    )
+
+
+def _report(
+    args: argparse.Namespace,
+    keys: list[str],
+    *,
+    latencies: list[float],
+    upstreams: float,
+    rss: tuple[tuple[float, float], tuple[float, float]],
+    connections: tuple[int, int],
+    cpu: tuple[float, float, float],
+) -> None:
+    """Print the fan-out figures."""
+    before, peak_rss = rss
     distinct = len(set(keys))
     print(
         f"\n  {len(keys)} SSE subscribers, {distinct} distinct key(s), one run of "
@@ -290,6 +333,12 @@ async def fan_out(
         f"  control plane RSS   before {before[1]:7.1f} MB   with subscribers {peak_rss[1]:7.1f} MB"
     )
     print(f"  TCP connections     edge {connections[0]}   control plane {connections[1]}")
+    deliveries = max(1, len(latencies))
+    print(
+        f"  CPU while the run streamed: edge {cpu[0]:.2f} s "
+        f"({cpu[0] / deliveries * 1e6:.0f} µs per delivered event), control plane "
+        f"{cpu[1]:.2f} s, this client {cpu[2]:.2f} s"
+    )
 
 
 async def make_keys(paths: Paths, count: int) -> list[str]:
@@ -343,6 +392,9 @@ async def run_phases(args: argparse.Namespace, c: Cluster, key: str) -> None:
                 f"{os.getloadavg()[0]:.1f}), Python {platform.python_version()}; dev model "
                 f"{INPUT_TEXT!r}, no delay; one client"
             )
+            if args.fanout_only:
+                await fan_out(paths, edge, [key] * args.subscribers, cp.proc.pid, args)
+                return
             for _ in range(20):  # warm-up
                 await paths.grpc_run(session)
                 await paths.http_run(session)
@@ -398,6 +450,7 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--fanout-tokens", type=int, default=30)
     parser.add_argument("--fanout-delay-ms", type=int, default=100)
+    parser.add_argument("--fanout-only", action="store_true", help="only the shared fan-out")
     parser.add_argument(
         "--no-distinct-keys",
         dest="distinct_keys",

@@ -127,6 +127,8 @@ class Edge:
             buffer_events=settings.sse_buffer_events,
             replay_events=settings.sse_replay_events,
             request_timeout=settings.request_timeout_seconds,
+            keepalive_seconds=settings.sse_keepalive_seconds,
+            send_timeout_seconds=settings.sse_send_timeout_seconds,
         )
         config = uvicorn.Config(
             build_app(self),
@@ -421,11 +423,7 @@ async def _stream(
         # Nothing after the cursor and nothing to come: 204 tells EventSource to stop.
         subscriber.leave()
         return Response(status_code=204)
-    return EventStreamResponse(  # type: ignore[return-value]  # an ASGI app, as Response is
-        subscriber.chunks(settings.sse_keepalive_seconds, settings.sse_retry_ms),
-        settings.sse_send_timeout_seconds,
-        subscriber.leave,
-    )
+    return EventStreamResponse(subscriber, settings.sse_retry_ms)  # type: ignore[return-value]
 
 
 def _secure(request: Request, settings: WebSettings) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ import grpc
 import structlog
 from google.protobuf import message
 from google.rpc import status_pb2
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from services.rpc.errors import ApiError, Reason
 from services.web import metrics
@@ -114,6 +115,11 @@ class Subscriber:
         self.ended: str | None = None
         self.failure: status_pb2.Status | None = None
         self.feed: Feed | None = None
+        # Read by the hub's housekeeping (keep-alives, stalled sends): no timer per event.
+        self.last_write = time.monotonic()
+        self.sending_since: float | None = None
+        self._keepalive_due = False
+        self.cancel_response: Callable[[], None] | None = None
 
     def offer(self, frame: Frame) -> None:
         """Queue a frame after the cursor; a full queue drops the subscriber."""
@@ -148,22 +154,28 @@ class Subscriber:
             return "failed"
         return "ended" if self.ended is not None else "waiting"
 
-    async def chunks(self, keepalive: float, retry_ms: int) -> AsyncIterator[bytes]:
+    def keep_alive(self) -> None:
+        """Have a keep-alive comment written (the hub calls it when the stream is idle)."""
+        self._keepalive_due = True
+        self._wake.set()
+
+    async def chunks(self, retry_ms: int) -> AsyncIterator[bytes]:
         """Yield the stream's bytes: the retry hint, events, keep-alives, a final error."""
         try:
             yield b"retry: %d\n\n" % retry_ms
             while True:
-                while self._frames:
-                    yield self._frames.popleft().data
+                if self._frames:
+                    # One write for whatever queued meanwhile: a client behind costs fewer sends.
+                    yield b"".join(frame.data for frame in self._frames)
+                    self._frames.clear()
+                elif self._keepalive_due:
+                    yield KEEPALIVE
+                self._keepalive_due = False
                 if self.ended is not None:
                     if self.failure is not None:
                         yield _error_event(self.failure)
                     return
-                try:
-                    async with asyncio.timeout(keepalive):
-                        await self._wake.wait()
-                except TimeoutError:
-                    yield KEEPALIVE
+                await self._wake.wait()
                 self._wake.clear()
         finally:
             self.leave()
@@ -287,8 +299,13 @@ class StreamHub:
         buffer_events: int,
         replay_events: int,
         request_timeout: float,
+        keepalive_seconds: float,
+        send_timeout_seconds: float,
     ) -> None:
         self._channel = channel
+        self._keepalive = keepalive_seconds
+        self._send_timeout = send_timeout_seconds
+        self._housekeeping: asyncio.Task[None] | None = None
         self._buffer_events = buffer_events
         self._replay_events = replay_events
         self._request_timeout = request_timeout
@@ -357,7 +374,29 @@ class StreamHub:
         feed.join(subscriber)
         self._subscribers.add(subscriber)
         metrics.SSE_SUBSCRIBERS.inc()
+        if self._housekeeping is None or self._housekeeping.done():
+            self._housekeeping = asyncio.create_task(self._keep(), name="sse housekeeping")
         return subscriber
+
+    async def _keep(self) -> None:
+        """Send keep-alives to idle streams and cut off stalled ones, for every subscriber.
+
+        One periodic pass instead of a timer per event and per send: at a thousand streams,
+        per-event timers were most of the edge's CPU.
+        """
+        period = min(self._keepalive, self._send_timeout) / 2
+        while self._subscribers:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for subscriber in list(self._subscribers):
+                since = subscriber.sending_since
+                if since is not None and now - since > self._send_timeout:
+                    metrics.SSE_DROPPED.labels("send_timeout").inc()
+                    subscriber.finish("send_timeout")
+                    if subscriber.cancel_response is not None:
+                        subscriber.cancel_response()
+                elif since is None and now - subscriber.last_write >= self._keepalive:
+                    subscriber.keep_alive()
 
     def _release(self, subscriber: Subscriber) -> None:
         if subscriber in self._subscribers:
@@ -400,6 +439,8 @@ class StreamHub:
         self.stopping = True
         for subscriber in list(self._subscribers):
             subscriber.finish("shutdown")
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
 
     @property
     def upstream_count(self) -> int:
@@ -413,47 +454,50 @@ class EventStreamResponse:
     Written here rather than taken from sse-starlette, whose shutdown handling is
     process-global (a module-level flag, a polling task, a patch of uvicorn's signal
     handler) and would end every edge of a process together, before the edge has drained.
+    A send stuck past the send timeout is cancelled by the hub's housekeeping.
     """
 
-    def __init__(
-        self, chunks: AsyncIterator[bytes], send_timeout: float, on_close: Callable[[], None]
-    ) -> None:
-        self._chunks = chunks
-        self._send_timeout = send_timeout
-        self._on_close = on_close
+    def __init__(self, subscriber: Subscriber, retry_ms: int) -> None:
+        self._subscriber = subscriber
+        self._chunks = subscriber.chunks(retry_ms)
 
     async def __call__(self, _scope: Scope, receive: Receive, send: Send) -> None:
-        """Stream the chunks; a disconnect or a send stuck past the timeout ends it."""
+        """Stream the chunks until they end or the client disconnects."""
         try:
             await self._serve(receive, send)
         finally:
             # Also when the client left before the first byte and the chunks never started.
-            self._on_close()
+            self._subscriber.leave()
 
     async def _serve(self, receive: Receive, send: Send) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream; charset=utf-8"),
-                    (b"cache-control", b"no-store"),
-                    (b"x-accel-buffering", b"no"),
-                ],
-            }
-        )
+        subscriber = self._subscriber
         async with anyio.create_task_group() as group:
+            subscriber.cancel_response = group.cancel_scope.cancel
+
+            async def write(message: Message) -> None:
+                subscriber.sending_since = time.monotonic()
+                await send(message)
+                subscriber.sending_since = None
+                subscriber.last_write = time.monotonic()
 
             async def stream() -> None:
                 try:
+                    await write(
+                        {
+                            "type": "http.response.start",
+                            "status": 200,
+                            "headers": [
+                                (b"content-type", b"text/event-stream; charset=utf-8"),
+                                (b"cache-control", b"no-store"),
+                                (b"x-accel-buffering", b"no"),
+                            ],
+                        }
+                    )
                     async for chunk in self._chunks:
-                        with anyio.fail_after(self._send_timeout):
-                            await send(
-                                {"type": "http.response.body", "body": chunk, "more_body": True}
-                            )
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                except TimeoutError:
-                    metrics.SSE_DROPPED.labels("send_timeout").inc()
+                        await write(
+                            {"type": "http.response.body", "body": chunk, "more_body": True}
+                        )
+                    await write({"type": "http.response.body", "body": b"", "more_body": False})
                 finally:
                     await _aclose(self._chunks)
                     group.cancel_scope.cancel()

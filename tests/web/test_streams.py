@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 
 import httpx
 from prometheus_client import REGISTRY
+from starlette.types import Message
 
 from services.web.app import Edge
+from services.web.login import Credentials
+from services.web.streams import EventStreamResponse
+from services.web.transcode import build_request
 from tests.harness import TERMINAL, Stack
 from tests.integration.helpers import new_run, new_session
 from tests.web.helpers import EventReader, SseEvent, bearer, read_events, running_edge
@@ -16,6 +21,13 @@ from tests.web.helpers import EventReader, SseEvent, bearer, read_events, runnin
 
 def _sample(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
+
+
+def _dropped() -> float:
+    return sum(
+        REGISTRY.get_sample_value("ap_sse_dropped_subscribers_total", {"reason": reason}) or 0.0
+        for reason in ("slow", "send_timeout")
+    )
 
 
 async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -214,3 +226,52 @@ async def test_a_revoked_key_cannot_join_a_feed_it_opened(stack: Stack, edge: Ed
             joiner = await http.get(url, headers=key)
             assert joiner.status_code == 401
             assert joiner.json()["error"]["status"] == "UNAUTHENTICATED"
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_resumes_exactly(stack: Stack) -> None:
+    """A client whose connection accepts no more bytes is cut off; Last-Event-ID loses nothing.
+
+    Loopback's socket buffers hold megabytes, so the stalled connection is an ASGI `send`
+    that never returns after a few writes, as one does when the peer's TCP window is shut.
+    """
+    session = await new_session(stack.owner)
+    run = await new_run(stack.owner, session.name, "hi [[tokens=40]] [[delay_ms=20]]")
+    async with running_edge(stack.address, sse_send_timeout_seconds=0.3) as edge:
+        assert edge.hub is not None
+        route, values = edge.router.match("GET", f"/v1/{run.name}:streamEvents") or (None, {})
+        assert route is not None
+        request = build_request(route, values, [], b"")
+        subscriber = await edge.hub.subscribe(
+            route, request, Credentials(f"Bearer {stack.owner.api_key}")
+        )
+        written: list[bytes] = []
+        stalled = asyncio.Event()
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.body" and len(written) >= 4:
+                stalled.set()
+                await asyncio.Event().wait()  # the peer's window stays shut
+            written.append(bytes(message.get("body", b"")))
+
+        async def receive() -> Message:
+            await asyncio.Event().wait()  # the client never hangs up
+            return {"type": "http.disconnect"}
+
+        dropped = _dropped()
+        response = EventStreamResponse(subscriber, retry_ms=1000)
+        async with asyncio.timeout(10):
+            await response({"type": "http"}, receive, send)
+        assert stalled.is_set()
+        assert _dropped() == dropped + 1
+        assert subscriber.feed is None  # released: the upstream call is cancelled
+        seen = [int(m) for chunk in written for m in re.findall(rb"^id: (\d+)$", chunk, re.M)]
+        assert seen, "nothing was written before the stall"
+        async with httpx.AsyncClient(base_url=edge.url, timeout=30) as http:
+            rest = await _events(
+                http,
+                f"/v1/{run.name}:streamEvents",
+                bearer(stack.owner.api_key) | {"last-event-id": str(seen[-1])},
+            )
+    ids = seen + [int(e.id) for e in rest]
+    assert ids == list(range(1, len(ids) + 1))
+    assert rest[-1].event == "run.completed"
