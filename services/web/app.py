@@ -249,6 +249,7 @@ def build_app(edge: Edge) -> ASGIApp:
 async def api(request: Request) -> Response:
     edge: Edge = request.app.state.edge
     settings = edge.settings
+    request.state.route = "unmatched"
     raw_path = request.scope.get("raw_path", request.url.path.encode()).decode()
     raw_path = raw_path.split("?", 1)[0]
     found = edge.router.match(request.method, raw_path)

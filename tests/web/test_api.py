@@ -205,3 +205,30 @@ async def test_static_files_are_served_at_the_root_with_security_headers(
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     assert (await http.get("/healthz")).text == "ok"
     assert (await http.get("/readyz")).status_code == 200
+
+
+async def test_cors_is_off_by_default_and_opens_per_origin(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """No origin may call from a browser unless listed; a listed one may, with a Bearer key."""
+    preflight = {
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type",
+    }
+    app, evil = "https://app.example", "https://evil.example"
+    closed = await http.options("/v1/sessions", headers=preflight | {"origin": app})
+    assert "access-control-allow-origin" not in closed.headers
+    async with (
+        running_edge(stack.address, cors_origins=[app]) as edge,
+        httpx.AsyncClient(base_url=edge.url) as opened,
+    ):
+        allowed = await opened.options("/v1/sessions", headers=preflight | {"origin": app})
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == app
+        assert "access-control-allow-credentials" not in allowed.headers
+        refused = await opened.options("/v1/sessions", headers=preflight | {"origin": evil})
+        assert "access-control-allow-origin" not in refused.headers
+        listed = await opened.get(
+            "/v1/sessions", headers=bearer(stack.owner.api_key) | {"origin": app}
+        )
+        assert listed.headers["access-control-allow-origin"] == app
