@@ -230,6 +230,7 @@ def build_app(edge: Edge) -> ASGIApp:
             )
         )
     app = Starlette(
+        exception_handlers={Exception: _unexpected},
         routes=[
             Route("/v1/{path:path}", api, methods=["GET", "POST", "PATCH", "PUT", "DELETE"]),
             Route("/auth/login", login, methods=["POST"]),
@@ -247,10 +248,11 @@ def build_app(edge: Edge) -> ASGIApp:
 
 
 async def api(request: Request) -> Response:
+    """Serve one annotated RPC: route, credentials, transcode, call, render."""
     edge: Edge = request.app.state.edge
     settings = edge.settings
     request.state.route = "unmatched"
-    raw_path = request.scope.get("raw_path", request.url.path.encode()).decode()
+    raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
     raw_path = raw_path.split("?", 1)[0]
     found = edge.router.match(request.method, raw_path)
     if found is None:
@@ -292,6 +294,7 @@ async def api(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
+    """Exchange an API key (in the body) for the sealed session cookie."""
     edge: Edge = request.app.state.edge
     settings = edge.settings
     request.state.route = "login"
@@ -344,6 +347,7 @@ async def login(request: Request) -> Response:
 
 
 async def session(request: Request) -> Response:
+    """Return the signed-in cookie's CSRF token and expiry."""
     edge: Edge = request.app.state.edge
     request.state.route = "session"
     cookie = request.cookies.get(COOKIE_NAME)
@@ -356,6 +360,7 @@ async def session(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    """Clear the cookie and end its login's streams on this replica."""
     edge: Edge = request.app.state.edge
     settings = edge.settings
     request.state.route = "logout"
@@ -380,16 +385,19 @@ async def logout(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
+    """Serve the committed OpenAPI document."""
     request.state.route = "openapi"
     return FileResponse(OPENAPI_PATH, media_type="application/json")
 
 
 async def healthz(request: Request) -> Response:
+    """Answer that the process is alive."""
     request.state.route = "healthz"
     return PlainTextResponse("ok")
 
 
 async def readyz(request: Request) -> Response:
+    """Answer 200 while the edge takes traffic, 503 once it drains."""
     edge: Edge = request.app.state.edge
     request.state.route = "readyz"
     if edge.ready:
@@ -425,6 +433,14 @@ async def _stream(
         subscriber.leave()
         return Response(status_code=204)
     return EventStreamResponse(subscriber, settings.sse_retry_ms)  # type: ignore[return-value]
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    """Answer a bug as AIP-193 INTERNAL, logged with its traceback, never its details."""
+    log.error("http_unexpected_error", path=request.url.path, exc_info=exc)
+    return api_error_response(
+        ApiError(grpc.StatusCode.INTERNAL, Reason.INTERNAL_ERROR, "Internal error.")
+    )
 
 
 def _secure(request: Request, settings: WebSettings) -> bool:
