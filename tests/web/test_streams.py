@@ -100,9 +100,16 @@ async def test_a_live_stream_resumes_on_another_replica_without_gap(
             head = await read_events(response, until={"output_text.delta"})
         async with httpx.AsyncClient(base_url=other.url, timeout=15) as second:
             tail = await _events(second, url, auth | {"last-event-id": head[-1].id})
-    ids = [int(e.id) for e in head + tail]
-    assert ids == list(range(1, len(ids) + 1))
-    assert tail[-1].event == "run.completed"
+            full = head + tail
+            ids = [int(e.id) for e in full]
+            assert ids == list(range(1, len(ids) + 1))
+            assert tail[-1].event == "run.completed"
+            # After the end, either replica serves exactly the suffix of every cursor.
+            async with httpx.AsyncClient(base_url=edge.url, timeout=15) as first:
+                for cursor in range(len(full) + 1):
+                    client = (first, second)[cursor % 2]
+                    resumed = await _events(client, url, auth | {"last-event-id": str(cursor)})
+                    assert [e.data for e in resumed] == [e.data for e in full[cursor:]]
 
 
 async def test_stream_errors_are_http_statuses_before_the_stream_opens(
