@@ -166,8 +166,10 @@ class Subscriber:
             while True:
                 if self._frames:
                     # One write for whatever queued meanwhile: a client behind costs fewer sends.
-                    yield b"".join(frame.data for frame in self._frames)
+                    # Taken before the yield: more may queue while the write is in progress.
+                    batch = b"".join(frame.data for frame in self._frames)
                     self._frames.clear()
+                    yield batch
                 elif self._keepalive_due:
                     yield KEEPALIVE
                 self._keepalive_due = False

@@ -282,3 +282,40 @@ async def test_a_client_that_stops_reading_is_dropped_and_resumes_exactly(stack:
     ids = seen + [int(e.id) for e in rest]
     assert ids == list(range(1, len(ids) + 1))
     assert rest[-1].event == "run.completed"
+
+
+async def test_events_queued_while_a_send_is_blocked_are_all_delivered(stack: Stack) -> None:
+    """A client that pauses (its window shut for a while) then reads on loses no event."""
+    session = await new_session(stack.owner)
+    run = await new_run(stack.owner, session.name, "hi [[tokens=30]] [[delay_ms=10]]")
+    async with running_edge(stack.address) as edge:
+        assert edge.hub is not None
+        route, values = edge.router.match("GET", f"/v1/{run.name}:streamEvents") or (None, {})
+        assert route is not None
+        subscriber = await edge.hub.subscribe(
+            route,
+            build_request(route, values, [], b""),
+            Credentials(f"Bearer {stack.owner.api_key}"),
+        )
+        written: list[bytes] = []
+        paused_at: int | None = None
+
+        async def send(message: Message) -> None:
+            nonlocal paused_at
+            if message["type"] == "http.response.body" and len(written) == 3:
+                paused_at = subscriber.cursor
+                async with asyncio.timeout(10):  # until more events queued behind the pause
+                    while subscriber.cursor < paused_at + 5:  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+            written.append(bytes(message.get("body", b"")))
+
+        async def receive() -> Message:
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        async with asyncio.timeout(20):
+            await EventStreamResponse(subscriber, retry_ms=1000)({"type": "http"}, receive, send)
+    seen = [int(m) for chunk in written for m in re.findall(rb"^id: (\d+)$", chunk, re.M)]
+    assert paused_at is not None
+    assert seen == list(range(1, len(seen) + 1)), seen
+    assert b"event: run.completed" in written[-2]
