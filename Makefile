@@ -6,14 +6,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SDK_SRC := sdk/python/src
-PROTO_FILES := $(shell find protos -name '*.proto')
+# Our protos. The vendored google/api ones (protos/google/README.md) are imported, not
+# generated: their Python code ships in googleapis-common-protos.
+PROTO_FILES := $(shell find protos/agentplatform -name '*.proto')
+VENDORED_PROTOS := $(shell find protos/google -name '*.proto')
 # buf breaking compares protos/ with this commit. CI runs on a clean clone of main, where
 # HEAD~1 is main before the change under test.
 BREAKING_AGAINST ?= HEAD~1
 # The venv's bin/ must be on PATH so protoc finds protoc-gen-mypy_grpc.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv protos sdk migrate run test lint breaking fmt bench clean
+.PHONY: help venv browser protos openapi sdk migrate run test lint breaking fmt bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,7 +30,18 @@ $(BIN)/.installed: pyproject.toml sdk/python/pyproject.toml
 
 venv: $(BIN)/.installed ## Create the virtualenv with every dependency
 
-$(SDK_SRC)/.generated: $(BIN)/.installed $(PROTO_FILES)
+# The browser tests drive Debian's chromium through Playwright (the pip package brings only
+# its driver; no browser download). Installed here when missing, as root with apt.
+browser: ## Install Debian's chromium for the browser tests when it is missing (root + apt)
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "The browser tests need Chromium: run 'sudo apt-get install -y chromium'" \
+				"(Debian), or put a chromium binary on PATH." >&2; \
+		fi; }
+
+$(SDK_SRC)/.generated: $(BIN)/.installed $(PROTO_FILES) $(VENDORED_PROTOS)
 	rm -rf $(SDK_SRC)/agentplatform/{v1,dispatch,vault,gateway}
 	$(BIN)/python -m grpc_tools.protoc -I protos \
 		--python_out=$(SDK_SRC) --mypy_out=$(SDK_SRC) \
@@ -35,6 +49,9 @@ $(SDK_SRC)/.generated: $(BIN)/.installed $(PROTO_FILES)
 	touch $@
 
 protos: $(SDK_SRC)/.generated ## Generate the Python SDK stubs (and type stubs) from protos/
+
+openapi: protos ## Regenerate services/web/openapi.json from the protos and their comments
+	$(BIN)/python -m services.web.openapi
 
 sdk: protos ## Build the SDK wheel (generated stubs + client) into dist/
 	rm -rf sdk/python/build
@@ -47,14 +64,15 @@ migrate: protos ## Apply the database migrations (embedded Postgres unless AP_DA
 run: protos ## Run the whole platform locally: Postgres, migrations, four services, dev model
 	$(BIN)/python -m devtools.stack run
 
-test: protos ## Run the test suite against real Postgres and real gRPC
+test: protos browser ## Run the test suite against real Postgres, real gRPC and a real browser
 	$(BIN)/python -m pytest -q
 
-lint: protos breaking ## ruff format check, ruff check, mypy (strict), buf lint, buf breaking
+lint: protos breaking ## ruff format check, ruff check, mypy (strict), buf lint, buf breaking, OpenAPI current
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy services ap_cli devtools tests bench sdk/python/src/agentplatform
 	cd protos && $(CURDIR)/$(BIN)/buf lint
+	$(BIN)/python -m services.web.openapi --check
 
 breaking: venv ## buf breaking: protos/ must stay wire-compatible with $(BREAKING_AGAINST)
 	@if git cat-file -e '$(BREAKING_AGAINST):protos/buf.yaml' 2>/dev/null; then \

@@ -2,9 +2,9 @@
 
 The container image's entry point, so one image serves every role:
 
-    control_plane | worker | vault | gateway   serve until SIGTERM
-    migrate                                    apply every schema's migrations, then exit
-    healthcheck HOST:PORT                      exit 0 when that server reports SERVING
+    control_plane | worker | vault | gateway | web   serve until SIGTERM
+    migrate                                          apply every schema's migrations, then exit
+    healthcheck HOST:PORT                            exit 0 when that server reports SERVING
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ COMMANDS = {
     "worker": "services.worker.__main__",
     "vault": "services.vault.__main__",
     "gateway": "services.gateway.__main__",
+    "web": "services.web.__main__",
     "migrate": "services.migrate",
     "healthcheck": "services.rpc.healthcheck",
 }

@@ -38,4 +38,4 @@ async def test_an_unknown_command_is_a_usage_error() -> None:
     """Anything but a known command prints the usage and exits 2."""
     code, out = await ap_service("scheduler")
     assert code == 2
-    assert out.startswith("usage: ap-service {control_plane|worker|vault|gateway|migrate|")
+    assert out.startswith("usage: ap-service {control_plane|worker|vault|gateway|web|migrate|")

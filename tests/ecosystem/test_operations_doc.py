@@ -22,7 +22,9 @@ DOC = REPO / "docs" / "operations.md"
 # Where variables outside the services' settings are read (make run, tests, the CLI).
 OTHER_READERS = [REPO / "devtools", REPO / "ap_cli", REPO / "tests" / "conftest.py"]
 # Every service's metrics module, as each service process imports its own.
-METRICS_MODULES = [f"services.{name}.metrics" for name in ("control_plane", "worker", "vault")]
+METRICS_MODULES = [
+    f"services.{name}.metrics" for name in ("control_plane", "worker", "vault", "web")
+]
 
 
 def settings_classes() -> Iterator[type[BaseSettings]]:
