@@ -12,13 +12,13 @@ from typing import Any
 import grpc
 from agentplatform.dispatch.v1 import dispatch_service_pb2 as pb
 from agentplatform.dispatch.v1 import dispatch_service_pb2_grpc
+from agentplatform.events import TERMINAL_PAYLOADS
 from agentplatform.v1 import error_reason_pb2, run_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.control_plane import metrics, store
-from services.control_plane.convert import event_type
-from services.control_plane.events import stamp
+from services.control_plane.events import stamp, typed
 from services.control_plane.lifecycle import RunLifecycle
 from services.control_plane.runtime import Runtime
 from services.rpc.db import Connection
@@ -28,7 +28,6 @@ from services.rpc.names import message_name, parse_run_name, run_name, user_name
 Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_EVENTS_PER_APPEND = 1000
-_TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
 
 def lease_lost(run: str) -> ApiError:
@@ -49,11 +48,11 @@ def _to_new_events(events: Sequence[run_pb2.RunEvent]) -> list[store.NewEvent]:
         if i and event.sequence != events[i - 1].sequence + 1:
             raise invalid_argument("events", "Event sequences must be consecutive.")
         kind = event.WhichOneof("payload")
-        if kind is None or kind in _TERMINAL_PAYLOADS:
+        if kind is None or kind in TERMINAL_PAYLOADS:
             raise invalid_argument(
                 "events", "Events need a payload; terminal events come from FinishRun."
             )
-        event.type = event_type(event)
+        typed(event)
         event.ClearField("name")
         event.ClearField("create_time")
         stored.append(store.NewEvent(event.sequence, event.type, event.attempt, b""))
@@ -256,7 +255,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         terminal, state, reason, message = self._terminal(
             request, name.session_id, output_message_id
         )
-        terminal.type = event_type(terminal)
+        typed(terminal)
         usage = request.completed.usage
         now = _now()
         starts, ends = _tool_calls(events)
@@ -316,12 +315,13 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             attempt = await store.run_attempt(conn, name.run_id)
             if attempt is None:
                 raise not_found(request.run)
-            event = run_pb2.RunEvent(
-                type="run.attempt_started",
-                attempt=attempt + 1,
-                run_attempt_started=run_pb2.RunAttemptStarted(
-                    attempt=attempt + 1, reason="WORKER_DRAINED"
-                ),
+            event = typed(
+                run_pb2.RunEvent(
+                    attempt=attempt + 1,
+                    run_attempt_started=run_pb2.RunAttemptStarted(
+                        attempt=attempt + 1, reason="WORKER_DRAINED"
+                    ),
+                )
             )
             row = await store.run_requeue(
                 conn,

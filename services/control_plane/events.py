@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import grpc
 import structlog
+from agentplatform.events import event_type, is_terminal
 from agentplatform.v1 import run_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -32,7 +33,6 @@ log = structlog.get_logger()
 
 EVENTS_CHANNEL = "ap_run_events"
 QUEUE_CHANNEL = "ap_runs_queued"
-TERMINAL_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})
 _NOTIFY_PAYLOAD_LIMIT = 7900  # Postgres refuses NOTIFY payloads of 8000 bytes or more
 _CHANNEL_BUFFER = 4096
 _REPLAY_PAGE = 500
@@ -46,6 +46,12 @@ def event_from_row(row: store.Record) -> run_pb2.RunEvent:
     event.attempt = row["attempt"]
     event.name = run_event_name(row["session_id"], row["run_id"], row["sequence"])
     event.create_time.FromDatetime(row["create_time"])
+    return event
+
+
+def typed(event: run_pb2.RunEvent) -> run_pb2.RunEvent:
+    """Set the event's type from its payload, as every stored event carries it."""
+    event.type = event_type(event)
     return event
 
 
@@ -109,7 +115,7 @@ class LogChannel:
             at = self.position(event)
             self._events[at] = event
             self.known = max(self.known, at)
-            if self.position is run_position and event.type in TERMINAL_TYPES:
+            if self.position is run_position and is_terminal(event):
                 self.terminal = at
         while len(self._events) > _CHANNEL_BUFFER:
             del self._events[min(self._events)]
@@ -307,7 +313,7 @@ class EventBus:
             for event in batch:
                 yield event
                 cursor = channel.position(event)
-                if channel.position is run_position and event.type in TERMINAL_TYPES:
+                if channel.position is run_position and is_terminal(event):
                     return
             if not batch:
                 await changed.wait()

@@ -15,7 +15,7 @@ import structlog
 from agentplatform.v1 import run_pb2
 
 from services.control_plane import metrics, store
-from services.control_plane.events import stamp
+from services.control_plane.events import stamp, typed
 from services.control_plane.runtime import Runtime
 from services.rpc.db import Connection
 from services.rpc.errors import DATABASE_ERRORS
@@ -114,9 +114,12 @@ class RunLifecycle:
             for run in await store.run_expired_leases(conn, _RESCUE_BATCH):
                 run_id = run["id"]
                 if run["cancel_requested"]:
-                    event = run_pb2.RunEvent(
-                        type="run.cancelled",
-                        run_cancelled=run_pb2.RunCancelled(reason="cancelled; its worker was lost"),
+                    event = typed(
+                        run_pb2.RunEvent(
+                            run_cancelled=run_pb2.RunCancelled(
+                                reason="cancelled; its worker was lost"
+                            )
+                        )
                     )
                     row = await self.end_unclaimed(
                         conn,
@@ -129,21 +132,23 @@ class RunLifecycle:
                     ended_sessions.add(run["session_id"])
                 elif run["attempt"] >= settings.max_attempts:
                     message = f"The run's worker was lost on all {run['attempt']} attempts."
-                    event = run_pb2.RunEvent(
-                        type="run.failed",
-                        run_failed=run_pb2.RunFailed(reason="WORKER_LOST", message=message),
+                    event = typed(
+                        run_pb2.RunEvent(
+                            run_failed=run_pb2.RunFailed(reason="WORKER_LOST", message=message)
+                        )
                     )
                     row = await self.end_unclaimed(
                         conn, run_id, "failed", event, reason="WORKER_LOST", message=message
                     )
                     ended_sessions.add(run["session_id"])
                 else:
-                    event = run_pb2.RunEvent(
-                        type="run.attempt_started",
-                        attempt=run["attempt"] + 1,
-                        run_attempt_started=run_pb2.RunAttemptStarted(
-                            attempt=run["attempt"] + 1, reason="WORKER_LOST"
-                        ),
+                    event = typed(
+                        run_pb2.RunEvent(
+                            attempt=run["attempt"] + 1,
+                            run_attempt_started=run_pb2.RunAttemptStarted(
+                                attempt=run["attempt"] + 1, reason="WORKER_LOST"
+                            ),
+                        )
                     )
                     row = await store.run_requeue(
                         conn,

@@ -14,7 +14,7 @@ from agentplatform.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 from services.control_plane import metrics, store
 from services.control_plane.auth import Principal
 from services.control_plane.convert import run_to_proto
-from services.control_plane.events import event_from_row, stamp
+from services.control_plane.events import event_from_row, stamp, typed
 from services.control_plane.lifecycle import RunLifecycle
 from services.control_plane.ratelimit import KeyRateLimiter
 from services.control_plane.runtime import Runtime
@@ -80,13 +80,14 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             raise invalid_argument("concurrency_policy", f"Unknown concurrency policy {policy}.")
         self._limiter.take(principal.api_key_id)
         run_id, message_id = uuid.uuid4(), uuid.uuid4()
-        queued = run_pb2.RunEvent(
-            sequence=1,
-            type="run.queued",
-            attempt=0,
-            run_queued=run_pb2.RunQueued(input_message=message_name(session_id, message_id)),
+        queued = typed(
+            run_pb2.RunEvent(
+                sequence=1,
+                attempt=0,
+                run_queued=run_pb2.RunQueued(input_message=message_name(session_id, message_id)),
+            )
         )
-        new_event = store.NewEvent(1, "run.queued", 0, queued.SerializeToString())
+        new_event = store.NewEvent(1, queued.type, 0, queued.SerializeToString())
         async with self._rt.pool.acquire() as conn:
             if request_id is not None:
                 existing = await store.run_by_request_id(conn, principal.workspace_id, request_id)
@@ -183,9 +184,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         if run["state"] == "running":
             await store.run_request_cancel(conn, run["id"])
             return []
-        event = run_pb2.RunEvent(
-            type="run.cancelled", run_cancelled=run_pb2.RunCancelled(reason=reason)
-        )
+        event = typed(run_pb2.RunEvent(run_cancelled=run_pb2.RunCancelled(reason=reason)))
         row = await self._lifecycle.end_unclaimed(
             conn, run["id"], "cancelled", event, reason="RUN_CANCELLED", message=reason
         )

@@ -21,6 +21,7 @@ import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
+from agentplatform.events import TERMINAL_TYPES
 from agentplatform.v1 import run_pb2, run_service_pb2
 
 from devtools.devmodel import DevModel
@@ -32,7 +33,6 @@ from services.rpc.db import role_dsn
 from tests.harness import Client
 from tests.integration.helpers import new_run, new_session
 
-TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
 SLOW = "[[tokens=30]] [[delay_ms=40]] [[reasoning=0]]"
 
 pytestmark = pytest.mark.timeout(120)
@@ -94,7 +94,7 @@ class Follower:
                 async for response in call:
                     self.events.append(response.event)
                     self.changed.set()
-                    if response.event.type in TERMINAL:
+                    if response.event.type in TERMINAL_TYPES:
                         return self.events
                 return self.events
             except grpc.aio.AioRpcError as err:
@@ -125,7 +125,9 @@ async def assert_invariants(admin_dsn: str, run: str, streamed: list[run_pb2.Run
     rows = await stored_history(admin_dsn, run)
     types = [r["type"] for r in rows]
     assert [r["sequence"] for r in rows] == list(range(1, len(rows) + 1)), "I2: gap or duplicate"
-    assert sum(t in TERMINAL for t in types) == 1 and types[-1] in TERMINAL, "I1/I2: terminal"
+    assert sum(t in TERMINAL_TYPES for t in types) == 1 and types[-1] in TERMINAL_TYPES, (
+        "I1/I2: terminal"
+    )
     attempts = [r["attempt"] for r in rows]
     assert attempts == sorted(attempts), "I3: attempts go backwards"
     for i, row in enumerate(rows[1:], start=1):
@@ -372,7 +374,7 @@ async def test_services_recover_from_a_postgres_restart_without_restarts(
             assert cp.proc.returncode is None
             await client.channel.close(None)
         for run, events in zip(runs, results, strict=True):
-            assert events[-1].type in TERMINAL
+            assert events[-1].type in TERMINAL_TYPES
             await assert_invariants(admin, run.name, events)
     finally:
         await asyncio.to_thread(server.stop)

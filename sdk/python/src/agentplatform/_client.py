@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 
 from agentplatform._errors import ClientError, RpcFailure, describe_rpc_error, is_reconnectable
+from agentplatform.events import is_terminal
 from agentplatform.v1 import (
     run_pb2,
     run_service_pb2,
@@ -36,17 +37,10 @@ STREAM_RECONNECT_WINDOW_S = 120.0
 TERMINAL_STATES = frozenset(
     {run_pb2.Run.State.COMPLETED, run_pb2.Run.State.FAILED, run_pb2.Run.State.CANCELLED}
 )
-_TERMINAL_EVENT_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})
-_TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
 # Called before a broken event stream resumes, with the failure (None when the stream only
 # ended early) and the last sequence received, which the stream resumes after.
 ReconnectHook = Callable[[RpcFailure | None, int], None]
-
-
-def is_terminal(event: run_pb2.RunEvent) -> bool:
-    """Say whether the event ends the run's timeline."""
-    return event.WhichOneof("payload") in _TERMINAL_PAYLOADS or event.type in _TERMINAL_EVENT_TYPES
 
 
 async def retry_unavailable(
