@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -18,7 +17,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.control_plane import metrics, store
-from services.control_plane.events import stamp, typed
+from services.control_plane.events import to_store
 from services.control_plane.lifecycle import RunLifecycle
 from services.control_plane.runtime import Runtime
 from services.rpc.db import Connection
@@ -40,10 +39,10 @@ def lease_lost(run: str) -> ApiError:
     )
 
 
-def _to_new_events(events: Sequence[run_pb2.RunEvent]) -> list[store.NewEvent]:
+def _check_worker_events(events: Sequence[run_pb2.RunEvent]) -> None:
+    """Refuse a batch that is too long, not consecutive, or carries a terminal event."""
     if len(events) > MAX_EVENTS_PER_APPEND:
         raise invalid_argument("events", f"At most {MAX_EVENTS_PER_APPEND} events per call.")
-    stored = []
     for i, event in enumerate(events):
         if i and event.sequence != events[i - 1].sequence + 1:
             raise invalid_argument("events", "Event sequences must be consecutive.")
@@ -52,14 +51,6 @@ def _to_new_events(events: Sequence[run_pb2.RunEvent]) -> list[store.NewEvent]:
             raise invalid_argument(
                 "events", "Events need a payload; terminal events come from FinishRun."
             )
-        typed(event)
-        event.ClearField("name")
-        event.ClearField("create_time")
-        stored.append(store.NewEvent(event.sequence, event.type, event.attempt, b""))
-    return [
-        store.NewEvent(s.sequence, s.type, s.attempt, e.SerializeToString())
-        for s, e in zip(stored, events, strict=True)
-    ]
 
 
 def _tool_calls(
@@ -184,16 +175,15 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         if not request.events:
             raise invalid_argument("events", "At least one event is required.")
         events = list(request.events)
-        new_events = _to_new_events(events)
-        now = _now()
+        _check_worker_events(events)
         starts, ends = _tool_calls(events)
         async with self._rt.pool.acquire() as conn, _transaction_if(conn, starts or ends):
             row = await store.run_events_append(
                 conn,
                 run_id=name.run_id,
                 fencing_token=request.fencing_token,
-                events=new_events,
-                at=now,
+                last_sequence=events[-1].sequence,
+                events=to_store(events),
             )
             if row is not None and (starts or ends):
                 await store.tool_calls_record(
@@ -203,23 +193,13 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                     attempt=row["attempt"],
                     started=starts,
                     ended=ends,
-                    at=now,
                 )
         if row is None:
             last = await self._explain_refusal(
-                request.run, name.run_id, request.fencing_token, new_events[-1].sequence
+                request.run, name.run_id, request.fencing_token, events[-1].sequence
             )
             return pb.AppendRunEventsResponse(last_event_sequence=last)
-        first_session_sequence = row["session_sequence"] - len(events) + 1
-        for i, event in enumerate(events):
-            event.session_sequence = first_session_sequence + i
-            event.attempt = row["attempt"]  # the lease holder's attempt, whatever the worker said
-            stamp(event, name.session_id, name.run_id, now)
-        self._rt.bus.publish(name.run_id, name.session_id, events)
-        metrics.EVENTS_APPENDED.inc(len(events))
-        self._rt.notifier.run_events(
-            name.run_id, row["last_event_sequence"], name.session_id, row["session_sequence"]
-        )
+        self._rt.announce(row, events)
         return pb.AppendRunEventsResponse(
             last_event_sequence=row["last_event_sequence"],
             cancel_requested=row["cancel_requested"],
@@ -247,7 +227,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
     ) -> pb.FinishRunResponse:
         name = parse_run_name(request.run, "run")
         events = list(request.events)
-        new_events = _to_new_events(events)
+        _check_worker_events(events)
         outcome = request.WhichOneof("outcome")
         if outcome is None:
             raise invalid_argument("outcome", "outcome is required.")
@@ -255,25 +235,22 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         terminal, state, reason, message = self._terminal(
             request, name.session_id, output_message_id
         )
-        typed(terminal)
         usage = request.completed.usage
-        now = _now()
         starts, ends = _tool_calls(events)
+        all_events = [*events, terminal]
         async with self._rt.pool.acquire() as conn, _transaction_if(conn, starts or ends):
             row = await store.run_finish(
                 conn,
                 run_id=name.run_id,
                 fencing_token=request.fencing_token,
-                events=new_events,
-                terminal_type=terminal.type,
-                terminal_body=terminal.SerializeToString(),
+                first_sequence=events[0].sequence if events else 0,
+                events=to_store(all_events),
                 state=state,
                 reply_text=request.completed.text if outcome == "completed" else None,
                 error_reason=reason,
                 error_message=message,
                 usage=(usage.input_tokens, usage.output_tokens, usage.reasoning_tokens),
                 output_message_id=output_message_id,
-                at=now,
             )
             if row is not None and (starts or ends):
                 await store.tool_calls_record(
@@ -283,27 +260,14 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                     attempt=row["attempt"],
                     started=starts,
                     ended=ends,
-                    at=now,
                 )
         if row is None:
-            expected = new_events[-1].sequence + 1 if new_events else None
+            expected = events[-1].sequence + 1 if events else None
             last = await self._explain_refusal(
                 request.run, name.run_id, request.fencing_token, expected
             )
             return pb.FinishRunResponse(terminal_sequence=last)
-        terminal.sequence = row["last_event_sequence"]
-        terminal.attempt = row["attempt"]
-        all_events = [*events, terminal]
-        first_session_sequence = row["session_sequence"] - len(all_events) + 1
-        for i, event in enumerate(all_events):
-            event.session_sequence = first_session_sequence + i
-            event.attempt = row["attempt"]
-            stamp(event, name.session_id, name.run_id, now)
-        self._rt.bus.publish(name.run_id, name.session_id, all_events)
-        metrics.record_run_finished(state, row["create_time"], len(all_events))
-        self._rt.notifier.run_events(
-            name.run_id, terminal.sequence, name.session_id, row["session_sequence"]
-        )
+        self._rt.announce(row, all_events)
         await self._lifecycle.promote(name.session_id)
         return pb.FinishRunResponse(terminal_sequence=terminal.sequence)
 
@@ -315,25 +279,20 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             attempt = await store.run_attempt(conn, name.run_id)
             if attempt is None:
                 raise not_found(request.run)
-            event = typed(
-                run_pb2.RunEvent(
-                    attempt=attempt + 1,
-                    run_attempt_started=run_pb2.RunAttemptStarted(
-                        attempt=attempt + 1, reason="WORKER_DRAINED"
-                    ),
+            event = run_pb2.RunEvent(
+                run_attempt_started=run_pb2.RunAttemptStarted(
+                    attempt=attempt + 1, reason="WORKER_DRAINED"
                 )
             )
             row = await store.run_requeue(
                 conn,
                 run_id=name.run_id,
-                event_type=event.type,
-                event_body=event.SerializeToString(),
-                at=_now(),
+                event=to_store([event])[0],
                 fencing_token=request.fencing_token,
             )
         if row is None:
             raise lease_lost(request.run)
-        self._lifecycle.announce(row, name.run_id, event)
+        self._rt.announce(row, [event])
         self._lifecycle.run_claimable()
         return pb.ReleaseRunResponse()
 
@@ -372,7 +331,3 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             "RUN_CANCELLED",
             cancel_reason,
         )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)

@@ -23,7 +23,6 @@ import grpc
 import structlog
 from agentplatform.events import event_type, is_terminal
 from agentplatform.v1 import run_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.control_plane import metrics, store
 from services.rpc.errors import DATABASE_ERRORS, ApiError, Reason
@@ -38,29 +37,52 @@ _CHANNEL_BUFFER = 4096
 _REPLAY_PAGE = 500
 
 
+def place(
+    event: run_pb2.RunEvent,
+    *,
+    session_id: uuid.UUID,
+    run_id: uuid.UUID,
+    sequence: int,
+    session_sequence: int,
+    attempt: int,
+    create_time: datetime,
+) -> None:
+    """Give an event its name, positions, attempt and time: what a stored event carries.
+
+    Replays and live deliveries both go through here, so a live event is byte for byte the
+    one ListRunEvents returns later.
+    """
+    event.sequence = sequence
+    event.session_sequence = session_sequence
+    event.attempt = attempt
+    event.name = run_event_name(session_id, run_id, sequence)
+    event.create_time.FromDatetime(create_time)
+
+
 def event_from_row(row: store.Record) -> run_pb2.RunEvent:
-    """Rebuild a stored event with its name, positions and time."""
+    """Rebuild a stored event from its row."""
     event = run_pb2.RunEvent.FromString(row["body"])
-    event.sequence = row["sequence"]
-    event.session_sequence = row["session_sequence"]
-    event.attempt = row["attempt"]
-    event.name = run_event_name(row["session_id"], row["run_id"], row["sequence"])
-    event.create_time.FromDatetime(row["create_time"])
+    place(
+        event,
+        session_id=row["session_id"],
+        run_id=row["run_id"],
+        sequence=row["sequence"],
+        session_sequence=row["session_sequence"],
+        attempt=row["attempt"],
+        create_time=row["create_time"],
+    )
     return event
 
 
-def typed(event: run_pb2.RunEvent) -> run_pb2.RunEvent:
-    """Set the event's type from its payload, as every stored event carries it."""
-    event.type = event_type(event)
-    return event
-
-
-def stamp(event: run_pb2.RunEvent, session_id: uuid.UUID, run_id: uuid.UUID, at: datetime) -> None:
-    """Give a freshly stored event its name and time, as a replay would show them."""
-    event.name = run_event_name(session_id, run_id, event.sequence)
-    ts = Timestamp()
-    ts.FromDatetime(at)
-    event.create_time.CopyFrom(ts)
+def to_store(events: Iterable[run_pb2.RunEvent]) -> list[store.NewEvent]:
+    """Serialize events for storage: typed from their payload, without what `place` adds."""
+    stored = []
+    for event in events:
+        event.type = event_type(event)
+        event.ClearField("name")
+        event.ClearField("create_time")
+        stored.append(store.NewEvent(event.type, event.SerializeToString()))
+    return stored
 
 
 def shutting_down() -> ApiError:

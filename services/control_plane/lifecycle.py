@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from datetime import UTC, datetime
 
 import structlog
 from agentplatform.v1 import run_pb2
 
 from services.control_plane import metrics, store
-from services.control_plane.events import stamp, typed
+from services.control_plane.events import to_store
 from services.control_plane.runtime import Runtime
 from services.rpc.db import Connection
 from services.rpc.errors import DATABASE_ERRORS
@@ -25,28 +24,12 @@ log = structlog.get_logger(service="control_plane")
 _RESCUE_BATCH = 100
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class RunLifecycle:
     """Change run states on the control plane's own initiative and announce the events."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
         self._task: asyncio.Task[None] | None = None
-
-    def announce(self, row: store.Record, run_id: uuid.UUID, event: run_pb2.RunEvent) -> None:
-        """Publish one event a statement just stored (row: session_id, positions, attempt)."""
-        event.sequence = row["last_event_sequence"]
-        event.session_sequence = row["session_sequence"]
-        event.attempt = row["attempt"]
-        stamp(event, row["session_id"], run_id, _now())
-        metrics.record_event_announced(event.type, row["create_time"])
-        self._rt.bus.publish(run_id, row["session_id"], [event])
-        self._rt.notifier.run_events(
-            run_id, event.sequence, row["session_id"], event.session_sequence
-        )
 
     async def end_unclaimed(
         self,
@@ -63,11 +46,9 @@ class RunLifecycle:
             conn,
             run_id=run_id,
             state=state,
-            event_type=event.type,
-            event_body=event.SerializeToString(),
+            event=to_store([event])[0],
             error_reason=reason,
             error_message=message,
-            at=_now(),
         )
 
     async def promote(self, session_id: uuid.UUID) -> None:
@@ -107,19 +88,15 @@ class RunLifecycle:
     async def rescue_expired(self) -> int:
         """Retry runs whose worker stopped heartbeating, or fail them at the attempt limit."""
         settings = self._rt.settings
-        announced: list[tuple[store.Record, uuid.UUID, run_pb2.RunEvent]] = []
+        announced: list[tuple[store.Record, run_pb2.RunEvent]] = []
         ended_sessions: set[uuid.UUID] = set()
         requeued = 0
         async with self._rt.pool.acquire() as conn, conn.transaction():
             for run in await store.run_expired_leases(conn, _RESCUE_BATCH):
                 run_id = run["id"]
                 if run["cancel_requested"]:
-                    event = typed(
-                        run_pb2.RunEvent(
-                            run_cancelled=run_pb2.RunCancelled(
-                                reason="cancelled; its worker was lost"
-                            )
-                        )
+                    event = run_pb2.RunEvent(
+                        run_cancelled=run_pb2.RunCancelled(reason="cancelled; its worker was lost")
                     )
                     row = await self.end_unclaimed(
                         conn,
@@ -132,38 +109,27 @@ class RunLifecycle:
                     ended_sessions.add(run["session_id"])
                 elif run["attempt"] >= settings.max_attempts:
                     message = f"The run's worker was lost on all {run['attempt']} attempts."
-                    event = typed(
-                        run_pb2.RunEvent(
-                            run_failed=run_pb2.RunFailed(reason="WORKER_LOST", message=message)
-                        )
+                    event = run_pb2.RunEvent(
+                        run_failed=run_pb2.RunFailed(reason="WORKER_LOST", message=message)
                     )
                     row = await self.end_unclaimed(
                         conn, run_id, "failed", event, reason="WORKER_LOST", message=message
                     )
                     ended_sessions.add(run["session_id"])
                 else:
-                    event = typed(
-                        run_pb2.RunEvent(
-                            attempt=run["attempt"] + 1,
-                            run_attempt_started=run_pb2.RunAttemptStarted(
-                                attempt=run["attempt"] + 1, reason="WORKER_LOST"
-                            ),
+                    event = run_pb2.RunEvent(
+                        run_attempt_started=run_pb2.RunAttemptStarted(
+                            attempt=run["attempt"] + 1, reason="WORKER_LOST"
                         )
                     )
-                    row = await store.run_requeue(
-                        conn,
-                        run_id=run_id,
-                        event_type=event.type,
-                        event_body=event.SerializeToString(),
-                        at=_now(),
-                    )
+                    row = await store.run_requeue(conn, run_id=run_id, event=to_store([event])[0])
                     requeued += 1
                 if row is not None:
-                    announced.append((row, run_id, event))
+                    announced.append((row, event))
         metrics.LEASE_RESCUES.inc(len(announced))
-        for row, run_id, event in announced:
-            log.warning("lease_expired_run_rescued", run_id=str(run_id), outcome=event.type)
-            self.announce(row, run_id, event)
+        for row, event in announced:
+            log.warning("lease_expired_run_rescued", run_id=str(row["id"]), outcome=event.type)
+            self._rt.announce(row, [event])
         for session_id in ended_sessions:
             await self.promote(session_id)
         for _ in range(requeued):

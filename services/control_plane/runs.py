@@ -14,7 +14,7 @@ from agentplatform.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 from services.control_plane import metrics, store
 from services.control_plane.auth import Principal
 from services.control_plane.convert import run_to_proto
-from services.control_plane.events import event_from_row, stamp, typed
+from services.control_plane.events import event_from_row, to_store
 from services.control_plane.lifecycle import RunLifecycle
 from services.control_plane.ratelimit import KeyRateLimiter
 from services.control_plane.runtime import Runtime
@@ -80,14 +80,10 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             raise invalid_argument("concurrency_policy", f"Unknown concurrency policy {policy}.")
         self._limiter.take(principal.api_key_id)
         run_id, message_id = uuid.uuid4(), uuid.uuid4()
-        queued = typed(
-            run_pb2.RunEvent(
-                sequence=1,
-                attempt=0,
-                run_queued=run_pb2.RunQueued(input_message=message_name(session_id, message_id)),
-            )
+        queued = run_pb2.RunEvent(
+            run_queued=run_pb2.RunQueued(input_message=message_name(session_id, message_id))
         )
-        new_event = store.NewEvent(1, queued.type, 0, queued.SerializeToString())
+        (new_event,) = to_store([queued])
         async with self._rt.pool.acquire() as conn:
             if request_id is not None:
                 existing = await store.run_by_request_id(conn, principal.workspace_id, request_id)
@@ -118,10 +114,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         if row is None:
             raise not_found(request.parent)
         metrics.record_run_created()
-        queued.session_sequence = row["session_sequence"]
-        stamp(queued, session_id, run_id, row["create_time"])
-        self._rt.bus.publish(run_id, session_id, [queued])
-        self._rt.notifier.run_events(run_id, 1, session_id, row["session_sequence"])
+        self._rt.announce(row, [queued])
         if row["state"] == "queued":
             self._lifecycle.run_claimable()
         return run_to_proto(row)
@@ -166,29 +159,29 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         create: Callable[..., Awaitable[store.Record | None]],
     ) -> store.Record | None:
         """Cancel the session's pending runs and create the new one behind any still stopping."""
-        ended: list[tuple[store.Record, uuid.UUID, run_pb2.RunEvent]] = []
+        ended: list[tuple[store.Record, run_pb2.RunEvent]] = []
         async with conn.transaction():
             if not await store.session_lock(conn, principal.workspace_id, session_id):
                 return None
             for pending in await store.run_pending_in_session(conn, session_id):
                 ended += await self._cancel_locked(conn, pending, "interrupted by a new run")
             row = await create(wait_behind_active=True)
-        for stored, run_id, event in ended:
-            self._lifecycle.announce(stored, run_id, event)
+        for stored, event in ended:
+            self._rt.announce(stored, [event])
         return row
 
     async def _cancel_locked(
         self, conn: Connection, run: store.Record, reason: str
-    ) -> list[tuple[store.Record, uuid.UUID, run_pb2.RunEvent]]:
+    ) -> list[tuple[store.Record, run_pb2.RunEvent]]:
         """Cancel a locked run: at once if no worker holds it, else ask its worker to stop."""
         if run["state"] == "running":
             await store.run_request_cancel(conn, run["id"])
             return []
-        event = typed(run_pb2.RunEvent(run_cancelled=run_pb2.RunCancelled(reason=reason)))
+        event = run_pb2.RunEvent(run_cancelled=run_pb2.RunCancelled(reason=reason))
         row = await self._lifecycle.end_unclaimed(
             conn, run["id"], "cancelled", event, reason="RUN_CANCELLED", message=reason
         )
-        return [] if row is None else [(row, run["id"], event)]
+        return [] if row is None else [(row, event)]
 
     async def CancelRun(
         self, request: run_service_pb2.CancelRunRequest, context: Context
@@ -205,8 +198,8 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
                 ended = []
                 if run["state"] in ("waiting", "queued", "running"):
                     ended = await self._cancel_locked(conn, run, "cancelled on request")
-            for stored, run_id, event in ended:
-                self._lifecycle.announce(stored, run_id, event)
+            for stored, event in ended:
+                self._rt.announce(stored, [event])
             if ended:
                 await self._lifecycle.promote(name.session_id)
             row = await store.run_get(conn, principal.workspace_id, name.session_id, name.run_id)

@@ -255,12 +255,121 @@ class RunAlreadyActiveError(Exception):
 
 @dataclass(frozen=True)
 class NewEvent:
-    """An event ready to store: its sequence, dotted type, attempt and serialized body."""
+    """An event ready to store: its dotted type and serialized body (positions come later)."""
 
-    sequence: int
     type: str
-    attempt: int
     body: bytes
+
+
+# ── storing run events ──────────────────────────────────────────────────────────────────────
+#
+# Every statement that stores events has the same shape: a `run` CTE changes the run row and
+# returns it, then _EVENTS_STORED (the one insert of run_events) gives the events the run's
+# and the session's next sequences, stamps them with the transaction's time, and returns
+# where they landed. The events travel as $1 (types) and $2 (bodies); a statement's own
+# parameters start at $3. `run` must return id, session_id, state, attempt (the events'),
+# last_event_sequence (after the events), create_time and touches_session (whether the
+# session's update_time moves: a message was added or a run ended).
+
+_EVENTS_STORED = """
+ses AS (
+  UPDATE sessions s
+  SET last_event_sequence = s.last_event_sequence + cardinality($1::text[]),
+      update_time = CASE WHEN run.touches_session THEN now() ELSE s.update_time END
+  FROM run WHERE s.id = run.session_id
+  RETURNING s.last_event_sequence),
+ins AS (
+  INSERT INTO run_events (run_id, session_id, sequence, session_sequence, attempt, type, body,
+                          create_time)
+  SELECT run.id, run.session_id,
+         run.last_event_sequence - cardinality($1::text[]) + e.n,
+         ses.last_event_sequence - cardinality($1::text[]) + e.n,
+         run.attempt, e.type, e.body, now()
+  FROM run, ses, unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS e(type, body, n))
+SELECT run.*, ses.last_event_sequence AS session_sequence, now() AS event_time FROM run, ses
+"""
+
+
+def _storing_events(run_cte: str) -> str:
+    """Complete a statement whose CTEs end with `run` by storing the events after it."""
+    return f"{run_cte},{_EVENTS_STORED}"
+
+
+def _event_args(events: Sequence[NewEvent]) -> tuple[list[str], list[bytes]]:
+    return [e.type for e in events], [e.body for e in events]
+
+
+_RUN_CREATE = _storing_events(
+    f"""
+WITH s AS (
+  SELECT id FROM sessions WHERE id = $4 AND workspace_id = $3 FOR NO KEY UPDATE),
+m AS (
+  INSERT INTO messages (id, session_id, role, text, run_id, author_user_id)
+  SELECT $7, s.id, 'user', $8, $6, $5 FROM s
+  RETURNING id),
+run AS (
+  INSERT INTO runs (id, session_id, workspace_id, created_by, input_message_id, state,
+                    last_event_sequence, request_id)
+  SELECT $6, $4, $3, $5, m.id,
+         CASE WHEN $10 AND EXISTS (SELECT 1 FROM runs x WHERE x.session_id = $4
+                                   AND x.state IN ('waiting', 'queued', 'running'))
+              THEN 'waiting' ELSE 'queued' END,
+         cardinality($1::text[]), $9
+  FROM m
+  RETURNING {_RUN_COLUMNS}, true AS touches_session)"""
+)
+
+_RUN_END_NOW = _storing_events(
+    """
+WITH run AS (
+  UPDATE runs
+  SET state = $4, fencing_token = fencing_token + 1,
+      last_event_sequence = last_event_sequence + cardinality($1::text[]),
+      error_reason = $5, error_message = $6, end_time = now(),
+      lease_owner = NULL, lease_expire_time = NULL
+  WHERE id = $3
+  RETURNING id, session_id, state, attempt, last_event_sequence, create_time,
+            true AS touches_session)"""
+)
+
+_RUN_REQUEUE = _storing_events(
+    """
+WITH run AS (
+  UPDATE runs
+  SET state = 'queued', fencing_token = fencing_token + 1,
+      last_event_sequence = last_event_sequence + cardinality($1::text[]),
+      lease_owner = NULL, lease_expire_time = NULL
+  WHERE id = $3 AND state = 'running' AND ($4::bigint IS NULL OR fencing_token = $4)
+  RETURNING id, session_id, state, attempt + 1 AS attempt, last_event_sequence, create_time,
+            false AS touches_session)"""
+)
+
+_RUN_EVENT_APPEND = _storing_events(
+    """
+WITH run AS (
+  UPDATE runs SET last_event_sequence = $5
+  WHERE id = $3 AND fencing_token = $4 AND state = 'running'
+    AND last_event_sequence = $5 - cardinality($1::text[])
+  RETURNING id, session_id, state, attempt, last_event_sequence, create_time, cancel_requested,
+            false AS touches_session)"""
+)
+
+_RUN_FINISH = _storing_events(
+    """
+WITH run AS (
+  UPDATE runs
+  SET state = $6, last_event_sequence = last_event_sequence + cardinality($1::text[]),
+      output_message_id = $7, error_reason = $8, error_message = $9,
+      input_tokens = $10, output_tokens = $11, reasoning_tokens = $12,
+      end_time = now(), lease_owner = NULL, lease_expire_time = NULL
+  WHERE id = $3 AND fencing_token = $4 AND state = 'running'
+    AND ($5::bigint = 0 OR last_event_sequence = $5 - 1)
+  RETURNING id, session_id, state, attempt, last_event_sequence, create_time,
+            true AS touches_session),
+reply AS (
+  INSERT INTO messages (id, session_id, role, text, run_id)
+  SELECT $7, run.session_id, 'assistant', $13, run.id FROM run WHERE $13::text IS NOT NULL)"""
+)
 
 
 async def run_by_request_id(
@@ -295,27 +404,8 @@ async def run_create(
     """
     try:
         return await conn.fetchrow(
-            "WITH s AS ("
-            "  UPDATE sessions SET update_time = now(),"
-            "   last_event_sequence = last_event_sequence + 1"
-            "  WHERE id = $2 AND workspace_id = $1 RETURNING id, last_event_sequence),"
-            " m AS ("
-            "  INSERT INTO messages (id, session_id, role, text, run_id, author_user_id)"
-            "  SELECT $5, s.id, 'user', $6, $4, $3 FROM s RETURNING id),"
-            " r AS ("
-            "  INSERT INTO runs (id, session_id, workspace_id, created_by, input_message_id,"
-            "   state, last_event_sequence, request_id)"
-            "  SELECT $4, $2, $1, $3, m.id,"
-            "   CASE WHEN $10 AND EXISTS (SELECT 1 FROM runs x WHERE x.session_id = $2"
-            "     AND x.state IN ('waiting', 'queued', 'running')) THEN 'waiting'"
-            "    ELSE 'queued' END,"
-            "   1, $7 FROM m"
-            f"  RETURNING {_RUN_COLUMNS}),"
-            " e AS ("
-            "  INSERT INTO run_events (run_id, session_id, session_sequence, create_time,"
-            "   sequence, type, attempt, body)"
-            "  SELECT r.id, $2, s.last_event_sequence, r.create_time, 1, $8, 0, $9 FROM r, s)"
-            " SELECT r.*, s.last_event_sequence AS session_sequence FROM r, s",
+            _RUN_CREATE,
+            *_event_args([queued_event]),
             workspace_id,
             session_id,
             created_by,
@@ -323,8 +413,6 @@ async def run_create(
             message_id,
             input_text,
             request_id,
-            queued_event.type,
-            queued_event.body,
             wait_behind_active,
         )
     except asyncpg.UniqueViolationError as err:
@@ -389,38 +477,16 @@ async def run_end_now(
     *,
     run_id: uuid.UUID,
     state: str,
-    event_type: str,
-    event_body: bytes,
+    event: NewEvent,
     error_reason: str | None,
     error_message: str | None,
-    at: datetime,
 ) -> Record | None:
     """End a run no worker holds (waiting, queued, or rescued) with its terminal event.
 
     The fence moves on, so a worker still holding the old token is refused from now on.
     """
     return await conn.fetchrow(
-        "WITH upd AS ("
-        "  UPDATE runs SET state = $2, fencing_token = fencing_token + 1,"
-        "   last_event_sequence = last_event_sequence + 1, error_reason = $5,"
-        "   error_message = $6, end_time = $7, lease_owner = NULL, lease_expire_time = NULL"
-        "  WHERE id = $1 RETURNING session_id, last_event_sequence, attempt, create_time),"
-        " ses AS ("
-        "  UPDATE sessions SET last_event_sequence = last_event_sequence + 1, update_time = $7"
-        "  WHERE id = (SELECT session_id FROM upd) RETURNING last_event_sequence),"
-        " ins AS ("
-        "  INSERT INTO run_events (run_id, session_id, session_sequence, create_time,"
-        "   sequence, type, attempt, body)"
-        "  SELECT $1, upd.session_id, ses.last_event_sequence, $7, upd.last_event_sequence,"
-        "   $3, upd.attempt, $4 FROM upd, ses)"
-        " SELECT upd.*, ses.last_event_sequence AS session_sequence FROM upd, ses",
-        run_id,
-        state,
-        event_type,
-        event_body,
-        error_reason,
-        error_message,
-        at,
+        _RUN_END_NOW, *_event_args([event]), run_id, state, error_reason, error_message
     )
 
 
@@ -428,9 +494,7 @@ async def run_requeue(
     conn: Connection,
     *,
     run_id: uuid.UUID,
-    event_type: str,
-    event_body: bytes,
-    at: datetime,
+    event: NewEvent,
     fencing_token: int | None = None,
 ) -> Record | None:
     """Put a running run back in the queue as a new attempt, starting with the given event.
@@ -440,29 +504,7 @@ async def run_requeue(
     With `fencing_token`, only if the caller still holds the lease (a draining worker);
     without, unconditionally (its lease expired and the run is being rescued).
     """
-    return await conn.fetchrow(
-        "WITH upd AS ("
-        "  UPDATE runs SET state = 'queued', fencing_token = fencing_token + 1,"
-        "   last_event_sequence = last_event_sequence + 1, lease_owner = NULL,"
-        "   lease_expire_time = NULL"
-        "  WHERE id = $1 AND state = 'running' AND ($5::bigint IS NULL OR fencing_token = $5)"
-        "  RETURNING session_id, last_event_sequence, attempt, create_time),"
-        " ses AS ("
-        "  UPDATE sessions SET last_event_sequence = last_event_sequence + 1"
-        "  WHERE id = (SELECT session_id FROM upd) RETURNING last_event_sequence),"
-        " ins AS ("
-        "  INSERT INTO run_events (run_id, session_id, session_sequence, create_time,"
-        "   sequence, type, attempt, body)"
-        "  SELECT $1, upd.session_id, ses.last_event_sequence, $4, upd.last_event_sequence,"
-        "   $2, upd.attempt + 1, $3 FROM upd, ses)"
-        " SELECT upd.session_id, upd.last_event_sequence, upd.attempt + 1 AS attempt,"
-        "  upd.create_time, ses.last_event_sequence AS session_sequence FROM upd, ses",
-        run_id,
-        event_type,
-        event_body,
-        at,
-        fencing_token,
-    )
+    return await conn.fetchrow(_RUN_REQUEUE, *_event_args([event]), run_id, fencing_token)
 
 
 async def run_attempt(conn: Connection, run_id: uuid.UUID) -> int | None:
@@ -643,42 +685,16 @@ async def run_events_append(
     *,
     run_id: uuid.UUID,
     fencing_token: int,
+    last_sequence: int,
     events: Sequence[NewEvent],
-    at: datetime,
 ) -> Record | None:
-    """Append events if the fence holds and they continue the log; None when refused.
+    """Append events ending at `last_sequence` if the fence holds and they continue the log.
 
-    The fence check and the sequence check are in the statement that locks the run, so a
-    worker whose lease was taken over cannot slip an event in. Each event also takes the
-    next session-level sequence.
+    None when refused. The fence check and the sequence check are in the statement that
+    locks the run, so a worker whose lease was taken over cannot slip an event in.
     """
     return await conn.fetchrow(
-        "WITH upd AS ("
-        "  UPDATE runs SET last_event_sequence = $4"
-        "  WHERE id = $1 AND fencing_token = $2 AND state = 'running'"
-        "   AND last_event_sequence = $3 - 1"
-        "  RETURNING session_id, last_event_sequence, cancel_requested, attempt),"
-        " ses AS ("
-        "  UPDATE sessions SET last_event_sequence = last_event_sequence + $10"
-        "  WHERE id = (SELECT session_id FROM upd) RETURNING last_event_sequence),"
-        " ins AS ("
-        "  INSERT INTO run_events (run_id, session_id, session_sequence, create_time,"
-        "   sequence, type, attempt, body)"
-        "  SELECT $1, upd.session_id, ses.last_event_sequence - $10 + u.n, $5,"
-        "   u.sequence, u.type, upd.attempt, u.body"
-        "  FROM upd, ses, unnest($6::bigint[], $7::text[], $8::int[], $9::bytea[])"
-        "   WITH ORDINALITY AS u(sequence, type, attempt, body, n))"
-        " SELECT upd.*, ses.last_event_sequence AS session_sequence FROM upd, ses",
-        run_id,
-        fencing_token,
-        events[0].sequence,
-        events[-1].sequence,
-        at,
-        [e.sequence for e in events],
-        [e.type for e in events],
-        [e.attempt for e in events],
-        [e.body for e in events],
-        len(events),
+        _RUN_EVENT_APPEND, *_event_args(events), run_id, fencing_token, last_sequence
     )
 
 
@@ -701,64 +717,31 @@ async def run_finish(
     *,
     run_id: uuid.UUID,
     fencing_token: int,
+    first_sequence: int,
     events: Sequence[NewEvent],
-    terminal_type: str,
-    terminal_body: bytes,
     state: str,
     reply_text: str | None,
     error_reason: str | None,
     error_message: str | None,
     usage: tuple[int, int, int],
     output_message_id: uuid.UUID | None,
-    at: datetime,
 ) -> Record | None:
-    """Store the last events, the terminal event, the reply and the run's end in one statement.
+    """Store the last events (the terminal one last), the reply and the run's end at once.
 
-    The terminal event takes the sequence after the others; None when the fence or the
-    sequence does not hold.
+    `first_sequence` is the worker's first event's, or 0 when only the terminal event is
+    stored; None when the fence or the sequence does not hold.
     """
     return await conn.fetchrow(
-        "WITH upd AS ("
-        "  UPDATE runs SET state = $4, last_event_sequence = last_event_sequence + $5,"
-        "   output_message_id = $6, error_reason = $7, error_message = $8,"
-        "   input_tokens = $9, output_tokens = $10, reasoning_tokens = $11,"
-        "   end_time = $12, lease_owner = NULL, lease_expire_time = NULL"
-        "  WHERE id = $1 AND fencing_token = $2 AND state = 'running'"
-        "   AND ($3::bigint = 0 OR last_event_sequence = $3 - 1)"
-        "  RETURNING session_id, last_event_sequence, attempt, create_time),"
-        " ses AS ("
-        "  UPDATE sessions SET last_event_sequence = last_event_sequence + $5, update_time = $12"
-        "  WHERE id = (SELECT session_id FROM upd) RETURNING last_event_sequence),"
-        " ins AS ("
-        "  INSERT INTO run_events (run_id, session_id, session_sequence, create_time,"
-        "   sequence, type, attempt, body)"
-        "  SELECT $1, upd.session_id, ses.last_event_sequence - $5 + u.n, $12,"
-        "   u.sequence, u.type, upd.attempt, u.body"
-        "  FROM upd, ses, unnest($13::bigint[], $14::text[], $15::int[], $16::bytea[])"
-        "   WITH ORDINALITY AS u(sequence, type, attempt, body, n)"
-        "  UNION ALL"
-        "  SELECT $1, upd.session_id, ses.last_event_sequence, $12, upd.last_event_sequence,"
-        "   $17, upd.attempt, $18 FROM upd, ses),"
-        " msg AS ("
-        "  INSERT INTO messages (id, session_id, role, text, run_id)"
-        "  SELECT $6, upd.session_id, 'assistant', $19, $1 FROM upd WHERE $19::text IS NOT NULL)"
-        " SELECT upd.*, ses.last_event_sequence AS session_sequence FROM upd, ses",
+        _RUN_FINISH,
+        *_event_args(events),
         run_id,
         fencing_token,
-        events[0].sequence if events else 0,
+        first_sequence,
         state,
-        len(events) + 1,
         output_message_id,
         error_reason,
         error_message,
         *usage,
-        at,
-        [e.sequence for e in events],
-        [e.type for e in events],
-        [e.attempt for e in events],
-        [e.body for e in events],
-        terminal_type,
-        terminal_body,
         reply_text,
     )
 
@@ -979,23 +962,25 @@ async def tool_calls_record(
     attempt: int,
     started: Sequence[ToolCallStart],
     ended: Sequence[ToolCallEnd],
-    at: datetime,
 ) -> None:
-    """Insert started calls and complete ended ones; a repeated report changes nothing."""
+    """Insert started calls and complete ended ones; a repeated report changes nothing.
+
+    Times are the transaction's, as the events that report the calls have them.
+    """
     if started:
         await conn.executemany(
             "INSERT INTO tool_calls (run_id, attempt, call_id, session_id, tool, arguments_json,"
-            " start_sequence, start_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " start_sequence, start_time) VALUES ($1, $2, $3, $4, $5, $6, $7, now())"
             " ON CONFLICT DO NOTHING",
             [
-                (run_id, attempt, s.call_id, session_id, s.tool, s.arguments_json, s.sequence, at)
+                (run_id, attempt, s.call_id, session_id, s.tool, s.arguments_json, s.sequence)
                 for s in started
             ],
         )
     if ended:
         await conn.executemany(
             "UPDATE tool_calls SET state = $4, result = $5, error_code = $6, truncated = $7,"
-            " duration_ms = $8, end_time = $9"
+            " duration_ms = $8, end_time = now()"
             " WHERE run_id = $1 AND attempt = $2 AND call_id = $3 AND state = 'running'",
             [
                 (
@@ -1007,7 +992,6 @@ async def tool_calls_record(
                     e.error_code,
                     e.truncated,
                     e.duration_ms,
-                    at,
                 )
                 for e in ended
             ],
