@@ -47,7 +47,7 @@ class ApiKeyService(api_key_service_pb2_grpc.ApiKeyServiceServicer):
             # Membership, not mere existence: a key for a non-member would be a way in.
             if await store.member_get(conn, principal.workspace_id, user_id) is None:
                 raise not_found(spec.user)
-            key_id = await store.api_key_insert(
+            key_id = await store.api_key_create(
                 conn,
                 workspace_id=principal.workspace_id,
                 user_id=user_id,

@@ -178,7 +178,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         _check_worker_events(events)
         starts, ends = _tool_calls(events)
         async with self._rt.pool.acquire() as conn, _transaction_if(conn, starts or ends):
-            row = await store.run_events_append(
+            row = await store.run_event_append(
                 conn,
                 run_id=name.run_id,
                 fencing_token=request.fencing_token,
@@ -186,7 +186,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 events=to_store(events),
             )
             if row is not None and (starts or ends):
-                await store.tool_calls_record(
+                await store.tool_call_record(
                     conn,
                     run_id=name.run_id,
                     session_id=row["session_id"],
@@ -253,7 +253,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 output_message_id=output_message_id,
             )
             if row is not None and (starts or ends):
-                await store.tool_calls_record(
+                await store.tool_call_record(
                     conn,
                     run_id=name.run_id,
                     session_id=row["session_id"],

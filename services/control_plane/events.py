@@ -244,7 +244,7 @@ class EventBus:
                     return await store.run_event_list(
                         conn, key, after_sequence=cursor, limit=_REPLAY_PAGE
                     )
-                return await store.session_event_list(
+                return await store.run_event_list_by_session(
                     conn, key, after_session_sequence=cursor, limit=_REPLAY_PAGE
                 )
 
@@ -254,21 +254,19 @@ class EventBus:
         while True:
             await asyncio.sleep(self._poll_interval)
             try:
-                await self._poll_quiet("runs", self._runs)
-                await self._poll_quiet("sessions", self._sessions)
+                await self._poll_quiet("run", self._runs)
+                await self._poll_quiet("session", self._sessions)
             except DATABASE_ERRORS as err:
                 log.warning("event_poll_failed", error=str(err))
 
-    async def _poll_quiet(self, table: str, channels: dict[uuid.UUID, LogChannel]) -> None:
+    async def _poll_quiet(self, kind: str, channels: dict[uuid.UUID, LogChannel]) -> None:
         now = asyncio.get_running_loop().time()
         quiet = [k for k, c in channels.items() if now - c.last_change >= self._poll_interval]
         if not quiet:
             return
+        last_sequences = store.run_last_sequences if kind == "run" else store.session_last_sequences
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                f"SELECT id, last_event_sequence FROM {table} WHERE id = ANY($1::uuid[])", quiet
-            )
-        kind = "run" if table == "runs" else "session"
+            rows = await last_sequences(conn, quiet)
         for row in rows:
             channel = channels.get(row["id"])
             if channel is not None and row["last_event_sequence"] > channel.known:

@@ -92,7 +92,7 @@ class RunLifecycle:
         ended_sessions: set[uuid.UUID] = set()
         requeued = 0
         async with self._rt.pool.acquire() as conn, conn.transaction():
-            for run in await store.run_expired_leases(conn, _RESCUE_BATCH):
+            for run in await store.run_expired_list(conn, _RESCUE_BATCH):
                 run_id = run["id"]
                 if run["cancel_requested"]:
                     event = run_pb2.RunEvent(
@@ -138,6 +138,6 @@ class RunLifecycle:
 
     async def _promote_stalled(self) -> None:
         async with self._rt.pool.acquire() as conn:
-            sessions = await store.sessions_with_stalled_waiting(conn, _RESCUE_BATCH)
+            sessions = await store.run_stalled_session_list(conn, _RESCUE_BATCH)
         for session_id in sessions:
             await self.promote(session_id)

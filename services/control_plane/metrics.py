@@ -80,7 +80,7 @@ def watch_queue_depth(pool: asyncpg.Pool) -> Callable[[], None]:
 
     async def sample() -> None:
         async with pool.acquire() as conn:
-            QUEUE_DEPTH.set(await store.run_count_queued(conn))
+            QUEUE_DEPTH.set(await store.run_queued_count(conn))
 
     return refresh_before_scrape(sample)
 

@@ -86,7 +86,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         (new_event,) = to_store([queued])
         async with self._rt.pool.acquire() as conn:
             if request_id is not None:
-                existing = await store.run_by_request_id(conn, principal.workspace_id, request_id)
+                existing = await store.run_get_by_request_id(
+                    conn, principal.workspace_id, request_id
+                )
                 if existing is not None:
                     return self._replayed(existing, session_id)
             create = functools.partial(
@@ -148,7 +150,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         """Return the run a concurrent create with the same request_id stored, if any."""
         if request_id is None:
             return None
-        existing = await store.run_by_request_id(conn, principal.workspace_id, request_id)
+        existing = await store.run_get_by_request_id(conn, principal.workspace_id, request_id)
         return None if existing is None else self._replayed(existing, session_id)
 
     async def _interrupt_and_create(
@@ -163,7 +165,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         async with conn.transaction():
             if not await store.session_lock(conn, principal.workspace_id, session_id):
                 return None
-            for pending in await store.run_pending_in_session(conn, session_id):
+            for pending in await store.run_pending_list(conn, session_id):
                 ended += await self._cancel_locked(conn, pending, "interrupted by a new run")
             row = await create(wait_behind_active=True)
         for stored, event in ended:
@@ -190,7 +192,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         name = parse_run_name(request.name, "name")
         async with self._rt.pool.acquire() as conn:
             async with conn.transaction():
-                run = await store.run_for_cancel(
+                run = await store.run_lock(
                     conn, principal.workspace_id, name.session_id, name.run_id
                 )
                 if run is None:

@@ -77,7 +77,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             raise hosted_model_unavailable()
         assert self._rt.model.name is not None
         async with self._rt.pool.acquire() as conn:
-            row = await store.session_insert(
+            row = await store.session_create(
                 conn,
                 workspace_id=principal.workspace_id,
                 created_by=principal.user_id,

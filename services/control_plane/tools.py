@@ -168,7 +168,7 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
 
     async def _bump_registry_version(self, principal: Principal) -> None:
         async with self._rt.pool.acquire() as conn:
-            await store.workspace_tools_changed(conn, principal.workspace_id)
+            await store.workspace_tools_bump(conn, principal.workspace_id)
 
     async def _call(self, public: str, method: Callable[..., Awaitable[T]], request: object) -> T:
         try:

@@ -109,9 +109,7 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         scope = f"workspaces:{principal.user_id}"
         after = keyset_cursor(request.page_token, scope)
         async with self._rt.pool.acquire() as conn:
-            rows = await store.workspace_list_for_user(
-                conn, principal.user_id, after=after, limit=limit + 1
-            )
+            rows = await store.workspace_list(conn, principal.user_id, after=after, limit=limit + 1)
         response = workspace_service_pb2.ListWorkspacesResponse(
             workspaces=[workspace_to_proto(r) for r in rows[:limit]]
         )
@@ -212,7 +210,7 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         role = check_role("member.role", request.member.role)
         async with self._rt.pool.acquire() as conn, conn.transaction():
             await self._locked_member(conn, principal, user_id, request.member.name, role)
-            await store.member_set_role(conn, principal.workspace_id, user_id, role)
+            await store.member_update_role(conn, principal.workspace_id, user_id, role)
             row = await store.member_get(conn, principal.workspace_id, user_id)
         assert row is not None
         return member_to_proto(row)
@@ -241,7 +239,7 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         owners serialise and the second sees one owner left.
         """
         owners = await store.member_owner_count(conn, principal.workspace_id)
-        row = await store.member_get(conn, principal.workspace_id, user_id, lock=True)
+        row = await store.member_lock(conn, principal.workspace_id, user_id)
         if row is None:
             raise not_found(name)
         before = str(row["role"])
