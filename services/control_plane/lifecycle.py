@@ -51,6 +51,43 @@ class RunLifecycle:
             error_message=message,
         )
 
+    async def cancel_locked(
+        self, conn: Connection, run: store.Record, reason: str
+    ) -> list[tuple[store.Record, run_pb2.RunEvent]]:
+        """Cancel a run locked by the caller: at once if no worker holds it, else ask its worker.
+
+        Returns what to announce after the commit: the stored run.cancelled, if any.
+        """
+        if run["state"] == "running":
+            await store.run_request_cancel(conn, run["id"])
+            return []
+        event = run_pb2.RunEvent(run_cancelled=run_pb2.RunCancelled(reason=reason))
+        row = await self.end_unclaimed(
+            conn, run["id"], "cancelled", event, reason="RUN_CANCELLED", message=reason
+        )
+        return [] if row is None else [(row, event)]
+
+    async def cancel(
+        self, workspace_id: uuid.UUID, session_id: uuid.UUID, run_id: uuid.UUID
+    ) -> store.Record | None:
+        """Cancel a run on request; return it as it is now, None if the workspace has no such run.
+
+        A run that ended already is left as it is.
+        """
+        async with self._rt.pool.acquire() as conn:
+            async with conn.transaction():
+                run = await store.run_lock(conn, workspace_id, session_id, run_id)
+                if run is None:
+                    return None
+                ended = []
+                if run["state"] in ("waiting", "queued", "running"):
+                    ended = await self.cancel_locked(conn, run, "cancelled on request")
+            for stored, event in ended:
+                self._rt.announce(stored, [event])
+            if ended:
+                await self.promote(session_id)
+            return await store.run_get(conn, workspace_id, session_id, run_id)
+
     async def promote(self, session_id: uuid.UUID) -> None:
         """Make the session's next waiting run claimable and wake a worker for it."""
         async with self._rt.pool.acquire() as conn:
