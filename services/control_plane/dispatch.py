@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -141,6 +142,30 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             tools_version=row["tools_version"],
         )
 
+    async def _store_with_tool_calls(
+        self,
+        run_id: uuid.UUID,
+        events: Sequence[run_pb2.RunEvent],
+        store_events: Callable[[Connection], Awaitable[store.Record | None]],
+    ) -> store.Record | None:
+        """Store a worker's events and the tool call records they report, in one transaction.
+
+        Returns the storing statement's row, None when it refused the write.
+        """
+        starts, ends = _tool_calls(events)
+        async with self._rt.pool.acquire() as conn, _transaction_if(conn, starts or ends):
+            row = await store_events(conn)
+            if row is not None and (starts or ends):
+                await store.tool_call_record(
+                    conn,
+                    run_id=run_id,
+                    session_id=row["session_id"],
+                    attempt=row["attempt"],
+                    started=starts,
+                    ended=ends,
+                )
+        return row
+
     async def _explain_refusal(
         self, run: str, run_id: uuid.UUID, fencing_token: int, last: int | None
     ) -> int:
@@ -176,24 +201,17 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             raise invalid_argument("events", "At least one event is required.")
         events = list(request.events)
         _check_worker_events(events)
-        starts, ends = _tool_calls(events)
-        async with self._rt.pool.acquire() as conn, _transaction_if(conn, starts or ends):
-            row = await store.run_event_append(
-                conn,
+        row = await self._store_with_tool_calls(
+            name.run_id,
+            events,
+            functools.partial(
+                store.run_event_append,
                 run_id=name.run_id,
                 fencing_token=request.fencing_token,
                 last_sequence=events[-1].sequence,
                 events=to_store(events),
-            )
-            if row is not None and (starts or ends):
-                await store.tool_call_record(
-                    conn,
-                    run_id=name.run_id,
-                    session_id=row["session_id"],
-                    attempt=row["attempt"],
-                    started=starts,
-                    ended=ends,
-                )
+            ),
+        )
         if row is None:
             last = await self._explain_refusal(
                 request.run, name.run_id, request.fencing_token, events[-1].sequence
@@ -236,11 +254,12 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             request, name.session_id, output_message_id
         )
         usage = request.completed.usage
-        starts, ends = _tool_calls(events)
         all_events = [*events, terminal]
-        async with self._rt.pool.acquire() as conn, _transaction_if(conn, starts or ends):
-            row = await store.run_finish(
-                conn,
+        row = await self._store_with_tool_calls(
+            name.run_id,
+            events,
+            functools.partial(
+                store.run_finish,
                 run_id=name.run_id,
                 fencing_token=request.fencing_token,
                 first_sequence=events[0].sequence if events else 0,
@@ -251,16 +270,8 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 error_message=message,
                 usage=(usage.input_tokens, usage.output_tokens, usage.reasoning_tokens),
                 output_message_id=output_message_id,
-            )
-            if row is not None and (starts or ends):
-                await store.tool_call_record(
-                    conn,
-                    run_id=name.run_id,
-                    session_id=row["session_id"],
-                    attempt=row["attempt"],
-                    started=starts,
-                    ended=ends,
-                )
+            ),
+        )
         if row is None:
             expected = events[-1].sequence + 1 if events else None
             last = await self._explain_refusal(
