@@ -337,10 +337,13 @@ async def test_a_drain_past_its_grace_hands_the_run_over_at_once(
     key = await owner_key(database)
     async with cluster(database, secrets.token_urlsafe(16), devmodel.base_url) as c:
         cp = await c.control_plane(AP_LEASE_SECONDS="30")
-        draining = await c.worker("w1", cp, AP_SHUTDOWN_GRACE_SECONDS="0.2")
+        # Both workers run before the run starts: starting one mid-run could outlast the run.
+        workers = [
+            await c.worker(name, cp, AP_SHUTDOWN_GRACE_SECONDS="0.2") for name in ("w1", "w2")
+        ]
         watched = await watch_new_run(cp, key, f"hand over {SLOW}")
         run = watched.run
-        await c.worker("w2", cp)
+        draining = by_name(workers, await lease_owner(database, run.name))
         draining.signal(signal.SIGTERM)
         # The lease is 30 s: only the explicit release can get the run finished this soon.
         events = await watched.finish(timeout=15)
