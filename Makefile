@@ -67,9 +67,10 @@ run: protos ## Run the whole platform locally: Postgres, migrations, four servic
 test: protos browser ## Run the test suite against real Postgres, real gRPC and a real browser
 	$(BIN)/python -m pytest -q
 
-lint: protos breaking ## ruff format check, ruff check, mypy (strict), buf lint, buf breaking, OpenAPI current
+lint: protos breaking ## ruff format check, ruff check, import contracts, mypy (strict), buf lint, buf breaking, OpenAPI current
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy services ap_cli devtools tests bench sdk/python/src/agentplatform
 	cd protos && $(CURDIR)/$(BIN)/buf lint
 	$(BIN)/python -m services.web.openapi --check

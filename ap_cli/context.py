@@ -6,21 +6,12 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol, TextIO, TypeVar
+from typing import TextIO, TypeVar
 
-from agentplatform import Client, RpcFailure
+from agentplatform import Client, Page, RpcFailure, follow_pages
 
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
-
-
-class Page(Protocol):
-    """A List response: some items and the token of the next page."""
-
-    @property
-    def next_page_token(self) -> str: ...
-
-
 PageT = TypeVar("PageT", bound=Page)
 
 
@@ -32,14 +23,7 @@ async def all_pages(
     fetch: Callable[[str], Awaitable[PageT]], items: Callable[[PageT], Iterable[ItemT]]
 ) -> list[ItemT]:
     """Follow a List RPC's page tokens to the end and return every item."""
-    found: list[ItemT] = []
-    token = ""
-    while True:
-        page = await fetch(token)
-        found.extend(items(page))
-        token = page.next_page_token
-        if not token:
-            return found
+    return [item async for item in follow_pages(fetch, items)]
 
 
 def wants_color(stream: TextIO) -> bool:

@@ -10,19 +10,8 @@ import json
 from collections.abc import Callable
 from typing import Literal, TextIO
 
+from agentplatform.events import ATTEMPT_OUTPUT_PAYLOADS
 from agentplatform.v1 import run_pb2
-
-# Payloads an attempt produces; a superseded attempt's stragglers must not mix into the reply.
-_ATTEMPT_OUTPUT_PAYLOADS = frozenset(
-    {
-        "reasoning_summary_delta",
-        "output_text_delta",
-        "tool_call_started",
-        "tool_call_progress",
-        "tool_call_completed",
-        "usage",
-    }
-)
 
 _DIM = "\x1b[2m"
 _RED = "\x1b[31m"
@@ -88,6 +77,11 @@ class EventRenderer:
         }
 
     @property
+    def rendered_payloads(self) -> frozenset[str]:
+        """Return the payload fields this renderer writes; others are skipped."""
+        return frozenset(self._handlers)
+
+    @property
     def terminal(self) -> bool:
         """Say whether the terminal event has been rendered."""
         return self.outcome is not None
@@ -101,7 +95,8 @@ class EventRenderer:
         if kind is None:
             # The protocol lets servers add payload kinds; older clients skip them.
             return
-        if kind in _ATTEMPT_OUTPUT_PAYLOADS and 0 < event.attempt < self.attempt:
+        # A superseded attempt's stragglers must not mix into the reply.
+        if kind in ATTEMPT_OUTPUT_PAYLOADS and 0 < event.attempt < self.attempt:
             return
         handler = self._handlers.get(kind)
         if handler is not None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+from agentplatform.events import TERMINAL_TYPES
 from agentplatform.v1 import (
     run_pb2,
     run_service_pb2,
@@ -45,7 +46,6 @@ from services.control_plane.bootstrap import create_workspace
 from services.migrate import migrate_all
 from services.rpc.db import role_dsn
 
-TERMINAL = ("run.completed", "run.failed", "run.cancelled")
 TERMINAL_STATES = ("completed", "failed", "cancelled")
 
 
@@ -204,7 +204,8 @@ async def report(
     bad_terminal = [
         run_id
         for run_id, evs in per_run.items()
-        if sum(e["type"] in TERMINAL for e in evs) != 1 or evs[-1]["type"] not in TERMINAL
+        if sum(e["type"] in TERMINAL_TYPES for e in evs) != 1
+        or evs[-1]["type"] not in TERMINAL_TYPES
     ]
     rescues: dict[uuid.UUID, list[float]] = {}
     for event in rescued:

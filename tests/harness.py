@@ -30,8 +30,6 @@ from services.worker.app import Worker
 from services.worker.settings import WorkerSettings
 from tests.logcheck import INTERNAL_TOKENS
 
-TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
-
 
 @dataclass
 class Client:

@@ -12,12 +12,11 @@ from services.control_plane import store
 from services.control_plane.auth import Principal, new_api_key
 from services.control_plane.convert import api_key_to_proto
 from services.control_plane.runtime import Runtime
-from services.control_plane.workspaces import keyset_cursor, next_token
 from services.rpc import validate
 from services.rpc.errors import not_found
 from services.rpc.interceptors import current_principal
 from services.rpc.names import parse_api_key_name, parse_user_name
-from services.rpc.pagination import clamp_page_size
+from services.rpc.pagination import KEYSET, Page
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -47,7 +46,7 @@ class ApiKeyService(api_key_service_pb2_grpc.ApiKeyServiceServicer):
             # Membership, not mere existence: a key for a non-member would be a way in.
             if await store.member_get(conn, principal.workspace_id, user_id) is None:
                 raise not_found(spec.user)
-            key_id = await store.api_key_insert(
+            key_id = await store.api_key_create(
                 conn,
                 workspace_id=principal.workspace_id,
                 user_id=user_id,
@@ -63,20 +62,17 @@ class ApiKeyService(api_key_service_pb2_grpc.ApiKeyServiceServicer):
         self, request: api_key_service_pb2.ListApiKeysRequest, context: Context
     ) -> api_key_service_pb2.ListApiKeysResponse:
         principal: Principal = current_principal()
-        limit = clamp_page_size(request.page_size, default=100, maximum=1000)
-        scope = f"api_keys:{principal.workspace_id}"
-        before = keyset_cursor(request.page_token, scope)
+        page = Page.of(
+            request, f"api_keys:{principal.workspace_id}", KEYSET, default=100, maximum=1000
+        )
         async with self._rt.pool.acquire() as conn:
             rows = await store.api_key_list(
-                conn, principal.workspace_id, before=before, limit=limit + 1
+                conn, principal.workspace_id, before=page.after, limit=page.fetch
             )
-        response = api_key_service_pb2.ListApiKeysResponse(
-            api_keys=[api_key_to_proto(r) for r in rows[:limit]]
+        rows, token = page.cut(rows, lambda r: (r["create_time"], r["id"]))
+        return api_key_service_pb2.ListApiKeysResponse(
+            api_keys=[api_key_to_proto(r) for r in rows], next_page_token=token
         )
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = next_token(scope, last["create_time"], last["id"])
-        return response
 
     async def DeleteApiKey(
         self, request: api_key_service_pb2.DeleteApiKeyRequest, context: Context

@@ -37,7 +37,7 @@ async def create_workspace(
 ) -> Bootstrapped:
     """Create a workspace with one user of the given role and an API key for them."""
     key = new_api_key()
-    workspace_id, user_id = await store.workspace_create_with_owner(
+    workspace_id, user_id = await store.workspace_create(
         conn,
         workspace_display_name=workspace_display_name,
         user_display_name=owner_display_name,
@@ -57,8 +57,7 @@ async def bootstrap(
     try:
         async with conn.transaction():
             # Serialise concurrent bootstraps so only one can see an empty table.
-            await conn.execute("LOCK TABLE workspaces IN EXCLUSIVE MODE")
-            if await store.workspace_count(conn) > 0:
+            if await store.workspace_count(conn, lock=True) > 0:
                 return None
             return await create_workspace(
                 conn,
@@ -73,15 +72,11 @@ async def issue_owner_key(dsn: str, *, key_name: str = "dev") -> Bootstrapped | 
     """Issue a new API key for the first workspace's owner; None when not bootstrapped."""
     conn = await asyncpg.connect(dsn)
     try:
-        row = await conn.fetchrow(
-            "SELECT m.workspace_id, m.user_id FROM memberships m"
-            " JOIN workspaces w ON w.id = m.workspace_id"
-            " WHERE m.role = 'owner' ORDER BY w.create_time, m.create_time LIMIT 1"
-        )
+        row = await store.member_first_owner(conn)
         if row is None:
             return None
         key = new_api_key()
-        await store.api_key_insert(
+        await store.api_key_create(
             conn,
             workspace_id=row["workspace_id"],
             user_id=row["user_id"],

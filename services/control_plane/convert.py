@@ -87,30 +87,6 @@ def run_to_proto(row: store.Record) -> run_pb2.Run:
     return run
 
 
-def event_type(event: run_pb2.RunEvent) -> str:
-    """Return the dotted type of an event from its payload."""
-    kind = event.WhichOneof("payload")
-    if kind is None:
-        raise ValueError("event has no payload")
-    return EVENT_TYPES[kind]
-
-
-EVENT_TYPES = {
-    "run_queued": "run.queued",
-    "run_started": "run.started",
-    "run_attempt_started": "run.attempt_started",
-    "reasoning_summary_delta": "reasoning.summary.delta",
-    "output_text_delta": "output_text.delta",
-    "tool_call_started": "tool_call.started",
-    "tool_call_progress": "tool_call.progress",
-    "tool_call_completed": "tool_call.completed",
-    "usage": "usage",
-    "run_completed": "run.completed",
-    "run_failed": "run.failed",
-    "run_cancelled": "run.cancelled",
-}
-
-
 def workspace_to_proto(row: store.Record) -> workspace_pb2.Workspace:
     """Build a Workspace, with the caller's role in it, from its row."""
     workspace = workspace_pb2.Workspace(

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 from agentplatform.dispatch.v1 import dispatch_service_pb2 as pb
 from agentplatform.dispatch.v1 import dispatch_service_pb2_grpc
+from agentplatform.events import TERMINAL_PAYLOADS
 from agentplatform.v1 import error_reason_pb2, run_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.control_plane import metrics, store
-from services.control_plane.convert import event_type
-from services.control_plane.events import stamp
+from services.control_plane.events import to_store
 from services.control_plane.lifecycle import RunLifecycle
 from services.control_plane.runtime import Runtime
 from services.rpc.db import Connection
@@ -28,7 +28,6 @@ from services.rpc.names import message_name, parse_run_name, run_name, user_name
 Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_EVENTS_PER_APPEND = 1000
-_TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
 
 def lease_lost(run: str) -> ApiError:
@@ -41,26 +40,18 @@ def lease_lost(run: str) -> ApiError:
     )
 
 
-def _to_new_events(events: Sequence[run_pb2.RunEvent]) -> list[store.NewEvent]:
+def _check_worker_events(events: Sequence[run_pb2.RunEvent]) -> None:
+    """Refuse a batch that is too long, not consecutive, or carries a terminal event."""
     if len(events) > MAX_EVENTS_PER_APPEND:
         raise invalid_argument("events", f"At most {MAX_EVENTS_PER_APPEND} events per call.")
-    stored = []
     for i, event in enumerate(events):
         if i and event.sequence != events[i - 1].sequence + 1:
             raise invalid_argument("events", "Event sequences must be consecutive.")
         kind = event.WhichOneof("payload")
-        if kind is None or kind in _TERMINAL_PAYLOADS:
+        if kind is None or kind in TERMINAL_PAYLOADS:
             raise invalid_argument(
                 "events", "Events need a payload; terminal events come from FinishRun."
             )
-        event.type = event_type(event)
-        event.ClearField("name")
-        event.ClearField("create_time")
-        stored.append(store.NewEvent(event.sequence, event.type, event.attempt, b""))
-    return [
-        store.NewEvent(s.sequence, s.type, s.attempt, e.SerializeToString())
-        for s, e in zip(stored, events, strict=True)
-    ]
 
 
 def _tool_calls(
@@ -151,6 +142,30 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             tools_version=row["tools_version"],
         )
 
+    async def _store_with_tool_calls(
+        self,
+        run_id: uuid.UUID,
+        events: Sequence[run_pb2.RunEvent],
+        store_events: Callable[[Connection], Awaitable[store.Record | None]],
+    ) -> store.Record | None:
+        """Store a worker's events and the tool call records they report, in one transaction.
+
+        Returns the storing statement's row, None when it refused the write.
+        """
+        starts, ends = _tool_calls(events)
+        async with self._rt.pool.acquire() as conn, _transaction_if(conn, starts or ends):
+            row = await store_events(conn)
+            if row is not None and (starts or ends):
+                await store.tool_call_record(
+                    conn,
+                    run_id=run_id,
+                    session_id=row["session_id"],
+                    attempt=row["attempt"],
+                    started=starts,
+                    ended=ends,
+                )
+        return row
+
     async def _explain_refusal(
         self, run: str, run_id: uuid.UUID, fencing_token: int, last: int | None
     ) -> int:
@@ -185,42 +200,24 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         if not request.events:
             raise invalid_argument("events", "At least one event is required.")
         events = list(request.events)
-        new_events = _to_new_events(events)
-        now = _now()
-        starts, ends = _tool_calls(events)
-        async with self._rt.pool.acquire() as conn, _transaction_if(conn, starts or ends):
-            row = await store.run_events_append(
-                conn,
+        _check_worker_events(events)
+        row = await self._store_with_tool_calls(
+            name.run_id,
+            events,
+            functools.partial(
+                store.run_event_append,
                 run_id=name.run_id,
                 fencing_token=request.fencing_token,
-                events=new_events,
-                at=now,
-            )
-            if row is not None and (starts or ends):
-                await store.tool_calls_record(
-                    conn,
-                    run_id=name.run_id,
-                    session_id=row["session_id"],
-                    attempt=row["attempt"],
-                    started=starts,
-                    ended=ends,
-                    at=now,
-                )
+                last_sequence=events[-1].sequence,
+                events=to_store(events),
+            ),
+        )
         if row is None:
             last = await self._explain_refusal(
-                request.run, name.run_id, request.fencing_token, new_events[-1].sequence
+                request.run, name.run_id, request.fencing_token, events[-1].sequence
             )
             return pb.AppendRunEventsResponse(last_event_sequence=last)
-        first_session_sequence = row["session_sequence"] - len(events) + 1
-        for i, event in enumerate(events):
-            event.session_sequence = first_session_sequence + i
-            event.attempt = row["attempt"]  # the lease holder's attempt, whatever the worker said
-            stamp(event, name.session_id, name.run_id, now)
-        self._rt.bus.publish(name.run_id, name.session_id, events)
-        metrics.EVENTS_APPENDED.inc(len(events))
-        self._rt.notifier.run_events(
-            name.run_id, row["last_event_sequence"], name.session_id, row["session_sequence"]
-        )
+        self._rt.announce(row, events)
         return pb.AppendRunEventsResponse(
             last_event_sequence=row["last_event_sequence"],
             cancel_requested=row["cancel_requested"],
@@ -248,7 +245,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
     ) -> pb.FinishRunResponse:
         name = parse_run_name(request.run, "run")
         events = list(request.events)
-        new_events = _to_new_events(events)
+        _check_worker_events(events)
         outcome = request.WhichOneof("outcome")
         if outcome is None:
             raise invalid_argument("outcome", "outcome is required.")
@@ -256,55 +253,32 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         terminal, state, reason, message = self._terminal(
             request, name.session_id, output_message_id
         )
-        terminal.type = event_type(terminal)
         usage = request.completed.usage
-        now = _now()
-        starts, ends = _tool_calls(events)
-        async with self._rt.pool.acquire() as conn, _transaction_if(conn, starts or ends):
-            row = await store.run_finish(
-                conn,
+        all_events = [*events, terminal]
+        row = await self._store_with_tool_calls(
+            name.run_id,
+            events,
+            functools.partial(
+                store.run_finish,
                 run_id=name.run_id,
                 fencing_token=request.fencing_token,
-                events=new_events,
-                terminal_type=terminal.type,
-                terminal_body=terminal.SerializeToString(),
+                first_sequence=events[0].sequence if events else 0,
+                events=to_store(all_events),
                 state=state,
                 reply_text=request.completed.text if outcome == "completed" else None,
                 error_reason=reason,
                 error_message=message,
                 usage=(usage.input_tokens, usage.output_tokens, usage.reasoning_tokens),
                 output_message_id=output_message_id,
-                at=now,
-            )
-            if row is not None and (starts or ends):
-                await store.tool_calls_record(
-                    conn,
-                    run_id=name.run_id,
-                    session_id=row["session_id"],
-                    attempt=row["attempt"],
-                    started=starts,
-                    ended=ends,
-                    at=now,
-                )
+            ),
+        )
         if row is None:
-            expected = new_events[-1].sequence + 1 if new_events else None
+            expected = events[-1].sequence + 1 if events else None
             last = await self._explain_refusal(
                 request.run, name.run_id, request.fencing_token, expected
             )
             return pb.FinishRunResponse(terminal_sequence=last)
-        terminal.sequence = row["last_event_sequence"]
-        terminal.attempt = row["attempt"]
-        all_events = [*events, terminal]
-        first_session_sequence = row["session_sequence"] - len(all_events) + 1
-        for i, event in enumerate(all_events):
-            event.session_sequence = first_session_sequence + i
-            event.attempt = row["attempt"]
-            stamp(event, name.session_id, name.run_id, now)
-        self._rt.bus.publish(name.run_id, name.session_id, all_events)
-        metrics.record_run_finished(state, row["create_time"], len(all_events))
-        self._rt.notifier.run_events(
-            name.run_id, terminal.sequence, name.session_id, row["session_sequence"]
-        )
+        self._rt.announce(row, all_events)
         await self._lifecycle.promote(name.session_id)
         return pb.FinishRunResponse(terminal_sequence=terminal.sequence)
 
@@ -317,23 +291,19 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             if attempt is None:
                 raise not_found(request.run)
             event = run_pb2.RunEvent(
-                type="run.attempt_started",
-                attempt=attempt + 1,
                 run_attempt_started=run_pb2.RunAttemptStarted(
                     attempt=attempt + 1, reason="WORKER_DRAINED"
-                ),
+                )
             )
             row = await store.run_requeue(
                 conn,
                 run_id=name.run_id,
-                event_type=event.type,
-                event_body=event.SerializeToString(),
-                at=_now(),
+                event=to_store([event])[0],
                 fencing_token=request.fencing_token,
             )
         if row is None:
             raise lease_lost(request.run)
-        self._lifecycle.announce(row, name.run_id, event)
+        self._rt.announce(row, [event])
         self._lifecycle.run_claimable()
         return pb.ReleaseRunResponse()
 
@@ -372,7 +342,3 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             "RUN_CANCELLED",
             cancel_reason,
         )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)

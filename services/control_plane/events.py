@@ -21,8 +21,8 @@ from typing import Any
 import asyncpg
 import grpc
 import structlog
+from agentplatform.events import event_type, is_terminal
 from agentplatform.v1 import run_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.control_plane import metrics, store
 from services.rpc.errors import DATABASE_ERRORS, ApiError, Reason
@@ -32,29 +32,57 @@ log = structlog.get_logger()
 
 EVENTS_CHANNEL = "ap_run_events"
 QUEUE_CHANNEL = "ap_runs_queued"
-TERMINAL_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})
 _NOTIFY_PAYLOAD_LIMIT = 7900  # Postgres refuses NOTIFY payloads of 8000 bytes or more
 _CHANNEL_BUFFER = 4096
 _REPLAY_PAGE = 500
 
 
+def place(
+    event: run_pb2.RunEvent,
+    *,
+    session_id: uuid.UUID,
+    run_id: uuid.UUID,
+    sequence: int,
+    session_sequence: int,
+    attempt: int,
+    create_time: datetime,
+) -> None:
+    """Give an event its name, positions, attempt and time: what a stored event carries.
+
+    Replays and live deliveries both go through here, so a live event is byte for byte the
+    one ListRunEvents returns later.
+    """
+    event.sequence = sequence
+    event.session_sequence = session_sequence
+    event.attempt = attempt
+    event.name = run_event_name(session_id, run_id, sequence)
+    event.create_time.FromDatetime(create_time)
+
+
 def event_from_row(row: store.Record) -> run_pb2.RunEvent:
-    """Rebuild a stored event with its name, positions and time."""
+    """Rebuild a stored event from its row."""
     event = run_pb2.RunEvent.FromString(row["body"])
-    event.sequence = row["sequence"]
-    event.session_sequence = row["session_sequence"]
-    event.attempt = row["attempt"]
-    event.name = run_event_name(row["session_id"], row["run_id"], row["sequence"])
-    event.create_time.FromDatetime(row["create_time"])
+    place(
+        event,
+        session_id=row["session_id"],
+        run_id=row["run_id"],
+        sequence=row["sequence"],
+        session_sequence=row["session_sequence"],
+        attempt=row["attempt"],
+        create_time=row["create_time"],
+    )
     return event
 
 
-def stamp(event: run_pb2.RunEvent, session_id: uuid.UUID, run_id: uuid.UUID, at: datetime) -> None:
-    """Give a freshly stored event its name and time, as a replay would show them."""
-    event.name = run_event_name(session_id, run_id, event.sequence)
-    ts = Timestamp()
-    ts.FromDatetime(at)
-    event.create_time.CopyFrom(ts)
+def to_store(events: Iterable[run_pb2.RunEvent]) -> list[store.NewEvent]:
+    """Serialize events for storage: typed from their payload, without what `place` adds."""
+    stored = []
+    for event in events:
+        event.type = event_type(event)
+        event.ClearField("name")
+        event.ClearField("create_time")
+        stored.append(store.NewEvent(event.type, event.SerializeToString()))
+    return stored
 
 
 def shutting_down() -> ApiError:
@@ -109,7 +137,7 @@ class LogChannel:
             at = self.position(event)
             self._events[at] = event
             self.known = max(self.known, at)
-            if self.position is run_position and event.type in TERMINAL_TYPES:
+            if self.position is run_position and is_terminal(event):
                 self.terminal = at
         while len(self._events) > _CHANNEL_BUFFER:
             del self._events[min(self._events)]
@@ -216,7 +244,7 @@ class EventBus:
                     return await store.run_event_list(
                         conn, key, after_sequence=cursor, limit=_REPLAY_PAGE
                     )
-                return await store.session_event_list(
+                return await store.run_event_list_by_session(
                     conn, key, after_session_sequence=cursor, limit=_REPLAY_PAGE
                 )
 
@@ -226,21 +254,19 @@ class EventBus:
         while True:
             await asyncio.sleep(self._poll_interval)
             try:
-                await self._poll_quiet("runs", self._runs)
-                await self._poll_quiet("sessions", self._sessions)
+                await self._poll_quiet("run", self._runs)
+                await self._poll_quiet("session", self._sessions)
             except DATABASE_ERRORS as err:
                 log.warning("event_poll_failed", error=str(err))
 
-    async def _poll_quiet(self, table: str, channels: dict[uuid.UUID, LogChannel]) -> None:
+    async def _poll_quiet(self, kind: str, channels: dict[uuid.UUID, LogChannel]) -> None:
         now = asyncio.get_running_loop().time()
         quiet = [k for k, c in channels.items() if now - c.last_change >= self._poll_interval]
         if not quiet:
             return
+        last_sequences = store.run_last_sequences if kind == "run" else store.session_last_sequences
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                f"SELECT id, last_event_sequence FROM {table} WHERE id = ANY($1::uuid[])", quiet
-            )
-        kind = "run" if table == "runs" else "session"
+            rows = await last_sequences(conn, quiet)
         for row in rows:
             channel = channels.get(row["id"])
             if channel is not None and row["last_event_sequence"] > channel.known:
@@ -307,7 +333,7 @@ class EventBus:
             for event in batch:
                 yield event
                 cursor = channel.position(event)
-                if channel.position is run_position and event.type in TERMINAL_TYPES:
+                if channel.position is run_position and is_terminal(event):
                     return
             if not batch:
                 await changed.wait()

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from datetime import UTC, datetime
 
 import structlog
 from agentplatform.v1 import run_pb2
 
 from services.control_plane import metrics, store
-from services.control_plane.events import stamp
+from services.control_plane.events import to_store
 from services.control_plane.runtime import Runtime
 from services.rpc.db import Connection
 from services.rpc.errors import DATABASE_ERRORS
@@ -25,28 +24,12 @@ log = structlog.get_logger(service="control_plane")
 _RESCUE_BATCH = 100
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class RunLifecycle:
     """Change run states on the control plane's own initiative and announce the events."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
         self._task: asyncio.Task[None] | None = None
-
-    def announce(self, row: store.Record, run_id: uuid.UUID, event: run_pb2.RunEvent) -> None:
-        """Publish one event a statement just stored (row: session_id, positions, attempt)."""
-        event.sequence = row["last_event_sequence"]
-        event.session_sequence = row["session_sequence"]
-        event.attempt = row["attempt"]
-        stamp(event, row["session_id"], run_id, _now())
-        metrics.record_event_announced(event.type, row["create_time"])
-        self._rt.bus.publish(run_id, row["session_id"], [event])
-        self._rt.notifier.run_events(
-            run_id, event.sequence, row["session_id"], event.session_sequence
-        )
 
     async def end_unclaimed(
         self,
@@ -63,12 +46,47 @@ class RunLifecycle:
             conn,
             run_id=run_id,
             state=state,
-            event_type=event.type,
-            event_body=event.SerializeToString(),
+            event=to_store([event])[0],
             error_reason=reason,
             error_message=message,
-            at=_now(),
         )
+
+    async def cancel_locked(
+        self, conn: Connection, run: store.Record, reason: str
+    ) -> list[tuple[store.Record, run_pb2.RunEvent]]:
+        """Cancel a run locked by the caller: at once if no worker holds it, else ask its worker.
+
+        Returns what to announce after the commit: the stored run.cancelled, if any.
+        """
+        if run["state"] == "running":
+            await store.run_request_cancel(conn, run["id"])
+            return []
+        event = run_pb2.RunEvent(run_cancelled=run_pb2.RunCancelled(reason=reason))
+        row = await self.end_unclaimed(
+            conn, run["id"], "cancelled", event, reason="RUN_CANCELLED", message=reason
+        )
+        return [] if row is None else [(row, event)]
+
+    async def cancel(
+        self, workspace_id: uuid.UUID, session_id: uuid.UUID, run_id: uuid.UUID
+    ) -> store.Record | None:
+        """Cancel a run on request; return it as it is now, None if the workspace has no such run.
+
+        A run that ended already is left as it is.
+        """
+        async with self._rt.pool.acquire() as conn:
+            async with conn.transaction():
+                run = await store.run_lock(conn, workspace_id, session_id, run_id)
+                if run is None:
+                    return None
+                ended = []
+                if run["state"] in ("waiting", "queued", "running"):
+                    ended = await self.cancel_locked(conn, run, "cancelled on request")
+            for stored, event in ended:
+                self._rt.announce(stored, [event])
+            if ended:
+                await self.promote(session_id)
+            return await store.run_get(conn, workspace_id, session_id, run_id)
 
     async def promote(self, session_id: uuid.UUID) -> None:
         """Make the session's next waiting run claimable and wake a worker for it."""
@@ -107,16 +125,15 @@ class RunLifecycle:
     async def rescue_expired(self) -> int:
         """Retry runs whose worker stopped heartbeating, or fail them at the attempt limit."""
         settings = self._rt.settings
-        announced: list[tuple[store.Record, uuid.UUID, run_pb2.RunEvent]] = []
+        announced: list[tuple[store.Record, run_pb2.RunEvent]] = []
         ended_sessions: set[uuid.UUID] = set()
         requeued = 0
         async with self._rt.pool.acquire() as conn, conn.transaction():
-            for run in await store.run_expired_leases(conn, _RESCUE_BATCH):
+            for run in await store.run_expired_list(conn, _RESCUE_BATCH):
                 run_id = run["id"]
                 if run["cancel_requested"]:
                     event = run_pb2.RunEvent(
-                        type="run.cancelled",
-                        run_cancelled=run_pb2.RunCancelled(reason="cancelled; its worker was lost"),
+                        run_cancelled=run_pb2.RunCancelled(reason="cancelled; its worker was lost")
                     )
                     row = await self.end_unclaimed(
                         conn,
@@ -130,8 +147,7 @@ class RunLifecycle:
                 elif run["attempt"] >= settings.max_attempts:
                     message = f"The run's worker was lost on all {run['attempt']} attempts."
                     event = run_pb2.RunEvent(
-                        type="run.failed",
-                        run_failed=run_pb2.RunFailed(reason="WORKER_LOST", message=message),
+                        run_failed=run_pb2.RunFailed(reason="WORKER_LOST", message=message)
                     )
                     row = await self.end_unclaimed(
                         conn, run_id, "failed", event, reason="WORKER_LOST", message=message
@@ -139,26 +155,18 @@ class RunLifecycle:
                     ended_sessions.add(run["session_id"])
                 else:
                     event = run_pb2.RunEvent(
-                        type="run.attempt_started",
-                        attempt=run["attempt"] + 1,
                         run_attempt_started=run_pb2.RunAttemptStarted(
                             attempt=run["attempt"] + 1, reason="WORKER_LOST"
-                        ),
+                        )
                     )
-                    row = await store.run_requeue(
-                        conn,
-                        run_id=run_id,
-                        event_type=event.type,
-                        event_body=event.SerializeToString(),
-                        at=_now(),
-                    )
+                    row = await store.run_requeue(conn, run_id=run_id, event=to_store([event])[0])
                     requeued += 1
                 if row is not None:
-                    announced.append((row, run_id, event))
+                    announced.append((row, event))
         metrics.LEASE_RESCUES.inc(len(announced))
-        for row, run_id, event in announced:
-            log.warning("lease_expired_run_rescued", run_id=str(run_id), outcome=event.type)
-            self.announce(row, run_id, event)
+        for row, event in announced:
+            log.warning("lease_expired_run_rescued", run_id=str(row["id"]), outcome=event.type)
+            self._rt.announce(row, [event])
         for session_id in ended_sessions:
             await self.promote(session_id)
         for _ in range(requeued):
@@ -167,6 +175,6 @@ class RunLifecycle:
 
     async def _promote_stalled(self) -> None:
         async with self._rt.pool.acquire() as conn:
-            sessions = await store.sessions_with_stalled_waiting(conn, _RESCUE_BATCH)
+            sessions = await store.run_stalled_session_list(conn, _RESCUE_BATCH)
         for session_id in sessions:
             await self.promote(session_id)

@@ -5,17 +5,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import asyncpg
+from agentplatform.events import is_terminal
+from agentplatform.v1 import run_pb2
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.control_plane import store
 from services.rpc.metrics import refresh_before_scrape
 
 RUN_STATUSES = ("completed", "failed", "cancelled")
-_STATUS_OF_TERMINAL_EVENT = {f"run.{status}": status for status in RUN_STATUSES}
 
 RUNS_CREATED = Counter(
     "ap_runs_created", "Runs created; a CreateRun replayed by request_id is not."
@@ -54,9 +55,8 @@ for _status in RUN_STATUSES:
 
 
 def record_run_created() -> None:
-    """Count a new run and its run.queued event."""
+    """Count a new run (its run.queued event is counted as it is announced)."""
     RUNS_CREATED.inc()
-    EVENTS_APPENDED.inc()
 
 
 def record_claim(attempt: int, create_time: datetime) -> None:
@@ -65,23 +65,14 @@ def record_claim(attempt: int, create_time: datetime) -> None:
         CLAIM_LATENCY.observe(_seconds_since(create_time))
 
 
-def record_run_finished(status: str, create_time: datetime, events: int) -> None:
-    """Count a run's terminal state, its duration and the events stored with it."""
-    RUNS_FINISHED.labels(status).inc()
-    RUN_DURATION.labels(status).observe(_seconds_since(create_time))
-    EVENTS_APPENDED.inc(events)
-
-
-def record_event_announced(event_type: str, create_time: datetime) -> None:
-    """Count an event the control plane stored itself: a cancel, a rescue or a release.
-
-    A terminal event also counts its run as finished.
-    """
-    status = _STATUS_OF_TERMINAL_EVENT.get(event_type)
-    if status is None:
-        EVENTS_APPENDED.inc()
-    else:
-        record_run_finished(status, create_time, events=1)
+def record_events_stored(
+    events: Sequence[run_pb2.RunEvent], run_state: str, run_create_time: datetime
+) -> None:
+    """Count stored events; a terminal one also counts its run as finished, with its duration."""
+    EVENTS_APPENDED.inc(len(events))
+    if events and is_terminal(events[-1]):
+        RUNS_FINISHED.labels(run_state).inc()
+        RUN_DURATION.labels(run_state).observe(_seconds_since(run_create_time))
 
 
 def watch_queue_depth(pool: asyncpg.Pool) -> Callable[[], None]:
@@ -89,7 +80,7 @@ def watch_queue_depth(pool: asyncpg.Pool) -> Callable[[], None]:
 
     async def sample() -> None:
         async with pool.acquire() as conn:
-            QUEUE_DEPTH.set(await store.run_count_queued(conn))
+            QUEUE_DEPTH.set(await store.run_queued_count(conn))
 
     return refresh_before_scrape(sample)
 

@@ -33,6 +33,7 @@ from services.rpc.interceptors import current_principal
 from services.rpc.internal_auth import InternalClient
 from services.rpc.names import (
     parse_secret_name,
+    parse_workspace_secret_name,
     secret_name,
     user_name,
     workspace_name,
@@ -94,7 +95,9 @@ def _public_status(status: vault_pb.KeyStatus) -> master_key_pb2.MasterKeyStatus
 
 def _public(secret: vault_pb.Secret) -> secret_pb2.Secret:
     public = secret_pb2.Secret(
-        name=secret_name(secret.name.rsplit("/", 1)[-1]), uid=secret.uid, version=secret.version
+        name=secret_name(str(parse_workspace_secret_name(secret.name)[1])),
+        uid=secret.uid,
+        version=secret.version,
     )
     public.create_time.CopyFrom(secret.create_time)
     public.update_time.CopyFrom(secret.update_time)

@@ -15,13 +15,7 @@ from services.rpc import validate
 from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
 from services.rpc.interceptors import current_principal
 from services.rpc.names import parse_session_name, session_name
-from services.rpc.pagination import (
-    clamp_page_size,
-    decode_keyset_token,
-    decode_page_token,
-    encode_keyset_token,
-    encode_page_token,
-)
+from services.rpc.pagination import KEYSET, POSITION, Page
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -77,7 +71,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
             raise hosted_model_unavailable()
         assert self._rt.model.name is not None
         async with self._rt.pool.acquire() as conn:
-            row = await store.session_insert(
+            row = await store.session_create(
                 conn,
                 workspace_id=principal.workspace_id,
                 created_by=principal.user_id,
@@ -105,41 +99,33 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         self, request: session_service_pb2.ListSessionsRequest, context: Context
     ) -> session_service_pb2.ListSessionsResponse:
         principal: Principal = current_principal()
-        limit = clamp_page_size(request.page_size, default=50, maximum=1000)
-        scope = f"sessions:{principal.workspace_id}"
-        before = decode_keyset_token(request.page_token, scope)
+        page = Page.of(
+            request, f"sessions:{principal.workspace_id}", KEYSET, default=50, maximum=1000
+        )
         async with self._rt.pool.acquire() as conn:
             rows = await store.session_list(
-                conn, principal.workspace_id, before=before, limit=limit + 1
+                conn, principal.workspace_id, before=page.after, limit=page.fetch
             )
-        response = session_service_pb2.ListSessionsResponse(
-            sessions=[session_to_proto(r) for r in rows[:limit]]
+        rows, token = page.cut(rows, lambda r: (r["create_time"], r["id"]))
+        return session_service_pb2.ListSessionsResponse(
+            sessions=[session_to_proto(r) for r in rows], next_page_token=token
         )
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = encode_keyset_token(scope, last["create_time"], last["id"])
-        return response
 
     async def ListMessages(
         self, request: session_service_pb2.ListMessagesRequest, context: Context
     ) -> session_service_pb2.ListMessagesResponse:
         principal: Principal = current_principal()
         session_id = parse_session_name(request.parent, "parent")
-        limit = clamp_page_size(request.page_size, default=100, maximum=1000)
-        scope = f"messages:{session_name(session_id)}"
-        cursor = decode_page_token(request.page_token, scope)
-        after = 0
-        if cursor is not None:
-            after = cursor.get("p", -1)
-            if not isinstance(after, int) or after < 0:
-                raise invalid_argument("page_token", "page_token is malformed.")
+        page = Page.of(
+            request, f"messages:{session_name(session_id)}", POSITION, default=100, maximum=1000
+        )
         async with self._rt.pool.acquire() as conn:
             if not await store.session_exists(conn, principal.workspace_id, session_id):
                 raise not_found(request.parent)
-            rows = await store.message_list(conn, session_id, after_position=after, limit=limit + 1)
-        response = session_service_pb2.ListMessagesResponse(
-            messages=[message_to_proto(session_id, r) for r in rows[:limit]]
+            rows = await store.message_list(
+                conn, session_id, after_position=page.after or 0, limit=page.fetch
+            )
+        rows, token = page.cut(rows, lambda r: r["position"])
+        return session_service_pb2.ListMessagesResponse(
+            messages=[message_to_proto(session_id, r) for r in rows], next_page_token=token
         )
-        if len(rows) > limit:
-            response.next_page_token = encode_page_token(scope, {"p": rows[limit - 1]["position"]})
-        return response

@@ -23,11 +23,26 @@ from services.control_plane import store
 from services.control_plane.auth import Principal
 from services.control_plane.runtime import Runtime
 from services.control_plane.settings import ControlPlaneSettings
-from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
+from services.rpc.errors import ApiError, Reason, not_found
 from services.rpc.interceptors import current_principal
 from services.rpc.internal_auth import InternalClient
-from services.rpc.names import parse_run_name, workspace_name
-from services.rpc.pagination import clamp_page_size, decode_page_token, encode_page_token
+from services.rpc.names import (
+    mcp_server_name,
+    parse_mcp_server_name,
+    parse_run_name,
+    parse_secret_name,
+    parse_tool_name,
+    parse_workspace_mcp_server_name,
+    parse_workspace_secret_name,
+    parse_workspace_tool_name,
+    secret_name,
+    tool_name,
+    workspace_mcp_server_name,
+    workspace_name,
+    workspace_secret_name,
+    workspace_tool_name,
+)
+from services.rpc.pagination import POSITION, Page
 from services.rpc.server import ServiceBinding
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -62,29 +77,24 @@ class GatewayClient(InternalClient["gateway_service_pb2_grpc.GatewayServiceAsync
         )
 
 
-def _public_id(name: str, collection: str, field: str = "name") -> str:
-    prefix = f"{collection}/"
-    if not name.startswith(prefix) or "/" in name[len(prefix) :] or len(name) == len(prefix):
-        raise invalid_argument(field, f"{field} must look like '{collection}/{{id}}'.")
-    return name[len(prefix) :]
-
-
 def _public_tool(tool: gw.Tool) -> tool_pb2.Tool:
     public = tool_pb2.Tool(
-        name="tools/" + tool.name.rsplit("/", 1)[-1],
+        name=tool_name(parse_workspace_tool_name(tool.name)[1]),
         description=tool.description,
         parameters=tool.parameters,
         timeout_ms=tool.timeout_ms,
     )
     if tool.mcp_server:
-        public.mcp_server = "mcpServers/" + tool.mcp_server.rsplit("/", 1)[-1]
+        public.mcp_server = mcp_server_name(parse_workspace_mcp_server_name(tool.mcp_server)[1])
     else:
         public.http.CopyFrom(
             tool_pb2.HttpEndpoint(
                 method=tool.method,
                 url_template=tool.url_template,
                 credential=(
-                    "secrets/" + tool.credential.rsplit("/", 1)[-1] if tool.credential else ""
+                    secret_name(str(parse_workspace_secret_name(tool.credential)[1]))
+                    if tool.credential
+                    else ""
                 ),
                 credential_injection=tool.credential_injection,
             )
@@ -95,7 +105,7 @@ def _public_tool(tool: gw.Tool) -> tool_pb2.Tool:
 
 def _public_server(server: gw.McpServer) -> tool_pb2.McpServer:
     public = tool_pb2.McpServer(
-        name="mcpServers/" + server.name.rsplit("/", 1)[-1],
+        name=mcp_server_name(parse_workspace_mcp_server_name(server.name)[1]),
         url=server.url,
         tools=[_public_tool(t) for t in server.tools],
         timeout_ms=server.timeout_ms,
@@ -168,7 +178,7 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
 
     async def _bump_registry_version(self, principal: Principal) -> None:
         async with self._rt.pool.acquire() as conn:
-            await store.workspace_tools_changed(conn, principal.workspace_id)
+            await store.workspace_tools_bump(conn, principal.workspace_id)
 
     async def _call(self, public: str, method: Callable[..., Awaitable[T]], request: object) -> T:
         try:
@@ -191,8 +201,8 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
         tool, http = request.tool, request.tool.http
         credential = ""
         if http.credential:
-            secret = _public_id(http.credential, "secrets", "tool.http.credential")
-            credential = f"{workspace}/secrets/{secret}"
+            secret = parse_secret_name(http.credential, "tool.http.credential")
+            credential = workspace_secret_name(principal.workspace_id, str(secret))
         gateway = self._gw()
         created = await gateway.call(
             gateway.stub.CreateTool,
@@ -238,8 +248,7 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
     async def _delete_tool(
         self, principal: Principal, request: tool_service_pb2.DeleteToolRequest
     ) -> empty_pb2.Empty:
-        tool = _public_id(request.name, "tools")
-        name = f"{workspace_name(principal.workspace_id)}/tools/{tool}"
+        name = workspace_tool_name(principal.workspace_id, parse_tool_name(request.name))
         await self._call(request.name, self._gw().stub.DeleteTool, gw.DeleteToolRequest(name=name))
         return empty_pb2.Empty()
 
@@ -292,8 +301,9 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
     async def _delete_mcp_server(
         self, principal: Principal, request: tool_service_pb2.DeleteMcpServerRequest
     ) -> empty_pb2.Empty:
-        server = _public_id(request.name, "mcpServers")
-        name = f"{workspace_name(principal.workspace_id)}/mcpServers/{server}"
+        name = workspace_mcp_server_name(
+            principal.workspace_id, parse_mcp_server_name(request.name)
+        )
         await self._call(
             request.name, self._gw().stub.DeleteMcpServer, gw.DeleteMcpServerRequest(name=name)
         )
@@ -304,20 +314,15 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
     ) -> tool_service_pb2.ListToolCallsResponse:
         principal: Principal = current_principal()
         run = parse_run_name(request.parent, "parent")
-        size = clamp_page_size(request.page_size, default=100, maximum=1000)
-        scope = f"tool_calls:{request.parent}"
-        cursor = decode_page_token(request.page_token, scope) or {}
+        page = Page.of(request, f"tool_calls:{request.parent}", POSITION, default=100, maximum=1000)
         async with self._rt.pool.acquire() as conn:
             found = await store.run_get(conn, principal.workspace_id, run.session_id, run.run_id)
             if found is None:
                 raise not_found(request.parent)
             rows = await store.tool_call_list(
-                conn, run.run_id, after_sequence=int(cursor.get("after", 0)), limit=size + 1
+                conn, run.run_id, after_sequence=page.after or 0, limit=page.fetch
             )
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = encode_page_token(scope, {"after": rows[-1]["start_sequence"]})
+        rows, token = page.cut(rows, lambda r: r["start_sequence"])
         return tool_service_pb2.ListToolCallsResponse(
             tool_calls=[_tool_call(r, request.parent) for r in rows], next_page_token=token
         )

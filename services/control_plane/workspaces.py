@@ -8,7 +8,6 @@ workspace without an owner.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 import grpc
@@ -30,7 +29,7 @@ from services.rpc.names import (
     parse_workspace_name,
     user_name,
 )
-from services.rpc.pagination import clamp_page_size, decode_page_token, encode_page_token
+from services.rpc.pagination import KEYSET, Page
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -64,22 +63,6 @@ def last_owner() -> ApiError:
     )
 
 
-def keyset_cursor(token: str, scope: str) -> tuple[datetime, uuid.UUID] | None:
-    """Decode a (time, id) keyset page token bound to `scope`."""
-    cursor = decode_page_token(token, scope)
-    if cursor is None:
-        return None
-    try:
-        return datetime.fromisoformat(cursor["t"]), uuid.UUID(cursor["i"])
-    except (KeyError, TypeError, ValueError):
-        raise invalid_argument("page_token", "page_token is malformed.") from None
-
-
-def next_token(scope: str, time: datetime, row_id: uuid.UUID) -> str:
-    """Encode the page token that continues after a row."""
-    return encode_page_token(scope, {"t": time.isoformat(), "i": str(row_id)})
-
-
 class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     """Serve the caller's workspace and its members; other workspaces read as not found."""
 
@@ -105,20 +88,15 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         self, request: workspace_service_pb2.ListWorkspacesRequest, context: Context
     ) -> workspace_service_pb2.ListWorkspacesResponse:
         principal: Principal = current_principal()
-        limit = clamp_page_size(request.page_size, default=50, maximum=1000)
-        scope = f"workspaces:{principal.user_id}"
-        after = keyset_cursor(request.page_token, scope)
+        page = Page.of(request, f"workspaces:{principal.user_id}", KEYSET, default=50, maximum=1000)
         async with self._rt.pool.acquire() as conn:
-            rows = await store.workspace_list_for_user(
-                conn, principal.user_id, after=after, limit=limit + 1
+            rows = await store.workspace_list(
+                conn, principal.user_id, after=page.after, limit=page.fetch
             )
-        response = workspace_service_pb2.ListWorkspacesResponse(
-            workspaces=[workspace_to_proto(r) for r in rows[:limit]]
+        rows, token = page.cut(rows, lambda r: (r["create_time"], r["id"]))
+        return workspace_service_pb2.ListWorkspacesResponse(
+            workspaces=[workspace_to_proto(r) for r in rows], next_page_token=token
         )
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = next_token(scope, last["create_time"], last["id"])
-        return response
 
     async def UpdateWorkspace(
         self, request: workspace_service_pb2.UpdateWorkspaceRequest, context: Context
@@ -187,20 +165,17 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         self, request: workspace_service_pb2.ListMembersRequest, context: Context
     ) -> workspace_service_pb2.ListMembersResponse:
         principal: Principal = current_principal()
-        limit = clamp_page_size(request.page_size, default=100, maximum=1000)
-        scope = f"members:{principal.workspace_id}"
-        after = keyset_cursor(request.page_token, scope)
+        page = Page.of(
+            request, f"members:{principal.workspace_id}", KEYSET, default=100, maximum=1000
+        )
         async with self._rt.pool.acquire() as conn:
             rows = await store.member_list(
-                conn, principal.workspace_id, after=after, limit=limit + 1
+                conn, principal.workspace_id, after=page.after, limit=page.fetch
             )
-        response = workspace_service_pb2.ListMembersResponse(
-            members=[member_to_proto(r) for r in rows[:limit]]
+        rows, token = page.cut(rows, lambda r: (r["create_time"], r["user_id"]))
+        return workspace_service_pb2.ListMembersResponse(
+            members=[member_to_proto(r) for r in rows], next_page_token=token
         )
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = next_token(scope, last["create_time"], last["user_id"])
-        return response
 
     async def UpdateMember(
         self, request: workspace_service_pb2.UpdateMemberRequest, context: Context
@@ -212,7 +187,7 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         role = check_role("member.role", request.member.role)
         async with self._rt.pool.acquire() as conn, conn.transaction():
             await self._locked_member(conn, principal, user_id, request.member.name, role)
-            await store.member_set_role(conn, principal.workspace_id, user_id, role)
+            await store.member_update_role(conn, principal.workspace_id, user_id, role)
             row = await store.member_get(conn, principal.workspace_id, user_id)
         assert row is not None
         return member_to_proto(row)
@@ -241,7 +216,7 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         owners serialise and the second sees one owner left.
         """
         owners = await store.member_owner_count(conn, principal.workspace_id)
-        row = await store.member_get(conn, principal.workspace_id, user_id, lock=True)
+        row = await store.member_lock(conn, principal.workspace_id, user_id)
         if row is None:
             raise not_found(name)
         before = str(row["role"])

@@ -17,19 +17,17 @@ from services.gateway import registry, store
 from services.gateway.calls import ToolCaller
 from services.gateway.ssrf import Guard
 from services.rpc.errors import invalid_argument, not_found
-from services.rpc.names import parse_run_name, parse_workspace_name, workspace_name
-from services.rpc.pagination import clamp_page_size, decode_page_token, encode_page_token
+from services.rpc.names import (
+    parse_run_name,
+    parse_workspace_mcp_server_name,
+    parse_workspace_name,
+    parse_workspace_secret_name,
+    parse_workspace_tool_name,
+    workspace_name,
+)
+from services.rpc.pagination import NAME, Page
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _child(name: str, collection: str, field: str = "name") -> tuple[uuid.UUID, str]:
-    parts = name.split("/")
-    if len(parts) != 4 or parts[2] != collection or not parts[3]:
-        raise invalid_argument(
-            field, f"{field} must look like 'workspaces/{{workspace}}/{collection}/{{id}}'."
-        )
-    return parse_workspace_name("/".join(parts[:2]), field), parts[3]
 
 
 def _struct(text: str) -> struct_pb2.Struct:
@@ -82,7 +80,8 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
         tool = request.tool
         credential = ""
         if tool.credential:
-            owner, credential = _child(tool.credential, "secrets", "tool.credential")
+            owner, secret = parse_workspace_secret_name(tool.credential, "tool.credential")
+            credential = str(secret)
             if owner != workspace_id:
                 raise invalid_argument("tool.credential", "The credential must be the workspace's.")
         row = await registry.http_tool_create(
@@ -107,23 +106,18 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
         self, request: pb.ListToolsRequest, context: Context
     ) -> pb.ListToolsResponse:
         workspace_id = parse_workspace_name(request.parent, "parent")
-        size = clamp_page_size(request.page_size, default=100, maximum=1000)
-        scope = f"tools:{workspace_id}"
-        cursor = decode_page_token(request.page_token, scope)
+        page = Page.of(request, f"tools:{workspace_id}", NAME, default=100, maximum=1000)
         async with self._pool.acquire() as conn:
             rows = await store.tool_list(
-                conn, workspace_id, after=(cursor or {}).get("after", ""), limit=size + 1
+                conn, workspace_id, after=page.after or "", limit=page.fetch
             )
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = encode_page_token(scope, {"after": rows[-1]["name"]})
+        rows, token = page.cut(rows, lambda r: r["name"])
         return pb.ListToolsResponse(
             tools=[tool_proto(workspace_id, r) for r in rows], next_page_token=token
         )
 
     async def DeleteTool(self, request: pb.DeleteToolRequest, context: Context) -> empty_pb2.Empty:
-        workspace_id, tool_id = _child(request.name, "tools")
+        workspace_id, tool_id = parse_workspace_tool_name(request.name)
         async with self._pool.acquire() as conn:
             if not await store.tool_delete(conn, workspace_id, tool_id):
                 raise not_found(request.name)
@@ -180,17 +174,12 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
         self, request: pb.ListMcpServersRequest, context: Context
     ) -> pb.ListMcpServersResponse:
         workspace_id = parse_workspace_name(request.parent, "parent")
-        size = clamp_page_size(request.page_size, default=100, maximum=1000)
-        scope = f"mcp_servers:{workspace_id}"
-        cursor = decode_page_token(request.page_token, scope)
+        page = Page.of(request, f"mcp_servers:{workspace_id}", NAME, default=100, maximum=1000)
         async with self._pool.acquire() as conn:
             rows = await store.mcp_server_list(
-                conn, workspace_id, after=(cursor or {}).get("after", ""), limit=size + 1
+                conn, workspace_id, after=page.after or "", limit=page.fetch
             )
-            token = ""
-            if len(rows) > size:
-                rows = rows[:size]
-                token = encode_page_token(scope, {"after": rows[-1]["id"]})
+            rows, token = page.cut(rows, lambda r: r["id"])
             tools = await store.mcp_server_tools(conn, workspace_id, [r["id"] for r in rows])
         return pb.ListMcpServersResponse(
             mcp_servers=[self._server_proto(workspace_id, r, tools) for r in rows],
@@ -200,7 +189,7 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
     async def DeleteMcpServer(
         self, request: pb.DeleteMcpServerRequest, context: Context
     ) -> empty_pb2.Empty:
-        workspace_id, server_id = _child(request.name, "mcpServers")
+        workspace_id, server_id = parse_workspace_mcp_server_name(request.name)
         async with self._pool.acquire() as conn:
             if not await store.mcp_server_delete(conn, workspace_id, server_id):
                 raise not_found(request.name)

@@ -193,3 +193,54 @@ def parse_api_key_name(name: str, field: str = "name") -> uuid.UUID:
     """Parse "apiKeys/{api_key}"."""
     (key,) = _segments(name, field, ("apiKeys",))
     return _parse_id(key, field, "API key")
+
+
+def _plain_id(segment: str, field: str, what: str) -> str:
+    # The owning service checks an id's grammar when it is created; here one segment suffices.
+    if not segment:
+        raise invalid_argument(field, f"{field} has an empty {what} id.")
+    return segment
+
+
+def tool_name(tool_id: str) -> str:
+    """Format a tool's public resource name (the workspace is the caller's)."""
+    return f"tools/{tool_id}"
+
+
+def parse_tool_name(name: str, field: str = "name") -> str:
+    """Parse "tools/{tool}"; return the tool's id."""
+    (tool,) = _segments(name, field, ("tools",))
+    return _plain_id(tool, field, "tool")
+
+
+def workspace_tool_name(workspace_id: uuid.UUID, tool_id: str) -> str:
+    """Format a tool's name on the gateway's internal API."""
+    return f"workspaces/{workspace_id}/tools/{tool_id}"
+
+
+def parse_workspace_tool_name(name: str, field: str = "name") -> tuple[uuid.UUID, str]:
+    """Parse "workspaces/{workspace}/tools/{tool}"."""
+    workspace, tool = _segments(name, field, ("workspaces", "tools"))
+    return _parse_id(workspace, field, "workspace"), _plain_id(tool, field, "tool")
+
+
+def mcp_server_name(server_id: str) -> str:
+    """Format an MCP server's public resource name (the workspace is the caller's)."""
+    return f"mcpServers/{server_id}"
+
+
+def parse_mcp_server_name(name: str, field: str = "name") -> str:
+    """Parse "mcpServers/{server}"; return the server's id."""
+    (server,) = _segments(name, field, ("mcpServers",))
+    return _plain_id(server, field, "MCP server")
+
+
+def workspace_mcp_server_name(workspace_id: uuid.UUID, server_id: str) -> str:
+    """Format an MCP server's name on the gateway's internal API."""
+    return f"workspaces/{workspace_id}/mcpServers/{server_id}"
+
+
+def parse_workspace_mcp_server_name(name: str, field: str = "name") -> tuple[uuid.UUID, str]:
+    """Parse "workspaces/{workspace}/mcpServers/{server}"."""
+    workspace, server = _segments(name, field, ("workspaces", "mcpServers"))
+    return _parse_id(workspace, field, "workspace"), _plain_id(server, field, "MCP server")

@@ -12,7 +12,7 @@ from agentplatform.vault.v1 import vault_service_pb2_grpc
 from google.protobuf import empty_pb2
 
 from services.rpc import validate
-from services.rpc.errors import invalid_argument, not_found
+from services.rpc.errors import not_found
 from services.rpc.interceptors import current_principal
 from services.rpc.names import (
     SecretRef,
@@ -21,7 +21,7 @@ from services.rpc.names import (
     workspace_name,
     workspace_secret_name,
 )
-from services.rpc.pagination import clamp_page_size, decode_page_token, encode_page_token
+from services.rpc.pagination import NAME, Page
 from services.vault.identity import Caller
 from services.vault.rotation import KeyStatus, Rotation
 from services.vault.secrets import Actor, SecretMeta, Secrets, parse_actor
@@ -99,19 +99,14 @@ class VaultApi(vault_service_pb2_grpc.VaultServiceServicer):
         workspace_id = parse_workspace_name(request.parent, "parent")
         if workspace_id != actor.workspace_id:
             raise not_found(request.parent)
-        limit = clamp_page_size(request.page_size, default=100, maximum=1000)
-        scope = f"secrets:{workspace_name(workspace_id)}"
-        cursor = decode_page_token(request.page_token, scope)
-        after = None
-        if cursor is not None:
-            after = cursor.get("n")
-            if not isinstance(after, str):
-                raise invalid_argument("page_token", "page_token is malformed.")
-        metas = await self._secrets.list(workspace_id, after=after, limit=limit + 1)
-        response = pb.ListSecretsResponse(secrets=[_secret_proto(m) for m in metas[:limit]])
-        if len(metas) > limit:
-            response.next_page_token = encode_page_token(scope, {"n": metas[limit - 1].secret_id})
-        return response
+        page = Page.of(
+            request, f"secrets:{workspace_name(workspace_id)}", NAME, default=100, maximum=1000
+        )
+        metas = await self._secrets.list(workspace_id, after=page.after, limit=page.fetch)
+        shown, token = page.cut(metas, lambda m: m.secret_id)
+        return pb.ListSecretsResponse(
+            secrets=[_secret_proto(m) for m in shown], next_page_token=token
+        )
 
     async def DeleteSecret(
         self, request: pb.DeleteSecretRequest, context: Context

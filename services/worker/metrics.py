@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import time
 
+from agentplatform.events import TEXT_PAYLOADS
 from agentplatform.v1 import run_pb2
 from prometheus_client import Counter, Histogram
 
 TOOL_CALL_OUTCOMES = ("ok", "error", "timeout")
-_OUTPUT_PAYLOADS = frozenset({"output_text_delta", "reasoning_summary_delta"})
 
 TIME_TO_FIRST_EVENT = Histogram(
     "ap_run_time_to_first_event_seconds",
@@ -41,7 +41,7 @@ class FirstOutputClock:
 
     def saw(self, event: run_pb2.RunEvent) -> None:
         """Observe the elapsed time if `event` is the attempt's first output event."""
-        if not self._seen and event.WhichOneof("payload") in _OUTPUT_PAYLOADS:
+        if not self._seen and event.WhichOneof("payload") in TEXT_PAYLOADS:
             self._seen = True
             TIME_TO_FIRST_EVENT.observe(time.perf_counter() - self._started)
 

@@ -3,7 +3,7 @@
 Each test checks the stored history exactly (invariants I1-I5 of the research notes): every
 acknowledged run ends in exactly one terminal event; sequences are 1..n without gaps; attempts
 are monotone and each new attempt starts with run.attempt_started; completed runs have exactly
-one assistant message; what a client streamed equals the stored log.
+one assistant message; what a client streamed is, byte for byte, what ListRunEvents returns.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
+from agentplatform.events import TERMINAL_TYPES
 from agentplatform.v1 import run_pb2, run_service_pb2
 
 from devtools.devmodel import DevModel
@@ -32,7 +33,6 @@ from services.rpc.db import role_dsn
 from tests.harness import Client
 from tests.integration.helpers import new_run, new_session
 
-TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
 SLOW = "[[tokens=30]] [[delay_ms=40]] [[reasoning=0]]"
 
 pytestmark = pytest.mark.timeout(120)
@@ -67,6 +67,7 @@ class Follower:
         self.api_key = api_key
         self.run = run
         self.events: list[run_pb2.RunEvent] = []
+        self.listed: list[run_pb2.RunEvent] = []
         self.reconnects = 0
         self.changed = asyncio.Event()
 
@@ -94,8 +95,15 @@ class Follower:
                 async for response in call:
                     self.events.append(response.event)
                     self.changed.set()
-                    if response.event.type in TERMINAL:
-                        return self.events
+                    if response.event.type in TERMINAL_TYPES:
+                        break
+                # The stored log, as the replica that streamed the end of the run lists it.
+                listed = await client.runs.ListRunEvents(
+                    run_service_pb2.ListRunEventsRequest(parent=self.run, page_size=5000),
+                    metadata=client.auth,
+                    timeout=30,
+                )
+                self.listed = list(listed.events)
                 return self.events
             except grpc.aio.AioRpcError as err:
                 if err.code() != grpc.StatusCode.UNAVAILABLE:
@@ -120,20 +128,26 @@ async def stored_history(admin_dsn: str, run: str) -> list[asyncpg.Record]:
         await conn.close()
 
 
-async def assert_invariants(admin_dsn: str, run: str, streamed: list[run_pb2.RunEvent]) -> None:
-    """Check I1-I5 for one run against the database."""
+async def assert_invariants(admin_dsn: str, run: str, follower: Follower) -> None:
+    """Check I1-I5 for one run against the database and what its follower saw."""
+    streamed = follower.events
     rows = await stored_history(admin_dsn, run)
     types = [r["type"] for r in rows]
     assert [r["sequence"] for r in rows] == list(range(1, len(rows) + 1)), "I2: gap or duplicate"
-    assert sum(t in TERMINAL for t in types) == 1 and types[-1] in TERMINAL, "I1/I2: terminal"
+    assert sum(t in TERMINAL_TYPES for t in types) == 1 and types[-1] in TERMINAL_TYPES, (
+        "I1/I2: terminal"
+    )
     attempts = [r["attempt"] for r in rows]
     assert attempts == sorted(attempts), "I3: attempts go backwards"
     for i, row in enumerate(rows[1:], start=1):
         if row["attempt"] > rows[i - 1]["attempt"] and rows[i - 1]["attempt"] > 0:
             assert row["type"] == "run.attempt_started", "I3: a new attempt without its event"
-    assert [(e.sequence, e.type) for e in streamed] == [(r["sequence"], r["type"]) for r in rows], (
-        "I5: the client's stream differs from the stored log"
-    )
+    assert [(e.sequence, e.type) for e in follower.listed] == [
+        (r["sequence"], r["type"]) for r in rows
+    ], "I5: ListRunEvents differs from the stored log"
+    assert [e.SerializeToString() for e in streamed] == [
+        e.SerializeToString() for e in follower.listed
+    ], "I5: the client's stream differs from what ListRunEvents returns"
     run_id = uuid.UUID(run.rsplit("/", 1)[1])
     conn = await asyncpg.connect(role_dsn(admin_dsn, "ap_control_plane"))
     try:
@@ -207,7 +221,7 @@ async def test_kill_9_of_a_worker_mid_stream_is_rescued_on_another(
     assert events[-1].type == "run.completed", events[-1]
     assert "run.attempt_started" in [e.type for e in events]
     assert events[-1].attempt == 2
-    await assert_invariants(database, run.name, events)
+    await assert_invariants(database, run.name, watched.follower)
 
 
 async def test_a_paused_worker_is_fenced_after_another_takes_over(
@@ -228,7 +242,7 @@ async def test_a_paused_worker_is_fenced_after_another_takes_over(
         # The zombie wakes up with buffered output and a stale fence; it must give up.
         await zombie.wait_for_line("lease_lost_run_abandoned", timeout=15)
     assert events[-1].type == "run.completed", events[-1]
-    await assert_invariants(database, run.name, events)
+    await assert_invariants(database, run.name, watched.follower)
     rows = await stored_history(database, run.name)
     takeover = next(r["sequence"] for r in rows if r["type"] == "run.attempt_started")
     assert all(r["attempt"] >= 2 for r in rows if r["sequence"] > takeover)
@@ -251,7 +265,7 @@ async def test_killing_the_streaming_replica_loses_nothing(
         events = await watched.finish()
     assert watched.follower.reconnects >= 1
     assert events[-1].type == "run.completed", events[-1]
-    await assert_invariants(database, run.name, events)
+    await assert_invariants(database, run.name, watched.follower)
 
 
 async def test_a_lost_create_response_retried_with_its_request_id_makes_one_run(
@@ -285,14 +299,15 @@ async def test_a_lost_create_response_retried_with_its_request_id_makes_one_run(
             await blocker.close()
         retried = await client.runs.CreateRun(request, metadata=client.auth, timeout=10)
         again = await client.runs.CreateRun(request, metadata=client.auth, timeout=10)
-        events = await Follower([cp.address], key, retried.name).follow()
+        follower = Follower([cp.address], key, retried.name)
+        await follower.follow()
         listed = await client.runs.ListRuns(
             run_service_pb2.ListRunsRequest(parent=session.name), metadata=client.auth, timeout=10
         )
         await client.channel.close(None)
     assert again.name == retried.name
     assert [r.name for r in listed.runs] == [retried.name]
-    await assert_invariants(database, retried.name, events)
+    await assert_invariants(database, retried.name, follower)
 
 
 async def test_sigterm_drains_a_worker_without_running_anything_twice(
@@ -312,7 +327,7 @@ async def test_sigterm_drains_a_worker_without_running_anything_twice(
     assert events[-1].type == "run.completed", events[-1]
     assert "run.attempt_started" not in [e.type for e in events]
     assert events[-1].attempt == 1
-    await assert_invariants(database, run.name, events)
+    await assert_invariants(database, run.name, watched.follower)
 
 
 async def test_a_drain_past_its_grace_hands_the_run_over_at_once(
@@ -322,10 +337,13 @@ async def test_a_drain_past_its_grace_hands_the_run_over_at_once(
     key = await owner_key(database)
     async with cluster(database, secrets.token_urlsafe(16), devmodel.base_url) as c:
         cp = await c.control_plane(AP_LEASE_SECONDS="30")
-        draining = await c.worker("w1", cp, AP_SHUTDOWN_GRACE_SECONDS="0.2")
+        # Both workers run before the run starts: starting one mid-run could outlast the run.
+        workers = [
+            await c.worker(name, cp, AP_SHUTDOWN_GRACE_SECONDS="0.2") for name in ("w1", "w2")
+        ]
         watched = await watch_new_run(cp, key, f"hand over {SLOW}")
         run = watched.run
-        await c.worker("w2", cp)
+        draining = by_name(workers, await lease_owner(database, run.name))
         draining.signal(signal.SIGTERM)
         # The lease is 30 s: only the explicit release can get the run finished this soon.
         events = await watched.finish(timeout=15)
@@ -333,7 +351,7 @@ async def test_a_drain_past_its_grace_hands_the_run_over_at_once(
     started = [e for e in events if e.type == "run.attempt_started"]
     assert [e.run_attempt_started.reason for e in started] == ["WORKER_DRAINED"]
     assert events[-1].type == "run.completed", events[-1]
-    await assert_invariants(database, run.name, events)
+    await assert_invariants(database, run.name, watched.follower)
 
 
 async def test_services_recover_from_a_postgres_restart_without_restarts(
@@ -371,9 +389,9 @@ async def test_services_recover_from_a_postgres_restart_without_restarts(
             await eventually(created_after_restart, timeout=30)
             assert cp.proc.returncode is None
             await client.channel.close(None)
-        for run, events in zip(runs, results, strict=True):
-            assert events[-1].type in TERMINAL
-            await assert_invariants(admin, run.name, events)
+        for run, events, follower in zip(runs, results, followers, strict=True):
+            assert events[-1].type in TERMINAL_TYPES
+            await assert_invariants(admin, run.name, follower)
     finally:
         await asyncio.to_thread(server.stop)
 
@@ -395,7 +413,7 @@ async def test_cancel_during_model_streaming_stops_the_worker_run(
         events = await watched.finish(timeout=10)
     assert events[-1].type == "run.cancelled"
     assert sum(e.type == "output_text.delta" for e in events) < 150
-    await assert_invariants(database, watched.run.name, events)
+    await assert_invariants(database, watched.run.name, watched.follower)
 
 
 async def test_enqueue_and_interrupt_under_concurrent_creates(
@@ -426,13 +444,15 @@ async def test_enqueue_and_interrupt_under_concurrent_creates(
                 for i in range(6)
             )
         )
-        finals = [await Follower([cp.address], key, name).follow() for name in queued]
+        followers = [Follower([cp.address], key, name) for name in queued]
+        finals = [await f.follow() for f in followers]
         slow = await create(f"slow {SLOW}", run_service_pb2.ENQUEUE)
         behind = await create("behind it", run_service_pb2.ENQUEUE)
         winner = await create("now [[tokens=2]]", run_service_pb2.INTERRUPT)
         slow_events = await Follower([cp.address], key, slow).follow()
         behind_events = await Follower([cp.address], key, behind).follow()
-        winner_events = await Follower([cp.address], key, winner).follow()
+        winner_follower = Follower([cp.address], key, winner)
+        winner_events = await winner_follower.follow()
         runs = await client.runs.ListRuns(
             run_service_pb2.ListRunsRequest(parent=session.name), metadata=client.auth, timeout=10
         )
@@ -445,5 +465,5 @@ async def test_enqueue_and_interrupt_under_concurrent_creates(
     assert slow_events[-1].type == "run.cancelled"
     assert behind_events[-1].type == "run.cancelled"
     assert winner_events[-1].type == "run.completed"
-    for name, events in [*zip(queued, finals, strict=True), (winner, winner_events)]:
-        await assert_invariants(database, name, events)
+    for name, follower in [*zip(queued, followers, strict=True), (winner, winner_follower)]:
+        await assert_invariants(database, name, follower)

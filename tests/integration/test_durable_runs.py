@@ -432,3 +432,104 @@ async def test_unknown_concurrency_policies_are_invalid(
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_ARGUMENT",
     )
+
+
+class SessionWatcher:
+    """Collect a session's live events from an open StreamSessionEvents."""
+
+    def __init__(self, client: Client, session: str) -> None:
+        self.events: list[run_pb2.RunEvent] = []
+        self._changed = asyncio.Event()
+        self._call = client.runs.StreamSessionEvents(
+            run_service_pb2.StreamSessionEventsRequest(name=session), metadata=client.auth
+        )
+        self._task = asyncio.create_task(self._collect())
+
+    async def _collect(self) -> None:
+        async for response in self._call:
+            self.events.append(response.event)
+            self._changed.set()
+
+    async def wait_for(self, run: str, event_type: str, timeout: float = 10) -> None:
+        """Wait until the stream has delivered an event of this type for the run."""
+        async with asyncio.timeout(timeout):
+            while not any(e.name.startswith(run) and e.type == event_type for e in self.events):
+                self._changed.clear()
+                await self._changed.wait()
+
+    def of(self, run: str) -> list[run_pb2.RunEvent]:
+        """Return the run's events as they were streamed."""
+        return [e for e in self.events if e.name.startswith(f"{run}/")]
+
+    async def close(self) -> None:
+        """Stop streaming."""
+        self._call.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def test_every_live_event_is_byte_identical_to_the_listed_one(no_worker: Stack) -> None:
+    """Create, append, finish, release, rescue, cancel: live events equal ListRunEvents'."""
+    client = no_worker.owner
+    session = await new_session(client)
+    watcher = SessionWatcher(client, session.name)
+    stub, channel = dispatch_stub(no_worker)
+    md = worker_md(no_worker)
+    wait = Duration(seconds=5)
+    try:
+        # A: appended to, its lease lost and rescued, then finished by a second worker.
+        rescued = await new_run(client, session.name, "rescued")
+        first = await claim(stub, md, "a", wait)
+        await stub.AppendRunEvents(
+            pb.AppendRunEventsRequest(
+                run=first.run,
+                fencing_token=first.fencing_token,
+                events=[
+                    run_pb2.RunEvent(sequence=2, output_text_delta=run_pb2.TextDelta(text="p"))
+                ],
+            ),
+            metadata=md,
+        )
+        second = await claim(stub, md, "b", wait)
+        await stub.FinishRun(
+            pb.FinishRunRequest(
+                run=second.run,
+                fencing_token=second.fencing_token,
+                events=[
+                    run_pb2.RunEvent(sequence=4, output_text_delta=run_pb2.TextDelta(text="r"))
+                ],
+                completed=pb.FinishRunRequest.Completed(text="r"),
+            ),
+            metadata=md,
+        )
+        await watcher.wait_for(rescued.name, "run.completed")
+        # B: released by a draining worker, then cancelled while queued.
+        released = await new_run(client, session.name, "released")
+        held = await claim(stub, md, "c", wait)
+        await stub.ReleaseRun(
+            pb.ReleaseRunRequest(run=held.run, fencing_token=held.fencing_token), metadata=md
+        )
+        await watcher.wait_for(released.name, "run.attempt_started")
+        await cancel(client, released.name)
+        await watcher.wait_for(released.name, "run.cancelled")
+        # C: its worker lost on every attempt, failed by the rescue.
+        lost = await new_run(client, session.name, "lost")
+        for worker in ("d", "e"):
+            await claim(stub, md, worker, wait)
+        await watcher.wait_for(lost.name, "run.failed")
+    finally:
+        await channel.close(None)
+        await watcher.close()
+    for run in (rescued, released, lost):
+        listed = await client.runs.ListRunEvents(
+            run_service_pb2.ListRunEventsRequest(parent=run.name), metadata=client.auth, timeout=10
+        )
+        assert [e.SerializeToString() for e in watcher.of(run.name)] == [
+            e.SerializeToString() for e in listed.events
+        ], run.name
+    assert [e.type for e in watcher.of(rescued.name)] == [
+        "run.queued",
+        "output_text.delta",
+        "run.attempt_started",
+        "output_text.delta",
+        "run.completed",
+    ]

@@ -85,7 +85,11 @@ async def test_concurrent_creates_in_one_session_start_only_one_run(stack: Stack
     client = stack.owner
     session = await new_session(client)
     results = await asyncio.gather(
-        *(new_run(client, session.name, f"race {i} [[tokens=1]]") for i in range(6)),
+        # Slow enough that the winner is still active when the last create arrives.
+        *(
+            new_run(client, session.name, f"race {i} [[tokens=3]] [[delay_ms=300]]")
+            for i in range(6)
+        ),
         return_exceptions=True,
     )
     winners = [r for r in results if isinstance(r, run_pb2.Run)]

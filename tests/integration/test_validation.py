@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import agentplatform
 import grpc
 import pytest
 from agentplatform.v1 import (
@@ -146,6 +147,21 @@ async def test_list_sessions_pages_through_everything_once(stack: Stack) -> None
         if not token:
             break
     assert seen == [s.name for s in reversed(made)]
+
+
+async def test_the_sdk_client_follows_every_page(stack: Stack) -> None:
+    """Client.list_sessions / list_messages / list_runs walk all pages of their List RPC."""
+    owner = await stack.new_workspace("SDK pager")
+    made = [await new_session(owner, f"s{i}") for i in range(5)]
+    run = await new_run(owner, made[0].name, "r0 [[tokens=1]]")
+    await owner.stream(run.name)
+    async with agentplatform.Client(stack.address, owner.api_key) as sdk:
+        sessions = [s.name async for s in sdk.list_sessions(page_size=2)]
+        messages = [m.text async for m in sdk.list_messages(made[0].name, page_size=1)]
+        listed_runs = [r.name async for r in sdk.list_runs(made[0].name, page_size=1)]
+    assert sessions == [s.name for s in reversed(made)]
+    assert messages[0] == "r0 [[tokens=1]]" and len(messages) == 2
+    assert listed_runs == [run.name]
 
 
 async def test_profile_is_readable_and_editable(stack: Stack) -> None:

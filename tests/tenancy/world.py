@@ -68,7 +68,7 @@ class World:
     async def _api_key(self, tenant: Tenant) -> str:
         async with _connect(self.stack) as conn:
             key = new_api_key()
-            key_id = await store.api_key_insert(
+            key_id = await store.api_key_create(
                 conn,
                 workspace_id=tenant.workspace_id,
                 user_id=tenant.user_ids["viewer"],
@@ -101,7 +101,7 @@ async def add_member(stack: Stack, workspace_id: uuid.UUID, role: str) -> tuple[
         user_id = await store.user_create(conn, f"{role} user")
         await store.member_add(conn, workspace_id, user_id, role)
         key = new_api_key()
-        await store.api_key_insert(
+        await store.api_key_create(
             conn,
             workspace_id=workspace_id,
             user_id=user_id,

@@ -7,18 +7,23 @@
 
 The stubs live in `agentplatform.v1` (public API) and the internal API packages; the client
 adds credentials, retries of idempotent calls, and event streams that resume by themselves.
+`agentplatform.events` is the run event vocabulary: each payload's type and category.
 """
 
-from agentplatform._client import Client, ReconnectHook, RunEventStream, is_terminal
+from agentplatform._client import Client, Page, ReconnectHook, RunEventStream, follow_pages
 from agentplatform._errors import ClientError, RpcFailure, describe_rpc_error, is_reconnectable
+from agentplatform.events import event_type, is_terminal
 
 __all__ = [
     "Client",
     "ClientError",
+    "Page",
     "ReconnectHook",
     "RpcFailure",
     "RunEventStream",
     "describe_rpc_error",
+    "event_type",
+    "follow_pages",
     "is_reconnectable",
     "is_terminal",
 ]

@@ -5,13 +5,21 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Sequence,
+)
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
 from agentplatform._errors import ClientError, RpcFailure, describe_rpc_error, is_reconnectable
+from agentplatform.events import is_terminal
 from agentplatform.v1 import (
     run_pb2,
     run_service_pb2,
@@ -36,17 +44,35 @@ STREAM_RECONNECT_WINDOW_S = 120.0
 TERMINAL_STATES = frozenset(
     {run_pb2.Run.State.COMPLETED, run_pb2.Run.State.FAILED, run_pb2.Run.State.CANCELLED}
 )
-_TERMINAL_EVENT_TYPES = frozenset({"run.completed", "run.failed", "run.cancelled"})
-_TERMINAL_PAYLOADS = frozenset({"run_completed", "run_failed", "run_cancelled"})
 
 # Called before a broken event stream resumes, with the failure (None when the stream only
 # ended early) and the last sequence received, which the stream resumes after.
 ReconnectHook = Callable[[RpcFailure | None, int], None]
 
 
-def is_terminal(event: run_pb2.RunEvent) -> bool:
-    """Say whether the event ends the run's timeline."""
-    return event.WhichOneof("payload") in _TERMINAL_PAYLOADS or event.type in _TERMINAL_EVENT_TYPES
+class Page(Protocol):
+    """A List response: some items and the token of the next page."""
+
+    @property
+    def next_page_token(self) -> str: ...
+
+
+PageT = TypeVar("PageT", bound=Page)
+ItemT = TypeVar("ItemT")
+
+
+async def follow_pages(
+    fetch: Callable[[str], Awaitable[PageT]], items: Callable[[PageT], Iterable[ItemT]]
+) -> AsyncIterator[ItemT]:
+    """Yield every item of a List RPC, fetching the page of each token until none is left."""
+    token = ""
+    while True:
+        page = await fetch(token)
+        for item in items(page):
+            yield item
+        token = page.next_page_token
+        if not token:
+            return
 
 
 async def retry_unavailable(
@@ -137,45 +163,27 @@ class Client:
 
     async def list_sessions(self, *, page_size: int = 0) -> AsyncIterator[session_pb2.Session]:
         """Yield the workspace's sessions, newest first, across every page."""
-        token = ""
-        while True:
+
+        def fetch(token: str) -> Awaitable[session_service_pb2.ListSessionsResponse]:
             request = session_service_pb2.ListSessionsRequest(page_size=page_size, page_token=token)
-            response = await retry_unavailable(
-                partial(
-                    self.sessions.ListSessions,
-                    request,
-                    metadata=self.metadata,
-                    timeout=UNARY_TIMEOUT_S,
-                )
-            )
-            for session in response.sessions:
-                yield session
-            token = response.next_page_token
-            if not token:
-                return
+            return self._unary(self.sessions.ListSessions, request)
+
+        async for session in follow_pages(fetch, lambda page: page.sessions):
+            yield session
 
     async def list_messages(
         self, parent: str, *, page_size: int = 0
     ) -> AsyncIterator[session_pb2.Message]:
         """Yield a session's transcript, oldest first, across every page."""
-        token = ""
-        while True:
+
+        def fetch(token: str) -> Awaitable[session_service_pb2.ListMessagesResponse]:
             request = session_service_pb2.ListMessagesRequest(
                 parent=parent, page_size=page_size, page_token=token
             )
-            response = await retry_unavailable(
-                partial(
-                    self.sessions.ListMessages,
-                    request,
-                    metadata=self.metadata,
-                    timeout=UNARY_TIMEOUT_S,
-                )
-            )
-            for message in response.messages:
-                yield message
-            token = response.next_page_token
-            if not token:
-                return
+            return self._unary(self.sessions.ListMessages, request)
+
+        async for message in follow_pages(fetch, lambda page: page.messages):
+            yield message
 
     async def create_run(
         self, parent: str, input_text: str, *, request_id: str | None = None
@@ -216,21 +224,21 @@ class Client:
 
     async def list_runs(self, parent: str, *, page_size: int = 0) -> AsyncIterator[run_pb2.Run]:
         """Yield a session's runs, newest first, across every page."""
-        token = ""
-        while True:
+
+        def fetch(token: str) -> Awaitable[run_service_pb2.ListRunsResponse]:
             request = run_service_pb2.ListRunsRequest(
                 parent=parent, page_size=page_size, page_token=token
             )
-            response = await retry_unavailable(
-                partial(
-                    self.runs.ListRuns, request, metadata=self.metadata, timeout=UNARY_TIMEOUT_S
-                )
-            )
-            for run in response.runs:
-                yield run
-            token = response.next_page_token
-            if not token:
-                return
+            return self._unary(self.runs.ListRuns, request)
+
+        async for run in follow_pages(fetch, lambda page: page.runs):
+            yield run
+
+    async def _unary(self, method: Callable[..., Awaitable[T]], request: object) -> T:
+        """Call a read RPC with the key and a deadline, retried while the server is away."""
+        return await retry_unavailable(
+            partial(method, request, metadata=self.metadata, timeout=UNARY_TIMEOUT_S)
+        )
 
     def stream_run_events(
         self,

@@ -1,0 +1,540 @@
+"""SQL of runs and their events: create, claim, lease, append, finish, requeue, end, read.
+
+Every statement that stores events has one shape: a `run` CTE changes the run row and
+returns it, then `_EVENTS_STORED`, the one insert into run_events, gives the events the run's
+and the session's next sequences, stamps them with the transaction's time, and returns where
+they landed (`event_time`, `session_sequence`). The events travel as $1 (types) and $2
+(bodies); each statement's own parameters start at $3. Its `run` CTE returns id, session_id,
+state, attempt (the events'), last_event_sequence (after the events), create_time and
+touches_session (whether the session's update_time moves: a message came or a run ended).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from services.rpc.db import Connection
+
+Record = asyncpg.Record
+
+_RUN_COLUMNS = """
+  id, session_id, workspace_id, state, attempt, input_message_id, output_message_id,
+  last_event_sequence, error_reason, error_message, input_tokens, output_tokens,
+  reasoning_tokens, create_time, start_time, end_time"""
+
+
+class RunAlreadyActiveError(Exception):
+    """The session already has a queued or running run."""
+
+    def __init__(self, active_run_id: uuid.UUID | None) -> None:
+        super().__init__("run already active")
+        self.active_run_id = active_run_id
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event ready to store: its dotted type and serialized body (positions come later)."""
+
+    type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class FenceCheck:
+    """Why a fenced update matched no row."""
+
+    fence_matches: bool
+    running: bool
+    last_event_sequence: int
+
+
+# ── storing events ──────────────────────────────────────────────────────────────────────────
+
+_EVENTS_STORED = """
+ses AS (
+  UPDATE sessions s
+  SET last_event_sequence = s.last_event_sequence + cardinality($1::text[]),
+      update_time = CASE WHEN run.touches_session THEN now() ELSE s.update_time END
+  FROM run WHERE s.id = run.session_id
+  RETURNING s.last_event_sequence),
+ins AS (
+  INSERT INTO run_events (run_id, session_id, sequence, session_sequence, attempt, type, body,
+                          create_time)
+  SELECT run.id, run.session_id,
+         run.last_event_sequence - cardinality($1::text[]) + e.n,
+         ses.last_event_sequence - cardinality($1::text[]) + e.n,
+         run.attempt, e.type, e.body, now()
+  FROM run, ses, unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS e(type, body, n))
+SELECT run.*, ses.last_event_sequence AS session_sequence, now() AS event_time FROM run, ses
+"""
+
+
+def _storing_events(run_ctes: str) -> str:
+    """Complete a statement whose CTEs define `run` by storing the events after it."""
+    return f"{run_ctes},{_EVENTS_STORED}"
+
+
+def _event_args(events: Sequence[NewEvent]) -> tuple[list[str], list[bytes]]:
+    return [e.type for e in events], [e.body for e in events]
+
+
+_RUN_CREATE = _storing_events(
+    f"""
+WITH s AS (
+  SELECT id FROM sessions WHERE id = $4 AND workspace_id = $3 FOR NO KEY UPDATE),
+m AS (
+  INSERT INTO messages (id, session_id, role, text, run_id, author_user_id)
+  SELECT $7, s.id, 'user', $8, $6, $5 FROM s
+  RETURNING id),
+run AS (
+  INSERT INTO runs (id, session_id, workspace_id, created_by, input_message_id, state,
+                    last_event_sequence, request_id)
+  SELECT $6, $4, $3, $5, m.id,
+         CASE WHEN $10 AND EXISTS (SELECT 1 FROM runs x WHERE x.session_id = $4
+                                   AND x.state IN ('waiting', 'queued', 'running'))
+              THEN 'waiting' ELSE 'queued' END,
+         cardinality($1::text[]), $9
+  FROM m
+  RETURNING {_RUN_COLUMNS}, true AS touches_session)"""
+)
+
+
+async def run_create(
+    conn: Connection,
+    *,
+    workspace_id: uuid.UUID,
+    session_id: uuid.UUID,
+    created_by: uuid.UUID,
+    input_text: str,
+    request_id: str | None,
+    queued_event: NewEvent,
+    run_id: uuid.UUID,
+    message_id: uuid.UUID,
+    wait_behind_active: bool,
+) -> Record | None:
+    """Store the input message, the run and its first event; None if there is no such session.
+
+    The run is 'queued' (claimable) unless `wait_behind_active` and the session already has
+    a run, in which case it is 'waiting' behind it. One statement: one round trip, one
+    implicit transaction; the session row lock orders concurrent creates of one session.
+    """
+    try:
+        return await conn.fetchrow(
+            _RUN_CREATE,
+            *_event_args([queued_event]),
+            workspace_id,
+            session_id,
+            created_by,
+            run_id,
+            message_id,
+            input_text,
+            request_id,
+            wait_behind_active,
+        )
+    except asyncpg.UniqueViolationError as err:
+        if err.constraint_name == "runs_one_active_per_session":
+            raise RunAlreadyActiveError(await run_active_id(conn, session_id)) from None
+        raise
+
+
+_RUN_EVENT_APPEND = _storing_events(
+    """
+WITH run AS (
+  UPDATE runs SET last_event_sequence = $5
+  WHERE id = $3 AND fencing_token = $4 AND state = 'running'
+    AND last_event_sequence = $5 - cardinality($1::text[])
+  RETURNING id, session_id, state, attempt, last_event_sequence, create_time, cancel_requested,
+            false AS touches_session)"""
+)
+
+
+async def run_event_append(
+    conn: Connection,
+    *,
+    run_id: uuid.UUID,
+    fencing_token: int,
+    last_sequence: int,
+    events: Sequence[NewEvent],
+) -> Record | None:
+    """Append events ending at `last_sequence` if the fence holds and they continue the log.
+
+    None when refused. The fence check and the sequence check are in the statement that
+    locks the run, so a worker whose lease was taken over cannot slip an event in.
+    """
+    return await conn.fetchrow(
+        _RUN_EVENT_APPEND, *_event_args(events), run_id, fencing_token, last_sequence
+    )
+
+
+_RUN_FINISH = _storing_events(
+    """
+WITH run AS (
+  UPDATE runs
+  SET state = $6, last_event_sequence = last_event_sequence + cardinality($1::text[]),
+      output_message_id = $7, error_reason = $8, error_message = $9,
+      input_tokens = $10, output_tokens = $11, reasoning_tokens = $12,
+      end_time = now(), lease_owner = NULL, lease_expire_time = NULL
+  WHERE id = $3 AND fencing_token = $4 AND state = 'running'
+    AND ($5::bigint = 0 OR last_event_sequence = $5 - 1)
+  RETURNING id, session_id, state, attempt, last_event_sequence, create_time,
+            true AS touches_session),
+reply AS (
+  INSERT INTO messages (id, session_id, role, text, run_id)
+  SELECT $7, run.session_id, 'assistant', $13, run.id FROM run WHERE $13::text IS NOT NULL)"""
+)
+
+
+async def run_finish(
+    conn: Connection,
+    *,
+    run_id: uuid.UUID,
+    fencing_token: int,
+    first_sequence: int,
+    events: Sequence[NewEvent],
+    state: str,
+    reply_text: str | None,
+    error_reason: str | None,
+    error_message: str | None,
+    usage: tuple[int, int, int],
+    output_message_id: uuid.UUID | None,
+) -> Record | None:
+    """Store the last events (the terminal one last), the reply and the run's end at once.
+
+    `first_sequence` is the worker's first event's, or 0 when only the terminal event is
+    stored; None when the fence or the sequence does not hold.
+    """
+    return await conn.fetchrow(
+        _RUN_FINISH,
+        *_event_args(events),
+        run_id,
+        fencing_token,
+        first_sequence,
+        state,
+        output_message_id,
+        error_reason,
+        error_message,
+        *usage,
+        reply_text,
+    )
+
+
+_RUN_REQUEUE = _storing_events(
+    """
+WITH run AS (
+  UPDATE runs
+  SET state = 'queued', fencing_token = fencing_token + 1,
+      last_event_sequence = last_event_sequence + cardinality($1::text[]),
+      lease_owner = NULL, lease_expire_time = NULL
+  WHERE id = $3 AND state = 'running' AND ($4::bigint IS NULL OR fencing_token = $4)
+  RETURNING id, session_id, state, attempt + 1 AS attempt, last_event_sequence, create_time,
+            false AS touches_session)"""
+)
+
+
+async def run_requeue(
+    conn: Connection, *, run_id: uuid.UUID, event: NewEvent, fencing_token: int | None = None
+) -> Record | None:
+    """Put a running run back in the queue as a new attempt, starting with the given event.
+
+    Returns the new attempt's number (the next claim takes it) with the event's positions.
+
+    With `fencing_token`, only if the caller still holds the lease (a draining worker);
+    without, unconditionally (its lease expired and the run is being rescued).
+    """
+    return await conn.fetchrow(_RUN_REQUEUE, *_event_args([event]), run_id, fencing_token)
+
+
+_RUN_END_NOW = _storing_events(
+    """
+WITH run AS (
+  UPDATE runs
+  SET state = $4, fencing_token = fencing_token + 1,
+      last_event_sequence = last_event_sequence + cardinality($1::text[]),
+      error_reason = $5, error_message = $6, end_time = now(),
+      lease_owner = NULL, lease_expire_time = NULL
+  WHERE id = $3
+  RETURNING id, session_id, state, attempt, last_event_sequence, create_time,
+            true AS touches_session)"""
+)
+
+
+async def run_end_now(
+    conn: Connection,
+    *,
+    run_id: uuid.UUID,
+    state: str,
+    event: NewEvent,
+    error_reason: str | None,
+    error_message: str | None,
+) -> Record | None:
+    """End a run no worker holds (waiting, queued, or rescued) with its terminal event.
+
+    The fence moves on, so a worker still holding the old token is refused from now on.
+    """
+    return await conn.fetchrow(
+        _RUN_END_NOW, *_event_args([event]), run_id, state, error_reason, error_message
+    )
+
+
+# ── the queue and leases ────────────────────────────────────────────────────────────────────
+
+_RUN_CLAIM = """
+WITH next AS (
+  SELECT id FROM runs WHERE state = 'queued' ORDER BY create_time
+  LIMIT 1 FOR UPDATE SKIP LOCKED),
+c AS (
+  UPDATE runs r
+  SET state = 'running', attempt = r.attempt + 1, fencing_token = r.fencing_token + 1,
+      lease_owner = $1, lease_expire_time = now() + make_interval(secs => $2),
+      start_time = coalesce(r.start_time, now())
+  FROM next WHERE r.id = next.id
+  RETURNING r.id, r.session_id, r.workspace_id, r.created_by, r.input_message_id, r.attempt,
+            r.fencing_token, r.lease_expire_time, r.last_event_sequence, r.start_time,
+            r.create_time)
+SELECT c.*, w.display_name AS workspace_display_name, w.tools_version,
+       c.start_time + make_interval(secs => coalesce(s.run_timeout_seconds, $3)) AS deadline,
+       coalesce(p.display_name, '') AS caller_display_name,
+       coalesce(m.role, '') AS caller_role, s.instructions, i.text AS input_text,
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(t.role, t.text) ORDER BY t.position),
+                        '[]'::jsonb)
+        FROM messages t WHERE t.session_id = c.session_id AND t.position < i.position)
+         AS transcript
+FROM c
+JOIN sessions s ON s.id = c.session_id
+JOIN workspaces w ON w.id = c.workspace_id
+JOIN messages i ON i.id = c.input_message_id
+LEFT JOIN profiles p ON p.user_id = c.created_by
+LEFT JOIN memberships m ON m.workspace_id = c.workspace_id AND m.user_id = c.created_by
+"""
+
+
+async def run_claim(
+    conn: Connection, *, worker_id: str, lease_seconds: float, default_timeout_seconds: float
+) -> Record | None:
+    """Claim the oldest queued run and lease it to the caller, with a new attempt and fence.
+
+    The same statement loads what the worker needs: workspace, caller, session instructions,
+    the input text and the transcript before it.
+    """
+    return await conn.fetchrow(_RUN_CLAIM, worker_id, lease_seconds, default_timeout_seconds)
+
+
+_RUN_HEARTBEAT = """
+UPDATE runs SET lease_expire_time = now() + make_interval(secs => $3)
+WHERE id = $1 AND fencing_token = $2 AND state = 'running'
+RETURNING lease_expire_time, cancel_requested
+"""
+
+
+async def run_heartbeat(
+    conn: Connection, *, run_id: uuid.UUID, fencing_token: int, lease_seconds: float
+) -> Record | None:
+    """Extend a lease the caller still holds; None when it was lost."""
+    return await conn.fetchrow(_RUN_HEARTBEAT, run_id, fencing_token, lease_seconds)
+
+
+async def run_fence_check(
+    conn: Connection, run_id: uuid.UUID, fencing_token: int
+) -> FenceCheck | None:
+    """Explain a refused fenced update: lost lease, or a sequence that does not follow."""
+    row = await conn.fetchrow(
+        "SELECT state, fencing_token, last_event_sequence FROM runs WHERE id = $1", run_id
+    )
+    if row is None:
+        return None
+    return FenceCheck(
+        fence_matches=row["fencing_token"] == fencing_token,
+        running=row["state"] == "running",
+        last_event_sequence=row["last_event_sequence"],
+    )
+
+
+async def run_attempt(conn: Connection, run_id: uuid.UUID) -> int | None:
+    """Return a run's current attempt number."""
+    attempt: int | None = await conn.fetchval("SELECT attempt FROM runs WHERE id = $1", run_id)
+    return attempt
+
+
+async def run_queued_count(conn: Connection) -> int:
+    """Count the runs waiting for a worker to claim them."""
+    count: int = await conn.fetchval("SELECT count(*) FROM runs WHERE state = 'queued'")
+    return count
+
+
+_RUN_EXPIRED_LIST = """
+SELECT id, session_id, attempt, cancel_requested FROM runs
+WHERE state = 'running' AND lease_expire_time < now()
+ORDER BY lease_expire_time LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+
+
+async def run_expired_list(conn: Connection, limit: int) -> list[Record]:
+    """Lock running runs whose lease expired and that no other replica is rescuing."""
+    return await conn.fetch(_RUN_EXPIRED_LIST, limit)
+
+
+# ── a session's queue of runs ───────────────────────────────────────────────────────────────
+
+
+async def run_active_id(conn: Connection, session_id: uuid.UUID) -> uuid.UUID | None:
+    """Return the session's queued or running run, if any."""
+    active: uuid.UUID | None = await conn.fetchval(
+        "SELECT id FROM runs WHERE session_id = $1 AND state IN ('queued', 'running')",
+        session_id,
+    )
+    return active
+
+
+_RUN_PENDING_LIST = f"""
+SELECT {_RUN_COLUMNS}, cancel_requested FROM runs
+WHERE session_id = $1 AND state IN ('waiting', 'queued', 'running')
+ORDER BY create_time
+FOR UPDATE
+"""
+
+
+async def run_pending_list(conn: Connection, session_id: uuid.UUID) -> list[Record]:
+    """Lock and return the session's waiting, queued and running runs, oldest first."""
+    return await conn.fetch(_RUN_PENDING_LIST, session_id)
+
+
+_RUN_PROMOTE_NEXT = """
+UPDATE runs SET state = 'queued'
+WHERE id = (SELECT id FROM runs WHERE session_id = $1 AND state = 'waiting'
+            ORDER BY create_time LIMIT 1 FOR UPDATE SKIP LOCKED)
+  AND NOT EXISTS (SELECT 1 FROM runs WHERE session_id = $1 AND state IN ('queued', 'running'))
+RETURNING id
+"""
+
+
+async def run_promote_next(conn: Connection, session_id: uuid.UUID) -> uuid.UUID | None:
+    """Make the session's oldest waiting run claimable if no run of it is active."""
+    try:
+        promoted: uuid.UUID | None = await conn.fetchval(_RUN_PROMOTE_NEXT, session_id)
+    except asyncpg.UniqueViolationError:
+        return None  # a concurrent create or promotion already made a run active
+    return promoted
+
+
+_RUN_STALLED_SESSION_LIST = """
+SELECT DISTINCT w.session_id FROM runs w
+WHERE w.state = 'waiting'
+  AND NOT EXISTS (SELECT 1 FROM runs a WHERE a.session_id = w.session_id
+                  AND a.state IN ('queued', 'running'))
+LIMIT $1
+"""
+
+
+async def run_stalled_session_list(conn: Connection, limit: int) -> list[uuid.UUID]:
+    """Find sessions whose waiting runs have no active run ahead of them."""
+    return [r["session_id"] for r in await conn.fetch(_RUN_STALLED_SESSION_LIST, limit)]
+
+
+async def run_request_cancel(conn: Connection, run_id: uuid.UUID) -> None:
+    """Ask the worker holding a run to stop it."""
+    await conn.execute("UPDATE runs SET cancel_requested = true WHERE id = $1", run_id)
+
+
+# ── reading runs and events ─────────────────────────────────────────────────────────────────
+
+_RUN_GET = f"""
+SELECT {_RUN_COLUMNS} FROM runs WHERE workspace_id = $1 AND session_id = $2 AND id = $3
+"""
+
+
+async def run_get(
+    conn: Connection, workspace_id: uuid.UUID, session_id: uuid.UUID, run_id: uuid.UUID
+) -> Record | None:
+    """Get a run of the workspace's session."""
+    return await conn.fetchrow(_RUN_GET, workspace_id, session_id, run_id)
+
+
+_RUN_LOCK = f"""
+SELECT {_RUN_COLUMNS}, cancel_requested FROM runs
+WHERE workspace_id = $1 AND session_id = $2 AND id = $3
+FOR UPDATE
+"""
+
+
+async def run_lock(
+    conn: Connection, workspace_id: uuid.UUID, session_id: uuid.UUID, run_id: uuid.UUID
+) -> Record | None:
+    """Lock a run of the workspace's session for the transaction, e.g. to cancel it."""
+    return await conn.fetchrow(_RUN_LOCK, workspace_id, session_id, run_id)
+
+
+_RUN_GET_BY_REQUEST_ID = f"""
+SELECT {_RUN_COLUMNS} FROM runs WHERE workspace_id = $1 AND request_id = $2
+"""
+
+
+async def run_get_by_request_id(
+    conn: Connection, workspace_id: uuid.UUID, request_id: str
+) -> Record | None:
+    """Find the run an earlier create with this request_id made."""
+    return await conn.fetchrow(_RUN_GET_BY_REQUEST_ID, workspace_id, request_id)
+
+
+_RUN_LIST = f"""
+SELECT {_RUN_COLUMNS} FROM runs
+WHERE session_id = $1 AND ($2::timestamptz IS NULL OR (create_time, id) < ($2, $3))
+ORDER BY create_time DESC, id DESC
+LIMIT $4
+"""
+
+
+async def run_list(
+    conn: Connection,
+    session_id: uuid.UUID,
+    *,
+    before: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Record]:
+    """List a session's runs, newest first, before a keyset cursor."""
+    time, row_id = before or (None, None)
+    return await conn.fetch(_RUN_LIST, session_id, time, row_id, limit)
+
+
+_EVENT_COLUMNS = "run_id, session_id, sequence, session_sequence, attempt, body, create_time"
+
+_RUN_EVENT_LIST = f"""
+SELECT {_EVENT_COLUMNS} FROM run_events
+WHERE run_id = $1 AND sequence > $2
+ORDER BY sequence
+LIMIT $3
+"""
+
+
+async def run_event_list(
+    conn: Connection, run_id: uuid.UUID, *, after_sequence: int, limit: int
+) -> list[Record]:
+    """List a run's events after a sequence, in order."""
+    return await conn.fetch(_RUN_EVENT_LIST, run_id, after_sequence, limit)
+
+
+_RUN_EVENT_LIST_BY_SESSION = f"""
+SELECT {_EVENT_COLUMNS} FROM run_events
+WHERE session_id = $1 AND session_sequence > $2
+ORDER BY session_sequence
+LIMIT $3
+"""
+
+
+async def run_event_list_by_session(
+    conn: Connection, session_id: uuid.UUID, *, after_session_sequence: int, limit: int
+) -> list[Record]:
+    """List the events of all a session's runs after a session-level sequence, in order."""
+    return await conn.fetch(_RUN_EVENT_LIST_BY_SESSION, session_id, after_session_sequence, limit)
+
+
+async def run_last_sequences(conn: Connection, run_ids: Sequence[uuid.UUID]) -> list[Record]:
+    """Return (id, last_event_sequence) of each of the runs."""
+    return await conn.fetch(
+        "SELECT id, last_event_sequence FROM runs WHERE id = ANY($1::uuid[])", run_ids
+    )
