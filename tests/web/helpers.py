@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +64,7 @@ class EventReader:
     def __init__(self, response: httpx.Response) -> None:
         self._lines = response.aiter_lines()
 
-    async def read(self, until: set[str] | None = None) -> list[SseEvent]:
+    async def read(self, until: Set[str] | None = None) -> list[SseEvent]:
         """Return the events up to the end of the stream, or up to one of type `until`."""
         events: list[SseEvent] = []
         fields: dict[str, str] = {}
@@ -86,6 +86,6 @@ class EventReader:
         return events
 
 
-async def read_events(response: httpx.Response, until: set[str] | None = None) -> list[SseEvent]:
+async def read_events(response: httpx.Response, until: Set[str] | None = None) -> list[SseEvent]:
     """Parse events from an open text/event-stream until it ends (or an `until` type)."""
     return await EventReader(response).read(until)

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 
 import httpx
+from agentplatform.events import TERMINAL_TYPES as TERMINAL
 from prometheus_client import REGISTRY
 from starlette.types import Message
 
@@ -14,7 +15,7 @@ from services.web.app import Edge
 from services.web.login import Credentials
 from services.web.streams import EventStreamResponse
 from services.web.transcode import build_request
-from tests.harness import TERMINAL, Stack
+from tests.harness import Stack
 from tests.integration.helpers import new_run, new_session
 from tests.web.helpers import EventReader, SseEvent, bearer, read_events, running_edge
 
