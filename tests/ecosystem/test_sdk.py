@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from agentplatform import Client, RpcFailure
+from agentplatform import APError, AsyncClient
 from agentplatform.v1 import run_pb2
 
 from tests.harness import Stack
@@ -35,9 +35,10 @@ def payloads(events: list[run_pb2.RunEvent]) -> list[str | None]:
 
 async def test_send_message_streams_the_run_to_its_terminal_event(stack: Stack) -> None:
     """send_message creates a run and yields its events once each, in order, to run.completed."""
-    async with Client(stack.address, stack.owner.api_key) as client:
+    async with AsyncClient(stack.address, stack.owner.api_key) as client:
         session = await client.create_session(title="sdk")
-        stream = await client.send_message(session.name, "hi [[tokens=3]] [[reasoning=0]]")
+        run = await client.create_run(session.name, "hi [[tokens=3]] [[reasoning=0]]")
+        stream = client.stream_run_events(run.name)
         events = [event async for event in stream]
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert payloads(events).count("output_text_delta") == 3
@@ -47,10 +48,11 @@ async def test_send_message_streams_the_run_to_its_terminal_event(stack: Stack) 
 
 async def test_cancel_run_ends_the_stream_with_run_cancelled(stack: Stack) -> None:
     """cancel_run on a running run ends its stream with run.cancelled."""
-    async with Client(stack.address, stack.owner.api_key) as client:
+    async with AsyncClient(stack.address, stack.owner.api_key) as client:
         session = await client.create_session(title="sdk cancel")
-        stream = await client.send_message(session.name, "[[tokens=200]] [[delay_ms=50]]")
-        async with contextlib.aclosing(stream.events()) as events:
+        run = await client.create_run(session.name, "[[tokens=200]] [[delay_ms=50]]")
+        stream = client.stream_run_events(run.name)
+        async with contextlib.aclosing(aiter(stream)) as events:
             async for event in events:
                 if event.WhichOneof("payload") == "output_text_delta":
                     await client.cancel_run(stream.name)
@@ -111,14 +113,15 @@ async def proxy(stack: Stack) -> AsyncIterator[Proxy]:
 
 async def test_stream_resumes_after_the_connection_breaks(stack: Stack, proxy: Proxy) -> None:
     """A cut connection mid-stream is resumed from the cursor: no event lost or repeated."""
-    reconnects: list[tuple[RpcFailure | None, int]] = []
-    client = Client(f"127.0.0.1:{proxy.port}", stack.owner.api_key, channel_options=FAST_RECONNECT)
+    reconnects: list[tuple[APError | None, int]] = []
+    client = AsyncClient(
+        f"127.0.0.1:{proxy.port}", stack.owner.api_key, channel_options=FAST_RECONNECT
+    )
     async with client:
         session = await client.create_session(title="sdk resume")
-        stream = await client.send_message(
-            session.name,
-            "[[tokens=30]] [[delay_ms=20]] [[reasoning=0]]",
-            on_reconnect=lambda failure, last: reconnects.append((failure, last)),
+        run = await client.create_run(session.name, "[[tokens=30]] [[delay_ms=20]] [[reasoning=0]]")
+        stream = client.stream_run_events(
+            run.name, on_reconnect=lambda failure, last: reconnects.append((failure, last))
         )
         events: list[run_pb2.RunEvent] = []
         async for event in stream:
@@ -152,16 +155,11 @@ def test_sdk_dependency_floors_satisfy_the_generated_code() -> None:
     assert f"<{int(pb_generated[0]) + 1}" in requirements["protobuf"]
 
 
-def readme_program() -> str:
-    """Return the SDK README's ten-line program."""
+def readme_programs() -> list[str]:
+    """Return the SDK README's first programs: the blocking one, then the asyncio one."""
     readme = (SDK / "README.md").read_text()
-    section = readme.split("## Ten lines", 1)[1]
-    return section.split("```python\n", 1)[1].split("```", 1)[0]
-
-
-def test_readme_program_is_ten_lines() -> None:
-    """The README's example is ten lines of code (blank lines aside)."""
-    assert len([line for line in readme_program().splitlines() if line.strip()]) == 10
+    section = readme.split("## First program", 1)[1].split("\n## ", 1)[0]
+    return [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
 
 
 async def run(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
@@ -194,10 +192,10 @@ def built_wheels(folder: Path) -> list[Path]:
 
 
 @pytest.mark.timeout(180)
-async def test_readme_program_runs_from_a_clean_virtualenv_with_only_the_wheel(
+async def test_readme_programs_run_from_a_clean_virtualenv_with_only_the_wheel(
     stack: Stack, tmp_path: Path
 ) -> None:
-    """The wheel installs alone (with its PyPI dependencies) and the README program works."""
+    """The wheel installs alone (with its PyPI dependencies) and both README programs work."""
     pip = [sys.executable, "-m", "pip"]
     source = copy_sdk(tmp_path)
     await run(*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path, source)
@@ -207,10 +205,13 @@ async def test_readme_program_runs_from_a_clean_virtualenv_with_only_the_wheel(
     python = venv / "bin" / "python"
     await run(*pip, "--python", python, "install", "-q", wheel)
 
-    program = tmp_path / "hello.py"
-    program.write_text(readme_program())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AP_", "PYTHON"))}
     env |= {"AP_ENDPOINT": stack.address, "AP_API_KEY": stack.owner.api_key}
-    # -I: neither PYTHONPATH nor the working folder can make the repository importable.
-    out = await asyncio.wait_for(run(python, "-I", program, cwd=tmp_path, env=env), 60)
-    assert out == "alpha bravo charlie delta echo\nrun.completed\n"
+    programs = readme_programs()
+    assert len(programs) == 2
+    for i, text in enumerate(programs):
+        program = tmp_path / f"hello{i}.py"
+        program.write_text(text)
+        # -I: neither PYTHONPATH nor the working folder can make the repository importable.
+        out = await asyncio.wait_for(run(python, "-I", program, cwd=tmp_path, env=env), 60)
+        assert out == "alpha bravo charlie delta echo\n"
