@@ -38,13 +38,16 @@ from agentplatform.v1 import (
     api_key_pb2,
     api_key_service_pb2,
     api_key_service_pb2_grpc,
+    master_key_pb2,
     master_key_service_pb2,
     master_key_service_pb2_grpc,
     profile_pb2,
     profile_service_pb2,
     profile_service_pb2_grpc,
+    run_pb2,
     run_service_pb2,
     run_service_pb2_grpc,
+    secret_pb2,
     secret_service_pb2,
     secret_service_pb2_grpc,
     session_pb2,
@@ -108,17 +111,19 @@ class _Method(Generic[P]):
         return method
 
 
-class UnaryMethod(_Method[P], Generic[P, RequestT, ResponseT, T]):
+class UnaryMethod(_Method[P], Generic[P, T]):
     """A method that makes one unary call and returns its (mapped) response."""
 
     def __init__(
         self,
-        call: Rpc[RequestT, ResponseT],
-        build: Callable[P, RequestT],
-        result: Callable[[ResponseT], T],
+        call: Rpc[Any, Any],
+        build: Callable[P, Any],
+        returns: type[Any],
+        result: Callable[[Any], T],
     ) -> None:
         super().__init__(build)
         self.rpc = call
+        self.returns = returns
         self.result = result
 
     @overload
@@ -145,19 +150,20 @@ class UnaryMethod(_Method[P], Generic[P, RequestT, ResponseT, T]):
         return self._bind(obj, blocking)
 
 
-class PagedMethod(_Method[P], Generic[P, RequestT, ResponseT, ItemT]):
+class PagedMethod(_Method[P], Generic[P, ItemT]):
     """A List method: an iterator over the items of every page, fetched as it is consumed."""
 
     def __init__(
         self,
-        call: Rpc[RequestT, ResponseT],
-        build: Callable[P, RequestT],
-        items: Callable[[ResponseT], Iterable[ItemT]],
+        call: Rpc[Any, Any],
+        build: Callable[P, Any],
+        items: Callable[[Any], Iterable[ItemT]],
+        of: type[ItemT],
     ) -> None:
         super().__init__(build)
-        # Any: the transports' pager needs page tokens, which every List message has.
-        self.rpc: Rpc[Any, Any] = call
+        self.rpc = call
         self.items = items
+        self.of = of
 
     @overload
     def __get__(self, obj: None, owner: type[Any]) -> Self: ...
@@ -205,27 +211,32 @@ class StreamMethod(_Method[P]):
         return self._bind(obj, method)
 
 
+# The result types are given, not inferred from grpc's stub types, so that the methods' types
+# hold for users without type stubs of grpc; tests/ecosystem/test_sdk.py checks each against
+# the RPC's output type in the proto descriptors.
+
+
 def unary(
-    call: Rpc[RequestT, ResponseT], build: Callable[P, RequestT]
-) -> UnaryMethod[P, RequestT, ResponseT, ResponseT]:
-    """Describe a method that returns the RPC's response."""
-    return UnaryMethod(call, build, _same)
+    call: Rpc[RequestT, Any], build: Callable[P, RequestT], *, returns: type[T]
+) -> UnaryMethod[P, T]:
+    """Describe a method that returns the RPC's response, a `returns`."""
+    return UnaryMethod(call, build, returns, _same)
 
 
-def deleting(
-    call: Rpc[RequestT, empty_pb2.Empty], build: Callable[P, RequestT]
-) -> UnaryMethod[P, RequestT, empty_pb2.Empty, None]:
+def deleting(call: Rpc[RequestT, Any], build: Callable[P, RequestT]) -> UnaryMethod[P, None]:
     """Describe a method whose RPC answers `Empty`; it returns None."""
-    return UnaryMethod(call, build, _nothing)
+    return UnaryMethod(call, build, empty_pb2.Empty, _nothing)
 
 
 def paged(
-    call: Rpc[RequestT, ResponseT],
+    call: Rpc[RequestT, Any],
     build: Callable[P, RequestT],
-    items: Callable[[ResponseT], Iterable[ItemT]],
-) -> PagedMethod[P, RequestT, ResponseT, ItemT]:
-    """Describe a List method that iterates `items(page)` of every page."""
-    return PagedMethod(call, build, items)
+    items: Callable[[Any], Iterable[Any]],
+    *,
+    of: type[ItemT],
+) -> PagedMethod[P, ItemT]:
+    """Describe a List method that iterates `items(page)`, each an `of`, of every page."""
+    return PagedMethod(call, build, items, of)
 
 
 def streamed(build: Callable[P, Cursor]) -> StreamMethod[P]:
@@ -233,7 +244,7 @@ def streamed(build: Callable[P, Cursor]) -> StreamMethod[P]:
     return StreamMethod(build)
 
 
-def _same(response: T) -> T:
+def _same(response: Any) -> Any:
     return response
 
 
@@ -610,53 +621,83 @@ class Methods:
     """The calls of the public API, shared by `Client` and `AsyncClient`."""
 
     create_session = unary(
-        rpc(_SESSIONS, lambda s: s.CreateSession, retryable=True), _create_session
+        rpc(_SESSIONS, lambda s: s.CreateSession, retryable=True),
+        _create_session,
+        returns=session_pb2.Session,
     )
-    get_session = unary(rpc(_SESSIONS, lambda s: s.GetSession, retryable=True), _get_session)
+    get_session = unary(
+        rpc(_SESSIONS, lambda s: s.GetSession, retryable=True),
+        _get_session,
+        returns=session_pb2.Session,
+    )
     list_sessions = paged(
         rpc(_SESSIONS, lambda s: s.ListSessions, retryable=True),
         _list_sessions,
         lambda p: p.sessions,
+        of=session_pb2.Session,
     )
     list_messages = paged(
         rpc(_SESSIONS, lambda s: s.ListMessages, retryable=True),
         _list_messages,
         lambda page: page.messages,
+        of=session_pb2.Message,
     )
-
-    create_run = unary(rpc(_RUNS, lambda s: s.CreateRun, retryable=True), _create_run)
-    get_run = unary(rpc(_RUNS, lambda s: s.GetRun, retryable=True), _get_run)
+    create_run = unary(
+        rpc(_RUNS, lambda s: s.CreateRun, retryable=True), _create_run, returns=run_pb2.Run
+    )
+    get_run = unary(rpc(_RUNS, lambda s: s.GetRun, retryable=True), _get_run, returns=run_pb2.Run)
     list_runs = paged(
-        rpc(_RUNS, lambda s: s.ListRuns, retryable=True), _list_runs, lambda p: p.runs
+        rpc(_RUNS, lambda s: s.ListRuns, retryable=True),
+        _list_runs,
+        lambda p: p.runs,
+        of=run_pb2.Run,
     )
     list_run_events = paged(
-        rpc(_RUNS, lambda s: s.ListRunEvents, retryable=True), _list_run_events, lambda p: p.events
+        rpc(_RUNS, lambda s: s.ListRunEvents, retryable=True),
+        _list_run_events,
+        lambda p: p.events,
+        of=run_pb2.RunEvent,
     )
-    cancel_run = unary(rpc(_RUNS, lambda s: s.CancelRun, retryable=True), _cancel_run)
+    cancel_run = unary(
+        rpc(_RUNS, lambda s: s.CancelRun, retryable=True), _cancel_run, returns=run_pb2.Run
+    )
     stream_run_events = streamed(_stream_run_events)
     stream_session_events = streamed(_stream_session_events)
-
-    get_secret = unary(rpc(_SECRETS, lambda s: s.GetSecret, retryable=True), _get_secret)
-    list_secrets = paged(
-        rpc(_SECRETS, lambda s: s.ListSecrets, retryable=True), _list_secrets, lambda p: p.secrets
+    get_secret = unary(
+        rpc(_SECRETS, lambda s: s.GetSecret, retryable=True), _get_secret, returns=secret_pb2.Secret
     )
-    put_secret = unary(rpc(_SECRETS, lambda s: s.PutSecret, retryable=True), _put_secret)
+    list_secrets = paged(
+        rpc(_SECRETS, lambda s: s.ListSecrets, retryable=True),
+        _list_secrets,
+        lambda p: p.secrets,
+        of=secret_pb2.Secret,
+    )
+    put_secret = unary(
+        rpc(_SECRETS, lambda s: s.PutSecret, retryable=True), _put_secret, returns=secret_pb2.Secret
+    )
     delete_secret = deleting(
         rpc(_SECRETS, lambda s: s.DeleteSecret, retryable=False), _delete_secret
     )
-
-    create_tool = unary(rpc(_TOOLS, lambda s: s.CreateTool, retryable=False), _create_tool)
+    create_tool = unary(
+        rpc(_TOOLS, lambda s: s.CreateTool, retryable=False), _create_tool, returns=tool_pb2.Tool
+    )
     list_tools = paged(
-        rpc(_TOOLS, lambda s: s.ListTools, retryable=True), _list_tools, lambda p: p.tools
+        rpc(_TOOLS, lambda s: s.ListTools, retryable=True),
+        _list_tools,
+        lambda p: p.tools,
+        of=tool_pb2.Tool,
     )
     delete_tool = deleting(rpc(_TOOLS, lambda s: s.DeleteTool, retryable=False), _delete_tool)
     create_mcp_server = unary(
-        rpc(_TOOLS, lambda s: s.CreateMcpServer, retryable=False), _create_mcp_server
+        rpc(_TOOLS, lambda s: s.CreateMcpServer, retryable=False),
+        _create_mcp_server,
+        returns=tool_pb2.McpServer,
     )
     list_mcp_servers = paged(
         rpc(_TOOLS, lambda s: s.ListMcpServers, retryable=True),
         _list_mcp_servers,
         lambda p: p.mcp_servers,
+        of=tool_pb2.McpServer,
     )
     delete_mcp_server = deleting(
         rpc(_TOOLS, lambda s: s.DeleteMcpServer, retryable=False), _delete_mcp_server
@@ -665,54 +706,79 @@ class Methods:
         rpc(_TOOLS, lambda s: s.ListToolCalls, retryable=True),
         _list_tool_calls,
         lambda p: p.tool_calls,
+        of=tool_pb2.ToolCall,
     )
-
     get_workspace = unary(
-        rpc(_WORKSPACES, lambda s: s.GetWorkspace, retryable=True), _get_workspace
+        rpc(_WORKSPACES, lambda s: s.GetWorkspace, retryable=True),
+        _get_workspace,
+        returns=workspace_pb2.Workspace,
     )
     list_workspaces = paged(
         rpc(_WORKSPACES, lambda s: s.ListWorkspaces, retryable=True),
         _list_workspaces,
         lambda p: p.workspaces,
+        of=workspace_pb2.Workspace,
     )
     update_workspace = unary(
-        rpc(_WORKSPACES, lambda s: s.UpdateWorkspace, retryable=True), _update_workspace
+        rpc(_WORKSPACES, lambda s: s.UpdateWorkspace, retryable=True),
+        _update_workspace,
+        returns=workspace_pb2.Workspace,
     )
     create_member = unary(
-        rpc(_WORKSPACES, lambda s: s.CreateMember, retryable=False), _create_member
+        rpc(_WORKSPACES, lambda s: s.CreateMember, retryable=False),
+        _create_member,
+        returns=workspace_pb2.Member,
     )
-    get_member = unary(rpc(_WORKSPACES, lambda s: s.GetMember, retryable=True), _get_member)
+    get_member = unary(
+        rpc(_WORKSPACES, lambda s: s.GetMember, retryable=True),
+        _get_member,
+        returns=workspace_pb2.Member,
+    )
     list_members = paged(
         rpc(_WORKSPACES, lambda s: s.ListMembers, retryable=True),
         _list_members,
         lambda p: p.members,
+        of=workspace_pb2.Member,
     )
     update_member = unary(
-        rpc(_WORKSPACES, lambda s: s.UpdateMember, retryable=True), _update_member
+        rpc(_WORKSPACES, lambda s: s.UpdateMember, retryable=True),
+        _update_member,
+        returns=workspace_pb2.Member,
     )
     delete_member = deleting(
         rpc(_WORKSPACES, lambda s: s.DeleteMember, retryable=False), _delete_member
     )
-
     create_api_key = unary(
-        rpc(_API_KEYS, lambda s: s.CreateApiKey, retryable=False), _create_api_key
+        rpc(_API_KEYS, lambda s: s.CreateApiKey, retryable=False),
+        _create_api_key,
+        returns=api_key_service_pb2.CreateApiKeyResponse,
     )
     list_api_keys = paged(
         rpc(_API_KEYS, lambda s: s.ListApiKeys, retryable=True),
         _list_api_keys,
         lambda p: p.api_keys,
+        of=api_key_pb2.ApiKey,
     )
     delete_api_key = deleting(
         rpc(_API_KEYS, lambda s: s.DeleteApiKey, retryable=False), _delete_api_key
     )
-    get_profile = unary(rpc(_PROFILES, lambda s: s.GetProfile, retryable=True), _get_profile)
-    update_profile = unary(
-        rpc(_PROFILES, lambda s: s.UpdateProfile, retryable=True), _update_profile
+    get_profile = unary(
+        rpc(_PROFILES, lambda s: s.GetProfile, retryable=True),
+        _get_profile,
+        returns=profile_pb2.Profile,
     )
-
+    update_profile = unary(
+        rpc(_PROFILES, lambda s: s.UpdateProfile, retryable=True),
+        _update_profile,
+        returns=profile_pb2.Profile,
+    )
     get_master_key_status = unary(
-        rpc(_MASTER_KEYS, lambda s: s.GetMasterKeyStatus, retryable=True), _get_master_key_status
+        rpc(_MASTER_KEYS, lambda s: s.GetMasterKeyStatus, retryable=True),
+        _get_master_key_status,
+        returns=master_key_pb2.MasterKeyStatus,
     )
     rotate_master_key = unary(
-        rpc(_MASTER_KEYS, lambda s: s.RotateMasterKey, retryable=False), _rotate_master_key
+        rpc(_MASTER_KEYS, lambda s: s.RotateMasterKey, retryable=False),
+        _rotate_master_key,
+        returns=master_key_pb2.MasterKeyStatus,
     )
