@@ -344,3 +344,60 @@ async def test_completion_scripts_complete_commands(tmp_path: Path) -> None:
     for shell in ("zsh", "tcsh"):
         generated = await Ap({"PATH": os.environ["PATH"]})("completion", shell)
         assert generated.code == 0 and "sessions" in generated.out
+
+
+class Terminal:
+    """`ap` on a pseudo-terminal, as a person at a keyboard runs it."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, master: int) -> None:
+        """Drive `proc` through the terminal's master side."""
+        self.proc = proc
+        self._master = master
+        self.screen = ""
+
+    async def wait_for(self, text: str, *, after: int = 0) -> int:
+        """Read the screen until `text` appears past position `after`; return where it ends."""
+        loop = asyncio.get_running_loop()
+        while (found := self.screen.find(text, after)) < 0:
+            chunk = await loop.run_in_executor(None, os.read, self._master, 4096)
+            assert chunk, f"the terminal closed before {text!r}:\n{self.screen}"
+            self.screen += chunk.decode(errors="replace")
+        return found + len(text)
+
+    def type(self, line: str) -> None:
+        """Type a line and press Enter."""
+        os.write(self._master, line.encode() + b"\r")
+
+
+async def test_an_interactive_chat_queues_a_line_typed_after_ctrl_c(
+    workspace: tuple[Ap, AsyncClient],
+) -> None:
+    """Ctrl-C leaves the reply's run going; the next line typed waits for it, then answers."""
+    ap, client = workspace
+    master, slave = os.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        str(AP), "chat", stdin=slave, stdout=slave, stderr=slave, env=ap.env | {"TERM": "dumb"}
+    )
+    os.close(slave)
+    terminal = Terminal(proc, master)
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            at = await terminal.wait_for("you> ")
+            terminal.type(LONG)
+            at = await terminal.wait_for("alpha", after=at)
+            proc.send_signal(signal.SIGINT)
+            at = await terminal.wait_for("Resume with:", after=at)
+            at = await terminal.wait_for("you> ", after=at)
+            (session,) = [s async for s in client.list_sessions()]
+            (first,) = [r async for r in client.list_runs(session.name)]
+            terminal.type("and then? [[tokens=2]]")
+            at = await terminal.wait_for(f"[queued: starts when {first.name} ends]", after=at)
+            await client.cancel_run(first.name)
+            await terminal.wait_for("alpha bravo", after=at)
+            await terminal.wait_for("you> ", after=at)
+    finally:
+        proc.kill()
+        await proc.wait()
+        os.close(master)
+    runs = [r async for r in client.list_runs(session.name)]
+    assert [r.state for r in runs] == [run_pb2.Run.COMPLETED, run_pb2.Run.CANCELLED]

@@ -229,7 +229,6 @@ class AsyncTransport(Transport):
     ) -> None:
         """Prepare the channel; grpc.aio binds it to a loop, so it opens on first use."""
         super().__init__(config, timeout=timeout, retry=retry, channel_options=channel_options)
-        self._channel: grpc.aio.Channel | None = None
         # Views made by with_options share the channel through this one-slot holder.
         self._holder: list[grpc.aio.Channel] = []
 
