@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-from contextlib import aclosing
+from collections.abc import Iterable
 
-from agentplatform import RpcFailure
+from agentplatform import APError, RunEventStream
 from agentplatform.v1 import run_pb2, session_pb2
 
 from ap_cli.context import Context
 from ap_cli.format import format_seconds, format_table, format_time, seconds_between
+from ap_cli.names import session_of
 from ap_cli.render import EventRenderer, format_usage
 
 _ROLE_NAMES = {session_pb2.Message.Role.USER: "user", session_pb2.Message.Role.ASSISTANT: "model"}
@@ -35,39 +35,47 @@ def _fields(pairs: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def print_messages(ctx: Context, messages: Iterable[session_pb2.Message]) -> None:
+    """Print transcript entries: `author · time`, then the text indented."""
+    for i, message in enumerate(messages):
+        if i:
+            ctx.say()
+        author = message.author_display_name or _ROLE_NAMES.get(message.role, "unknown")
+        ctx.say(f"{author} · {format_time(message.create_time)}")
+        for line in message.text.splitlines() or [""]:
+            ctx.say(f"  {line}")
+
+
 def sessions_create(ctx: Context, args: argparse.Namespace) -> int:
     """Create a session and print its name."""
-    session = ctx.run(
-        ctx.client.create_session(title=args.title or "", instructions=args.instructions or "")
+    session = ctx.client.create_session(
+        title=args.title or "", instructions=args.instructions or ""
     )
-    ctx.say(session.name)
+    if ctx.json:
+        ctx.emit(session)
+    else:
+        ctx.say(session.name)
     return 0
 
 
 def sessions_list(ctx: Context, args: argparse.Namespace) -> int:
-    """Print every session of the workspace as a table."""
-
-    async def collect() -> list[session_pb2.Session]:
-        return [s async for s in ctx.client.list_sessions(page_size=args.page_size)]
-
-    sessions = ctx.run(collect())
-    if not sessions:
-        ctx.say("no sessions")
+    """Print every session of the workspace as a table, or as JSON lines."""
+    sessions = ctx.client.list_sessions(page_size=args.page_size)
+    if ctx.json:
+        ctx.emit_all(sessions)
         return 0
     rows = [(s.name, s.title or "-", format_time(s.create_time)) for s in sessions]
-    ctx.say(format_table(("NAME", "TITLE", "CREATED"), rows))
+    ctx.say(format_table(("NAME", "TITLE", "CREATED"), rows) if rows else "no sessions")
     return 0
 
 
 def sessions_show(ctx: Context, args: argparse.Namespace) -> int:
     """Print a session and its whole transcript."""
-
-    async def fetch() -> tuple[session_pb2.Session, list[session_pb2.Message]]:
-        session = await ctx.client.get_session(args.session)
-        messages = [m async for m in ctx.client.list_messages(session.name)]
-        return session, messages
-
-    session, messages = ctx.run(fetch())
+    session = ctx.client.get_session(args.session)
+    messages = list(ctx.client.list_messages(session.name))
+    if ctx.json:
+        ctx.emit_object({"session": session, "messages": messages})
+        return 0
     pairs = [
         ("name", session.name),
         ("title", session.title or "-"),
@@ -86,26 +94,15 @@ def sessions_show(ctx: Context, args: argparse.Namespace) -> int:
     ctx.say()
     if not messages:
         ctx.say("(no messages yet)")
-        return 0
-    for i, message in enumerate(messages):
-        if i:
-            ctx.say()
-        author = message.author_display_name or _ROLE_NAMES.get(message.role, "unknown")
-        ctx.say(f"{author} · {format_time(message.create_time)}")
-        for line in message.text.splitlines() or [""]:
-            ctx.say(f"  {line}")
+    print_messages(ctx, messages)
     return 0
 
 
 def runs_list(ctx: Context, args: argparse.Namespace) -> int:
     """Print every run of a session as a table, newest first."""
-
-    async def collect() -> list[run_pb2.Run]:
-        return [r async for r in ctx.client.list_runs(args.session)]
-
-    runs = ctx.run(collect())
-    if not runs:
-        ctx.say("no runs")
+    runs = ctx.client.list_runs(args.session)
+    if ctx.json:
+        ctx.emit_all(runs)
         return 0
     rows = []
     for run in runs:
@@ -120,13 +117,14 @@ def runs_list(ctx: Context, args: argparse.Namespace) -> int:
                 run.error_reason or "-",
             )
         )
-    ctx.say(format_table(("NAME", "STATE", "ATTEMPT", "CREATED", "DURATION", "ERROR"), rows))
+    header = ("NAME", "STATE", "ATTEMPT", "CREATED", "DURATION", "ERROR")
+    ctx.say(format_table(header, rows) if rows else "no runs")
     return 0
 
 
 def runs_cancel(ctx: Context, args: argparse.Namespace) -> int:
     """Cancel a run and say what became of it."""
-    run = ctx.run(ctx.client.cancel_run(args.run))
+    run = ctx.client.cancel_run(args.run)
     if run.state == run_pb2.Run.CANCELLED:
         ctx.say(f"{run.name} is cancelled")
     elif run.state in (run_pb2.Run.COMPLETED, run_pb2.Run.FAILED):
@@ -136,15 +134,28 @@ def runs_cancel(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_messages(
+    ctx: Context, run: run_pb2.Run
+) -> tuple[session_pb2.Message | None, session_pb2.Message | None]:
+    """Return the run's input and output messages from its session's transcript."""
+    wanted = {run.input_message, run.output_message} - {""}
+    found = {m.name: m for m in ctx.client.list_messages(session_of(run.name)) if m.name in wanted}
+    return found.get(run.input_message), found.get(run.output_message)
+
+
 def runs_show(ctx: Context, args: argparse.Namespace) -> int:
-    """Print a run's state, attempt, error, usage and timings."""
-    run = ctx.run(ctx.client.get_run(args.run))
+    """Print a run's input and output text, state, attempt, error, usage and timings."""
+    run = ctx.client.get_run(args.run)
+    given, produced = run_messages(ctx, run)
+    if ctx.json:
+        ctx.emit_object({"run": run, "inputMessage": given, "outputMessage": produced})
+        return 0
     pairs = [
         ("name", run.name),
         ("state", state_name(run.state)),
         ("attempt", str(run.attempt)),
-        ("input", run.input_message or "-"),
-        ("output", run.output_message or "-"),
+        ("input", given.text if given is not None else run.input_message or "-"),
+        ("output", produced.text if produced is not None else run.output_message or "-"),
         ("last event", str(run.last_event_sequence)),
     ]
     if run.error_reason or run.error_message:
@@ -174,49 +185,54 @@ def runs_show(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def follow(ctx: Context, stream: RunEventStream, renderer: EventRenderer | None) -> None:
+    """Render (or, with `--json`, print) a stream's events; on Ctrl-C say how to resume."""
+    try:
+        for event in stream:
+            if renderer is None:
+                ctx.emit(event)
+            else:
+                renderer.render(event)
+    except KeyboardInterrupt:
+        if renderer is not None:
+            renderer.finish()
+        ctx.note(
+            "interrupted; the run continues on the server. Resume with: "
+            + resume_command(ctx, stream.name, stream.last_sequence)
+        )
+        raise
+    finally:
+        if renderer is not None:
+            renderer.finish()
+
+
 def runs_watch(ctx: Context, args: argparse.Namespace) -> int:
     """Stream a run's events until its terminal one; exit 0 only if it completed."""
-    renderer = EventRenderer(ctx.out, color=ctx.color, verbose=True)
+    renderer = None if ctx.json else EventRenderer(ctx.out, color=ctx.color, verbose=True)
 
-    def on_reconnect(failure: RpcFailure | None, last_sequence: int) -> None:
-        renderer.finish()
+    def on_reconnect(failure: APError | None, last_sequence: int) -> None:
+        if renderer is not None:
+            renderer.finish()
         ctx.reconnect_notice(failure, last_sequence)
 
     stream = ctx.client.stream_run_events(
         args.run, after_sequence=args.after, on_reconnect=on_reconnect
     )
-
-    async def watch() -> None:
-        try:
-            async with aclosing(stream.events()) as events:
-                async for event in events:
-                    renderer.render(event)
-        except asyncio.CancelledError:
-            renderer.finish()
-            ctx.note(
-                "interrupted; the run continues on the server. Resume with: "
-                + resume_command(args.run, stream.last_sequence)
-            )
-            raise
-        except BaseException:
-            renderer.finish()
-            raise
-        renderer.finish()
-
-    ctx.run(watch())
-    if renderer.outcome is None:
-        final = stream.final_run
-        if final is None:
-            return 1
+    follow(ctx, stream, renderer)
+    if stream.terminal is not None:
+        return 0 if stream.terminal.WhichOneof("payload") == "run_completed" else 1
+    final = stream.final_run
+    if final is None:
+        return 1
+    if not ctx.json:
         ctx.say(
             f"[run already {state_name(final.state).lower()}; its last event is "
             f"{final.last_event_sequence}]"
         )
-        return 0 if final.state == run_pb2.Run.State.COMPLETED else 1
-    return 0 if renderer.outcome == "completed" else 1
+    return 0 if final.state == run_pb2.Run.State.COMPLETED else 1
 
 
-def resume_command(run: str, last_sequence: int) -> str:
+def resume_command(ctx: Context, run: str, last_sequence: int) -> str:
     """Return the command that resumes a run's event stream after `last_sequence`."""
     after = f" --after {last_sequence}" if last_sequence else ""
-    return f"ap runs watch {run}{after}"
+    return f"{ctx.ap} runs watch {run}{after}"

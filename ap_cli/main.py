@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 
-import grpc
-from agentplatform import Client, ClientError, describe_rpc_error
+import shtab
+from agentplatform import APError, Client, ConfigError
+from agentplatform import __version__ as sdk_version
 
 from ap_cli import chat, commands, secrets, tenancy, tools
-from ap_cli.config import ClientConfig, ConfigError, load_client_config
-from ap_cli.context import Context
+from ap_cli.context import Context, invoked_as, json_option
 from ap_cli.names import run_name, session_name
 
 EXIT_CONFIG = 2
@@ -43,6 +43,15 @@ def _sequence(value: str) -> int:
     return sequence
 
 
+def version_line() -> str:
+    """Return `ap X (agentplatform-sdk Y)`."""
+    try:
+        cli = metadata.version("agentplatform")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare tree
+        cli = "0+unknown"
+    return f"ap {cli} (agentplatform-sdk {sdk_version})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of every command."""
     parser = argparse.ArgumentParser(
@@ -51,36 +60,52 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Configuration: AP_ENDPOINT and AP_API_KEY, or the JSON file $AP_CLIENT_CONFIG "
         "(default ~/.config/agentplatform/client.json, written by `make run`).",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    json_flag = json_option()
 
     sessions = groups.add_parser("sessions", help="create, list and show sessions")
     session_cmds = sessions.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    create = session_cmds.add_parser("create", help="create a session and print its name")
+    create = session_cmds.add_parser(
+        "create", parents=[json_flag], help="create a session and print its name"
+    )
     create.add_argument("--title", help="a human-readable title")
     create.add_argument("--instructions", help="added to the system prompt of every run")
     create.set_defaults(handler=commands.sessions_create)
-    listing = session_cmds.add_parser("list", help="list the workspace's sessions, newest first")
+    listing = session_cmds.add_parser(
+        "list", parents=[json_flag], help="list the workspace's sessions, newest first"
+    )
     listing.add_argument(
         "--page-size", type=_page_size, default=0, help="sessions per request (all are listed)"
     )
     listing.set_defaults(handler=commands.sessions_list)
-    show = session_cmds.add_parser("show", help="show a session and its transcript")
+    show = session_cmds.add_parser(
+        "show", parents=[json_flag], help="show a session and its transcript"
+    )
     show.add_argument("session", type=session_name, help="sessions/{id} or the bare id")
     show.set_defaults(handler=commands.sessions_show)
 
     runs = groups.add_parser("runs", help="list, show and watch runs")
     run_cmds = runs.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    runs_list = run_cmds.add_parser("list", help="list a session's runs, newest first")
+    runs_list = run_cmds.add_parser(
+        "list", parents=[json_flag], help="list a session's runs, newest first"
+    )
     runs_list.add_argument("session", type=session_name, help="sessions/{id} or the bare id")
     runs_list.set_defaults(handler=commands.runs_list)
-    runs_show = run_cmds.add_parser("show", help="show a run's state, error, usage and timings")
+    runs_show = run_cmds.add_parser(
+        "show",
+        parents=[json_flag],
+        help="show a run's input and output text, state, error, usage and timings",
+    )
     runs_show.add_argument("run", type=run_name, help="sessions/{session}/runs/{run}")
     runs_show.set_defaults(handler=commands.runs_show)
     runs_cancel = run_cmds.add_parser("cancel", help="cancel a run (a finished run stays as it is)")
     runs_cancel.add_argument("run", type=run_name, help="sessions/{session}/runs/{run}")
     runs_cancel.set_defaults(handler=commands.runs_cancel)
     watch = run_cmds.add_parser(
-        "watch", help="stream a run's events until it ends (exit 0 only if it completed)"
+        "watch",
+        parents=[json_flag],
+        help="stream a run's events until it ends (exit 0 only if it completed)",
     )
     watch.add_argument("run", type=run_name, help="sessions/{session}/runs/{run}")
     watch.add_argument(
@@ -98,13 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
     chat_cmd.add_argument(
         "session", nargs="?", type=session_name, help="continue this session (default: a new one)"
     )
-    chat_cmd.add_argument("--title", help="title of the new session")
+    chat_cmd.add_argument(
+        "--title", help="title of the new session (default: from the first message)"
+    )
     chat_cmd.add_argument("--instructions", help="instructions of the new session")
     chat_cmd.set_defaults(handler=chat.chat)
     secrets.add_commands(groups)
     tools.add_commands(groups)
     tenancy.add_commands(groups)
+
+    completion = groups.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=("bash", "zsh", "tcsh"))
+    completion.set_defaults(offline_handler=lambda args: _completion(parser, args.shell))
     return parser
+
+
+def _completion(parser: argparse.ArgumentParser, shell: str) -> int:
+    """Print the completion script of every command for `shell`."""
+    print(shtab.complete(parser, shell=shell))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,41 +149,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Commands that set up the platform itself run before any client config exists.
     offline: Callable[[argparse.Namespace], int] | None = getattr(args, "offline_handler", None)
-    return offline(args) if offline is not None else _run_online(args)
+    try:
+        return offline(args) if offline is not None else _run_online(args)
+    except BrokenPipeError:
+        # The reader went away (`ap sessions list | head`); stop quietly like other tools.
+        _silence_stdout()
+        return 1
 
 
 def _run_online(args: argparse.Namespace) -> int:
     """Load the client config, connect and run the command's handler."""
     try:
-        config = load_client_config()
+        client = Client()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     handler: Handler = args.handler
-    with asyncio.Runner() as runner:
-        client = runner.run(_connect(config))
-        ctx = Context(runner=runner, client=client, out=sys.stdout, err=sys.stderr)
+    ctx = Context(
+        client, sys.stdout, sys.stderr, json=getattr(args, "json", False), ap=invoked_as()
+    )
+    with client:
         try:
             return handler(ctx, args)
-        except grpc.aio.AioRpcError as err:
-            ctx.error(describe_rpc_error(err))
-            return 1
-        except ClientError as err:
-            ctx.error(err.failure)
+        except APError as err:
+            ctx.error(err)
             return 1
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
-        except BrokenPipeError:
-            # The reader went away (`ap sessions list | head`); stop quietly like other tools.
-            _silence_stdout()
-            return 1
-        finally:
-            runner.run(client.close())
-
-
-async def _connect(config: ClientConfig) -> Client:
-    """Open the client inside the running loop, which grpc.aio channels bind to."""
-    return Client(config.endpoint, config.api_key)
 
 
 def _silence_stdout() -> None:

@@ -7,25 +7,16 @@ where it would land in shell history and in every process listing.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import sys
-import uuid
-from collections.abc import Awaitable
+import time
 from typing import BinaryIO
 
-from agentplatform.v1 import (
-    master_key_pb2,
-    master_key_service_pb2,
-    master_key_service_pb2_grpc,
-    secret_service_pb2,
-    secret_service_pb2_grpc,
-)
+from agentplatform.v1 import master_key_pb2
 
-from ap_cli.context import Context, all_pages
+from ap_cli.context import Context, json_option
 from ap_cli.format import format_table, format_time
 
-TIMEOUT_S = 30.0
 _ROTATION_POLL_S = 0.5
 
 
@@ -61,14 +52,6 @@ def read_value(name: str, stdin: BinaryIO, *, interactive: bool) -> bytes:
     return value
 
 
-def _secrets(ctx: Context) -> secret_service_pb2_grpc.SecretServiceAsyncStub:
-    return secret_service_pb2_grpc.SecretServiceStub(ctx.client.channel)
-
-
-def _master_keys(ctx: Context) -> master_key_service_pb2_grpc.MasterKeyServiceAsyncStub:
-    return master_key_service_pb2_grpc.MasterKeyServiceStub(ctx.client.channel)
-
-
 def secrets_put(ctx: Context, args: argparse.Namespace) -> int:
     """Store a new version of a secret; print its name and version."""
     try:
@@ -76,46 +59,25 @@ def secrets_put(ctx: Context, args: argparse.Namespace) -> int:
     except ValueUnreadable as err:
         ctx.error(str(err))
         return 1
-    request = secret_service_pb2.PutSecretRequest(
-        name=args.name, value=value, request_id=str(uuid.uuid4())
-    )
-    if args.expected_version is not None:
-        request.expected_version = args.expected_version
-    stored = ctx.run(
-        _secrets(ctx).PutSecret(request, metadata=ctx.client.metadata, timeout=TIMEOUT_S)
-    )
+    stored = ctx.client.put_secret(args.name, value, expected_version=args.expected_version)
     ctx.say(f"{stored.name} version {stored.version}")
     return 0
 
 
 def secrets_list(ctx: Context, args: argparse.Namespace) -> int:
     """Print the workspace's secrets (metadata only) as a table."""
-
-    def fetch(token: str) -> Awaitable[secret_service_pb2.ListSecretsResponse]:
-        return _secrets(ctx).ListSecrets(
-            secret_service_pb2.ListSecretsRequest(page_size=args.page_size, page_token=token),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
-
-    listed = ctx.run(all_pages(fetch, lambda page: page.secrets))
-    if not listed:
-        ctx.say("no secrets")
+    listed = ctx.client.list_secrets(page_size=args.page_size)
+    if ctx.json:
+        ctx.emit_all(listed)
         return 0
     rows = [(s.name, str(s.version), format_time(s.update_time)) for s in listed]
-    ctx.say(format_table(("NAME", "VERSION", "UPDATED"), rows))
+    ctx.say(format_table(("NAME", "VERSION", "UPDATED"), rows) if rows else "no secrets")
     return 0
 
 
 def secrets_rm(ctx: Context, args: argparse.Namespace) -> int:
     """Delete a secret and every version of its value."""
-    ctx.run(
-        _secrets(ctx).DeleteSecret(
-            secret_service_pb2.DeleteSecretRequest(name=args.name),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
-    )
+    ctx.client.delete_secret(args.name)
     ctx.say(f"deleted {args.name} and all its versions")
     return 0
 
@@ -156,42 +118,31 @@ def print_status(ctx: Context, status: master_key_pb2.MasterKeyStatus) -> None:
         ctx.say(f"every data key is wrapped under the active version {status.active_version}")
 
 
-async def _status(ctx: Context) -> master_key_pb2.MasterKeyStatus:
-    return await _master_keys(ctx).GetMasterKeyStatus(
-        master_key_service_pb2.GetMasterKeyStatusRequest(),
-        metadata=ctx.client.metadata,
-        timeout=TIMEOUT_S,
-    )
-
-
 def vault_status(ctx: Context, args: argparse.Namespace) -> int:
     """Print the vault's master-key status (workspace owners only)."""
-    print_status(ctx, ctx.run(_status(ctx)))
+    status = ctx.client.get_master_key_status()
+    if ctx.json:
+        ctx.emit(status)
+    else:
+        print_status(ctx, status)
     return 0
 
 
 def vault_rotate(ctx: Context, args: argparse.Namespace) -> int:
     """Add a master-key version and start the re-wrap; with --wait, follow it to the end."""
-
-    async def rotate() -> master_key_pb2.MasterKeyStatus:
-        status = await _master_keys(ctx).RotateMasterKey(
-            master_key_service_pb2.RotateMasterKeyRequest(),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
-        ctx.say(f"master-key version {status.active_version} is active; re-wrapping data keys")
-        # Waiting on a server-side background job: polling is the only signal it offers.
-        while args.wait and (status.rewrap_running or _rewrap_pending(status)):
-            await asyncio.sleep(_ROTATION_POLL_S)
-            status = await _status(ctx)
-        return status
-
-    print_status(ctx, ctx.run(rotate()))
+    status = ctx.client.rotate_master_key()
+    ctx.say(f"master-key version {status.active_version} is active; re-wrapping data keys")
+    # Waiting on a server-side background job: polling is the only signal it offers.
+    while args.wait and (status.rewrap_running or _rewrap_pending(status)):
+        time.sleep(_ROTATION_POLL_S)
+        status = ctx.client.get_master_key_status()
+    print_status(ctx, status)
     return 0
 
 
 def add_commands(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the `secrets` and `vault` command groups to the parser."""
+    json_flag = json_option()
     secrets = groups.add_parser(
         "secrets", help="store, list and delete integration secrets (values are write-only)"
     )
@@ -207,7 +158,9 @@ def add_commands(groups: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="store only if the newest version is N (0: only if the secret is new)",
     )
     put.set_defaults(handler=secrets_put)
-    listing = cmds.add_parser("list", help="list the workspace's secrets (never their values)")
+    listing = cmds.add_parser(
+        "list", parents=[json_flag], help="list the workspace's secrets (never their values)"
+    )
     listing.add_argument("--page-size", type=int, default=0, help="secrets per request")
     listing.set_defaults(handler=secrets_list)
     rm = cmds.add_parser("rm", help="delete a secret and destroy every version of its value")
@@ -216,7 +169,9 @@ def add_commands(groups: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     vault = groups.add_parser("vault", help="the vault's master key (workspace owners only)")
     vault_cmds = vault.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    status = vault_cmds.add_parser("status", help="show master-key versions and re-wrap progress")
+    status = vault_cmds.add_parser(
+        "status", parents=[json_flag], help="show master-key versions and re-wrap progress"
+    )
     status.set_defaults(handler=vault_status)
     rotate = vault_cmds.add_parser(
         "rotate", help="add a master-key version and re-wrap every data key under it"

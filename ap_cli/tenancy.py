@@ -7,33 +7,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable
 
-from agentplatform.v1 import (
-    api_key_pb2,
-    api_key_service_pb2,
-    api_key_service_pb2_grpc,
-    profile_service_pb2,
-    profile_service_pb2_grpc,
-    workspace_pb2,
-    workspace_service_pb2,
-    workspace_service_pb2_grpc,
-)
-from google.protobuf import field_mask_pb2
-
-from ap_cli.context import Context, all_pages
+from ap_cli.context import Context, json_option
 from ap_cli.format import format_table, format_time
 
-TIMEOUT_S = 30.0
 ROLES = ("owner", "admin", "member", "viewer")
-
-
-def _keys(ctx: Context) -> api_key_service_pb2_grpc.ApiKeyServiceAsyncStub:
-    return api_key_service_pb2_grpc.ApiKeyServiceStub(ctx.client.channel)
-
-
-def _workspaces(ctx: Context) -> workspace_service_pb2_grpc.WorkspaceServiceAsyncStub:
-    return workspace_service_pb2_grpc.WorkspaceServiceStub(ctx.client.channel)
 
 
 def member_name(value: str) -> str:
@@ -54,14 +32,10 @@ def api_key_name(value: str) -> str:
 
 def whoami(ctx: Context, args: argparse.Namespace) -> int:
     """Print the caller's profile: display name, user, workspace and role."""
-    stub = profile_service_pb2_grpc.ProfileServiceStub(ctx.client.channel)
-    profile = ctx.run(
-        stub.GetProfile(
-            profile_service_pb2.GetProfileRequest(name="users/me/profile"),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
-    )
+    profile = ctx.client.get_profile()
+    if ctx.json:
+        ctx.emit(profile)
+        return 0
     ctx.say(f"{profile.display_name} ({profile.name.removesuffix('/profile')})")
     ctx.say(f"{profile.role} of {profile.workspace}")
     return 0
@@ -69,15 +43,7 @@ def whoami(ctx: Context, args: argparse.Namespace) -> int:
 
 def keys_create(ctx: Context, args: argparse.Namespace) -> int:
     """Create an API key and print it; it is shown this once."""
-    made = ctx.run(
-        _keys(ctx).CreateApiKey(
-            api_key_service_pb2.CreateApiKeyRequest(
-                api_key=api_key_pb2.ApiKey(display_name=args.name, user=args.user or "")
-            ),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
-    )
+    made = ctx.client.create_api_key(args.name, user=args.user or "")
     ctx.note(f"{made.api_key.name} for {made.api_key.user} ({made.api_key.role}); shown once:")
     ctx.say(made.key)
     return 0
@@ -85,53 +51,33 @@ def keys_create(ctx: Context, args: argparse.Namespace) -> int:
 
 def keys_list(ctx: Context, args: argparse.Namespace) -> int:
     """Print the workspace's live API keys (never the keys themselves)."""
-
-    def fetch(token: str) -> Awaitable[api_key_service_pb2.ListApiKeysResponse]:
-        return _keys(ctx).ListApiKeys(
-            api_key_service_pb2.ListApiKeysRequest(page_token=token),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
-
-    listed = ctx.run(all_pages(fetch, lambda page: page.api_keys))
-    if not listed:
-        ctx.say("no API keys")
+    listed = ctx.client.list_api_keys()
+    if ctx.json:
+        ctx.emit_all(listed)
         return 0
     rows = [
         (k.name, k.prefix, k.display_name, k.role, k.user, format_time(k.last_use_time))
         for k in listed
     ]
-    ctx.say(format_table(("NAME", "PREFIX", "LABEL", "ROLE", "USER", "LAST USED"), rows))
+    header = ("NAME", "PREFIX", "LABEL", "ROLE", "USER", "LAST USED")
+    ctx.say(format_table(header, rows) if rows else "no API keys")
     return 0
 
 
 def keys_revoke(ctx: Context, args: argparse.Namespace) -> int:
     """Revoke an API key; every replica refuses it from the next call on."""
-    ctx.run(
-        _keys(ctx).DeleteApiKey(
-            api_key_service_pb2.DeleteApiKeyRequest(name=args.key),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
-    )
+    ctx.client.delete_api_key(args.key)
     ctx.say(f"revoked {args.key}")
     return 0
 
 
 def members_list(ctx: Context, args: argparse.Namespace) -> int:
     """Print the workspace's members and their roles."""
-
-    def fetch(token: str) -> Awaitable[workspace_service_pb2.ListMembersResponse]:
-        return _workspaces(ctx).ListMembers(
-            workspace_service_pb2.ListMembersRequest(page_token=token),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
-
-    rows = [
-        (m.user, m.display_name, m.role, format_time(m.create_time))
-        for m in ctx.run(all_pages(fetch, lambda page: page.members))
-    ]
+    listed = ctx.client.list_members()
+    if ctx.json:
+        ctx.emit_all(listed)
+        return 0
+    rows = [(m.user, m.display_name, m.role, format_time(m.create_time)) for m in listed]
     ctx.say(format_table(("USER", "NAME", "ROLE", "JOINED"), rows))
     return 0
 
@@ -142,44 +88,21 @@ def members_add(ctx: Context, args: argparse.Namespace) -> int:
         ctx.error("give either --user users/ID (an existing user) or --name NAME (a new user)")
         return 2
     user = f"users/{args.user.removeprefix('users/')}" if args.user else ""
-    member = ctx.run(
-        _workspaces(ctx).CreateMember(
-            workspace_service_pb2.CreateMemberRequest(
-                member=workspace_pb2.Member(user=user, role=args.role, display_name=args.name or "")
-            ),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
-    )
+    member = ctx.client.create_member(args.role, user=user, display_name=args.name or "")
     ctx.say(f"{member.user} ({member.display_name}) is now {member.role}")
     return 0
 
 
 def members_set_role(ctx: Context, args: argparse.Namespace) -> int:
     """Change a member's role."""
-    member = ctx.run(
-        _workspaces(ctx).UpdateMember(
-            workspace_service_pb2.UpdateMemberRequest(
-                member=workspace_pb2.Member(name=args.member, role=args.role),
-                update_mask=field_mask_pb2.FieldMask(paths=["role"]),
-            ),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
-    )
+    member = ctx.client.update_member(args.member, role=args.role)
     ctx.say(f"{member.user} is now {member.role}")
     return 0
 
 
 def members_remove(ctx: Context, args: argparse.Namespace) -> int:
     """Remove a member; their API keys of this workspace stop working at once."""
-    ctx.run(
-        _workspaces(ctx).DeleteMember(
-            workspace_service_pb2.DeleteMemberRequest(name=args.member),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
-    )
+    ctx.client.delete_member(args.member)
     ctx.say(f"removed {args.member} and revoked their keys here")
     return 0
 
@@ -223,9 +146,10 @@ def admin_bootstrap(args: argparse.Namespace) -> int:
 
 def add_commands(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the `whoami`, `keys`, `members` and `admin` command groups to the parser."""
-    groups.add_parser("whoami", help="show who the API key acts as, and where").set_defaults(
-        handler=whoami
-    )
+    json_flag = json_option()
+    groups.add_parser(
+        "whoami", parents=[json_flag], help="show who the API key acts as, and where"
+    ).set_defaults(handler=whoami)
 
     keys = groups.add_parser("keys", help="create, list and revoke API keys (owners only)")
     key_cmds = keys.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -233,16 +157,18 @@ def add_commands(groups: argparse._SubParsersAction) -> None:  # type: ignore[ty
     create.add_argument("name", help="a label, e.g. laptop or ci")
     create.add_argument("--user", help="the member it acts as, users/ID (default: you)")
     create.set_defaults(handler=keys_create)
-    key_cmds.add_parser("list", help="list live keys: prefix, label, role, last use").set_defaults(
-        handler=keys_list
-    )
+    key_cmds.add_parser(
+        "list", parents=[json_flag], help="list live keys: prefix, label, role, last use"
+    ).set_defaults(handler=keys_list)
     revoke = key_cmds.add_parser("revoke", help="revoke a key at once")
     revoke.add_argument("key", type=api_key_name, help="apiKeys/ID or ID")
     revoke.set_defaults(handler=keys_revoke)
 
     members = groups.add_parser("members", help="list and manage the workspace's members")
     member_cmds = members.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    member_cmds.add_parser("list", help="list members and roles").set_defaults(handler=members_list)
+    member_cmds.add_parser("list", parents=[json_flag], help="list members and roles").set_defaults(
+        handler=members_list
+    )
     add = member_cmds.add_parser("add", help="add an existing user or a new one with a role")
     add.add_argument("role", choices=ROLES)
     add.add_argument("--user", help="an existing user, users/ID (e.g. from another workspace)")

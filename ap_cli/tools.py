@@ -6,19 +6,15 @@ import argparse
 import json
 import re
 import urllib.parse
-from collections.abc import Awaitable
 
-from agentplatform.v1 import tool_pb2, tool_service_pb2, tool_service_pb2_grpc
+from agentplatform.v1 import tool_pb2
 from google.protobuf import struct_pb2
 
-from ap_cli.context import Context, all_pages
+from ap_cli.context import Context, json_option
 from ap_cli.format import format_table, format_time
+from ap_cli.names import run_name
 
 TIMEOUT_S = 150.0  # registering an MCP server connects to it and lists its tools
-
-
-def _tools(ctx: Context) -> tool_service_pb2_grpc.ToolServiceAsyncStub:
-    return tool_service_pb2_grpc.ToolServiceStub(ctx.client.channel)
 
 
 def parameters_schema(text: str) -> struct_pb2.Struct:
@@ -42,25 +38,19 @@ def tools_add_http(ctx: Context, args: argparse.Namespace) -> int:
     credential = args.credential or ""
     if credential and not credential.startswith("secrets/"):
         credential = f"secrets/{credential}"
-    created = ctx.run(
-        _tools(ctx).CreateTool(
-            tool_service_pb2.CreateToolRequest(
-                tool_id=args.name,
-                tool=tool_pb2.Tool(
-                    description=args.description,
-                    parameters=args.parameters,
-                    timeout_ms=args.timeout_ms,
-                    http=tool_pb2.HttpEndpoint(
-                        method=args.method,
-                        url_template=args.url,
-                        credential=credential,
-                        credential_injection=args.inject,
-                    ),
-                ),
+    created = ctx.client.with_options(timeout=TIMEOUT_S).create_tool(
+        args.name,
+        tool_pb2.Tool(
+            description=args.description,
+            parameters=args.parameters,
+            timeout_ms=args.timeout_ms,
+            http=tool_pb2.HttpEndpoint(
+                method=args.method,
+                url_template=args.url,
+                credential=credential,
+                credential_injection=args.inject,
             ),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
+        ),
     )
     ctx.say(f"registered {created.name}")
     return 0
@@ -76,15 +66,9 @@ def server_id_for(url: str) -> str:
 
 def tools_add_mcp(ctx: Context, args: argparse.Namespace) -> int:
     """Register an MCP server and print the tools discovered on it."""
-    created = ctx.run(
-        _tools(ctx).CreateMcpServer(
-            tool_service_pb2.CreateMcpServerRequest(
-                mcp_server_id=args.id or server_id_for(args.url),
-                mcp_server=tool_pb2.McpServer(url=args.url, timeout_ms=args.timeout_ms),
-            ),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
+    created = ctx.client.with_options(timeout=TIMEOUT_S).create_mcp_server(
+        args.id or server_id_for(args.url),
+        tool_pb2.McpServer(url=args.url, timeout_ms=args.timeout_ms),
     )
     ctx.say(f"registered {created.name} with {len(created.tools)} tools")
     for tool in created.tools:
@@ -94,17 +78,9 @@ def tools_add_mcp(ctx: Context, args: argparse.Namespace) -> int:
 
 def tools_list(ctx: Context, args: argparse.Namespace) -> int:
     """Print the workspace's tools as a table."""
-
-    def fetch(token: str) -> Awaitable[tool_service_pb2.ListToolsResponse]:
-        return _tools(ctx).ListTools(
-            tool_service_pb2.ListToolsRequest(page_token=token),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
-
-    listed = ctx.run(all_pages(fetch, lambda page: page.tools))
-    if not listed:
-        ctx.say("no tools")
+    listed = ctx.client.list_tools()
+    if ctx.json:
+        ctx.emit_all(listed)
         return 0
     rows = [
         (
@@ -115,41 +91,29 @@ def tools_list(ctx: Context, args: argparse.Namespace) -> int:
         )
         for t in listed
     ]
-    ctx.say(format_table(("NAME", "ENDPOINT", "CREDENTIAL", "REGISTERED"), rows))
+    header = ("NAME", "ENDPOINT", "CREDENTIAL", "REGISTERED")
+    ctx.say(format_table(header, rows) if rows else "no tools")
     return 0
 
 
 def tools_rm(ctx: Context, args: argparse.Namespace) -> int:
     """Remove an HTTP tool, or an MCP server with all its tools."""
     name: str = args.name
-    stub = _tools(ctx)
     if name.startswith("mcpServers/"):
-        call: Awaitable[object] = stub.DeleteMcpServer(
-            tool_service_pb2.DeleteMcpServerRequest(name=name),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
+        ctx.client.delete_mcp_server(name)
     else:
         name = name if name.startswith("tools/") else f"tools/{name}"
-        call = stub.DeleteTool(
-            tool_service_pb2.DeleteToolRequest(name=name),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
-    ctx.run(call)
+        ctx.client.delete_tool(name)
     ctx.say(f"removed {name}")
     return 0
 
 
 def tools_calls(ctx: Context, args: argparse.Namespace) -> int:
     """Print a run's tool call records."""
-    listed = ctx.run(
-        _tools(ctx).ListToolCalls(
-            tool_service_pb2.ListToolCallsRequest(parent=args.run, page_size=1000),
-            metadata=ctx.client.metadata,
-            timeout=TIMEOUT_S,
-        )
-    )
+    listed = ctx.client.list_tool_calls(args.run)
+    if ctx.json:
+        ctx.emit_all(listed)
+        return 0
     rows = [
         (
             c.name.rsplit("/", 1)[-1],
@@ -158,7 +122,7 @@ def tools_calls(ctx: Context, args: argparse.Namespace) -> int:
             c.error_code or "-",
             f"{c.duration_ms} ms",
         )
-        for c in listed.tool_calls
+        for c in listed
     ]
     ctx.say(format_table(("CALL", "TOOL", "STATE", "ERROR", "DURATION"), rows) if rows else "none")
     return 0
@@ -166,6 +130,7 @@ def tools_calls(ctx: Context, args: argparse.Namespace) -> int:
 
 def add_commands(groups: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the `tools` command group to the parser."""
+    json_flag = json_option()
     tools = groups.add_parser("tools", help="register, list and remove the workspace's tools")
     cmds = tools.add_subparsers(dest="command", required=True, metavar="COMMAND")
     http = cmds.add_parser("add-http", help="register an HTTP tool")
@@ -192,11 +157,11 @@ def add_commands(groups: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     mcp.add_argument("--timeout-ms", type=int, default=0, help="per-call timeout")
     mcp.set_defaults(handler=tools_add_mcp)
-    listing = cmds.add_parser("list", help="list the workspace's tools")
+    listing = cmds.add_parser("list", parents=[json_flag], help="list the workspace's tools")
     listing.set_defaults(handler=tools_list)
     rm = cmds.add_parser("rm", help="remove tools/NAME, or mcpServers/ID with its tools")
     rm.add_argument("name")
     rm.set_defaults(handler=tools_rm)
-    calls = cmds.add_parser("calls", help="list a run's tool calls")
-    calls.add_argument("run", help="sessions/S/runs/R")
+    calls = cmds.add_parser("calls", parents=[json_flag], help="list a run's tool calls")
+    calls.add_argument("run", type=run_name, help="sessions/S/runs/R")
     calls.set_defaults(handler=tools_calls)

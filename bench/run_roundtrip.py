@@ -19,7 +19,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import grpc
-from agentplatform import Client, ClientError, RpcFailure, describe_rpc_error
+from agentplatform import APError, AsyncClient, RunAlreadyActive
 
 from ap_cli.config import ClientConfig, ConfigError, load_client_config
 from devtools.measure import percentile
@@ -74,28 +74,24 @@ def describe_latency(label: str, values: list[float]) -> str:
     )
 
 
-async def create_run(client: Client, session: str, phase: Phase) -> str:
+async def create_run(client: AsyncClient, session: str, phase: Phase) -> str:
     """Create a run, retrying briefly if the session's previous run has not cleared yet."""
     for _ in range(BUSY_RETRY_LIMIT):
         try:
             run = await client.create_run(session, INPUT_TEXT)
-        except grpc.aio.AioRpcError as err:
-            if describe_rpc_error(err).reason != "RUN_ALREADY_ACTIVE":
-                raise
+        except RunAlreadyActive:
             phase.busy_retries += 1
             await asyncio.sleep(BUSY_RETRY_S)
             continue
         return run.name
-    raise ClientError(
-        RpcFailure(
-            code=grpc.StatusCode.FAILED_PRECONDITION,
-            message=f"{session} kept an active run after its terminal event",
-            reason="RUN_ALREADY_ACTIVE",
-        )
+    raise RunAlreadyActive(
+        f"{session} kept an active run after its terminal event",
+        reason="RUN_ALREADY_ACTIVE",
+        code=grpc.StatusCode.FAILED_PRECONDITION,
     )
 
 
-async def one_run(client: Client, session: str, phase: Phase) -> RunResult:
+async def one_run(client: AsyncClient, session: str, phase: Phase) -> RunResult:
     """Create a run and stream its events from sequence 0 until the terminal one.
 
     `phase` only counts create retries; the caller decides whether the result counts.
@@ -104,7 +100,7 @@ async def one_run(client: Client, session: str, phase: Phase) -> RunResult:
     name = await create_run(client, session, phase)
     stream = client.stream_run_events(name, after_sequence=0)
     first_text: float | None = None
-    async with aclosing(stream.events()) as events:
+    async with aclosing(aiter(stream)) as events:
         async for event in events:
             if first_text is None and event.WhichOneof("payload") == "output_text_delta":
                 first_text = time.perf_counter() - start
@@ -125,7 +121,7 @@ async def one_run(client: Client, session: str, phase: Phase) -> RunResult:
     )
 
 
-async def sequential(client: Client, session: str, runs: int) -> Phase:
+async def sequential(client: AsyncClient, session: str, runs: int) -> Phase:
     """Run `runs` runs one after another on one session."""
     phase = Phase()
     for _ in range(runs):
@@ -134,7 +130,7 @@ async def sequential(client: Client, session: str, runs: int) -> Phase:
 
 
 async def concurrent(
-    clients: list[Client], sessions: list[str], *, duration_s: float, total_runs: int | None
+    clients: list[AsyncClient], sessions: list[str], *, duration_s: float, total_runs: int | None
 ) -> tuple[Phase, float]:
     """Loop create → stream on every client at once; return the counted runs and the window.
 
@@ -147,7 +143,7 @@ async def concurrent(
     start = time.perf_counter()
     deadline = start + duration_s
 
-    async def client_loop(client: Client, session: str) -> None:
+    async def client_loop(client: AsyncClient, session: str) -> None:
         nonlocal started
         while True:
             if total_runs is not None:
@@ -182,9 +178,8 @@ def report_failures(phase: Phase) -> None:
 
 async def bench(config: ClientConfig, args: argparse.Namespace) -> None:
     """Run every phase and print the results."""
-    clients = [Client(config.endpoint, config.api_key)] + [
-        Client(config.endpoint, config.api_key, channel_options=OWN_CONNECTION)
-        for _ in range(args.concurrency)
+    clients = [AsyncClient(config=config)] + [
+        AsyncClient(config=config, channel_options=OWN_CONNECTION) for _ in range(args.concurrency)
     ]
     try:
         sessions = [
@@ -290,11 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     print_conditions(config, args)
     try:
         asyncio.run(bench(config, args))
-    except grpc.aio.AioRpcError as err:
-        print(f"error: {describe_rpc_error(err)}", file=sys.stderr)
-        return 1
-    except ClientError as err:
-        print(f"error: {err.failure}", file=sys.stderr)
+    except APError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import grpc
-from agentplatform import describe_rpc_error
+from agentplatform import error_from_rpc
 from agentplatform.v1 import (
     profile_service_pb2,
     profile_service_pb2_grpc,
@@ -136,7 +136,7 @@ async def bench(config: ClientConfig, args: argparse.Namespace) -> None:
                 try:
                     latencies.append(await gateway.resolve(names[(offset + done) % len(names)]))
                 except grpc.aio.AioRpcError as err:
-                    failures[describe_rpc_error(err).reason] += 1
+                    failures[error_from_rpc(err).reason] += 1
                 done += 1
 
         cpu_before, started = time.process_time(), time.perf_counter()
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(bench(config, args))
     except grpc.aio.AioRpcError as err:
-        print(f"error: {describe_rpc_error(err)}", file=sys.stderr)
+        print(f"error: {error_from_rpc(err)}", file=sys.stderr)
         return 1
     except OSError as err:
         print(f"error: {err} (is `make run` running? it writes var/pki)", file=sys.stderr)

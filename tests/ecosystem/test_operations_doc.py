@@ -19,8 +19,13 @@ from services.migrate import SCHEMAS
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "operations.md"
-# Where variables outside the services' settings are read (make run, tests, the CLI).
-OTHER_READERS = [REPO / "devtools", REPO / "ap_cli", REPO / "tests" / "conftest.py"]
+# Where variables outside the services' settings are read (make run, tests, the CLI, the SDK).
+OTHER_READERS = [
+    REPO / "devtools",
+    REPO / "ap_cli",
+    REPO / "sdk" / "python" / "src" / "agentplatform" / "_config.py",
+    REPO / "tests" / "conftest.py",
+]
 # Every service's metrics module, as each service process imports its own.
 METRICS_MODULES = [
     f"services.{name}.metrics" for name in ("control_plane", "worker", "vault", "web")

@@ -155,7 +155,7 @@ async def test_the_sdk_client_follows_every_page(stack: Stack) -> None:
     made = [await new_session(owner, f"s{i}") for i in range(5)]
     run = await new_run(owner, made[0].name, "r0 [[tokens=1]]")
     await owner.stream(run.name)
-    async with agentplatform.Client(stack.address, owner.api_key) as sdk:
+    async with agentplatform.AsyncClient(stack.address, owner.api_key) as sdk:
         sessions = [s.name async for s in sdk.list_sessions(page_size=2)]
         messages = [m.text async for m in sdk.list_messages(made[0].name, page_size=1)]
         listed_runs = [r.name async for r in sdk.list_runs(made[0].name, page_size=1)]

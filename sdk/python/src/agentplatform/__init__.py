@@ -1,29 +1,78 @@
-"""Agent Platform SDK: the generated gRPC stubs and an async client for the common path.
+"""Agent Platform SDK: a blocking and an asyncio client, typed errors, and the gRPC stubs.
 
-    async with Client(endpoint, api_key) as client:
-        session = await client.create_session(title="Hello")
-        async for event in await client.send_message(session.name, "Hi!"):
-            ...
+    from agentplatform import Client
 
-The stubs live in `agentplatform.v1` (public API) and the internal API packages; the client
-adds credentials, retries of idempotent calls, and event streams that resume by themselves.
-`agentplatform.events` is the run event vocabulary: each payload's type and category.
+    with Client() as client:                   # AP_ENDPOINT/AP_API_KEY, else client.json
+        session = client.create_session(title="Hello")
+        print(client.send_message(session.name, "Hi!"))
+
+`Client` and `AsyncClient` have the same methods, one per public RPC (`AsyncClient`'s are
+awaited, its lists and streams iterated with `async for`). Results are the messages of
+`agentplatform.v1`; failures raise `APError` subclasses carrying the ErrorInfo reason;
+`agentplatform.events` is the run event vocabulary. `docs/sdk.md` is the guide.
 """
 
-from agentplatform._client import Client, Page, ReconnectHook, RunEventStream, follow_pages
-from agentplatform._errors import ClientError, RpcFailure, describe_rpc_error, is_reconnectable
+from agentplatform._client import AsyncClient, Client
+from agentplatform._config import ClientConfig, ConfigError, default_config_path
+from agentplatform._errors import (
+    AlreadyExists,
+    APError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    HostedModelUnavailable,
+    InternalError,
+    InvalidArgument,
+    LimitExceeded,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    RunAlreadyActive,
+    RunCancelled,
+    RunError,
+    RunFailed,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    VersionMismatch,
+    error_from_rpc,
+)
+from agentplatform._methods import MAX_INPUT_BYTES, ConcurrencyPolicy
+from agentplatform._streams import AsyncRunEventStream, ReconnectHook, RunEventStream
+from agentplatform._transport import SDK_VERSION as __version__
 from agentplatform.events import event_type, is_terminal
 
 __all__ = [
+    "MAX_INPUT_BYTES",
+    "APError",
+    "AlreadyExists",
+    "AsyncClient",
+    "AsyncRunEventStream",
     "Client",
-    "ClientError",
-    "Page",
+    "ClientConfig",
+    "ConcurrencyPolicy",
+    "ConfigError",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "HostedModelUnavailable",
+    "InternalError",
+    "InvalidArgument",
+    "LimitExceeded",
+    "NotFound",
+    "PermissionDenied",
+    "RateLimited",
     "ReconnectHook",
-    "RpcFailure",
+    "RunAlreadyActive",
+    "RunCancelled",
+    "RunError",
     "RunEventStream",
-    "describe_rpc_error",
+    "RunFailed",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "VersionMismatch",
+    "__version__",
+    "default_config_path",
+    "error_from_rpc",
     "event_type",
-    "follow_pages",
-    "is_reconnectable",
     "is_terminal",
 ]

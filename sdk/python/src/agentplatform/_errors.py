@@ -1,73 +1,314 @@
-"""Turn gRPC failures into the platform's reason codes and one-line messages."""
+"""Typed exceptions for failed calls and failed runs, one class per family of reasons.
+
+Every error status of the platform carries a `google.rpc.ErrorInfo` whose reason is an
+`ErrorReason` name (`protos/agentplatform/v1/error_reason.proto`); the reason picks the class:
+
+    APError                        .code .reason .metadata .message
+     ├── InvalidArgument           INVALID_ARGUMENT, REQUEST_ID_REUSED, DESTINATION_BLOCKED
+     │    └── LimitExceeded        LIMIT_EXCEEDED                         .limit
+     ├── Unauthenticated           UNAUTHENTICATED, SERVICE_IDENTITY_REQUIRED
+     ├── PermissionDenied          PERMISSION_DENIED, SERVICE_NOT_ALLOWED
+     ├── NotFound                  NOT_FOUND                              .resource
+     ├── AlreadyExists             ALREADY_EXISTS                         .resource
+     ├── FailedPrecondition        LAST_OWNER, LEASE_LOST, SEQUENCE_MISMATCH, DECRYPTION_FAILED,
+     │    │                        MASTER_KEYS_READ_ONLY
+     │    ├── RunAlreadyActive     RUN_ALREADY_ACTIVE                     .active_run
+     │    └── HostedModelUnavailable  HOSTED_MODEL_UNAVAILABLE
+     ├── VersionMismatch           VERSION_MISMATCH                       .current_version
+     ├── RateLimited               RATE_LIMITED                           .retry_after
+     ├── Unavailable               UNAVAILABLE without a reason, SERVER_SHUTTING_DOWN,
+     │                             DATABASE_UNAVAILABLE, SERVICE_UNAVAILABLE, ...
+     ├── DeadlineExceeded          the call's timeout passed
+     ├── Unimplemented             NOT_IMPLEMENTED
+     ├── InternalError             INTERNAL_ERROR
+     └── RunError                  a run ended without completing          .run
+          ├── RunFailed            MODEL_ERROR, MODEL_TIMEOUT, WORKER_LOST, RUN_TIMEOUT, MAX_STEPS
+          └── RunCancelled         RUN_CANCELLED
+
+`REASON_ERRORS` is the table; `tests/ecosystem/test_sdk_errors.py` fails until a reason added
+to the proto has a class. A reason this version does not know (a newer server) falls back to
+the class of the status code, then to `APError`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import cast
+from types import MappingProxyType
+from typing import Any, cast
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from agentplatform.v1.error_reason_pb2 import ErrorReason
+
 ERROR_DOMAIN = "agentplatform.dev"
 
 
-@dataclass(frozen=True)
-class RpcFailure:
-    """What a failed call reported: status code, message, ErrorInfo reason and metadata."""
+class APError(Exception):
+    """A call the platform refused or could not serve, or a run that did not complete.
 
-    code: grpc.StatusCode
-    message: str
-    reason: str
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    `reason` is the stable `ErrorInfo` reason (`NOT_FOUND`, `RUN_ALREADY_ACTIVE`…) or, for a
+    call that never reached the platform, the status code's name (`UNAVAILABLE`); `metadata`
+    holds the ErrorInfo's details; `code` is the gRPC status code (None for a run's outcome).
+    `str()` gives `<message> (<REASON>)`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        code: grpc.StatusCode | None = None,
+        metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """Describe a failure; the subclass is normally chosen by `error_from_rpc`."""
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.code = code
+        self.metadata: Mapping[str, str] = MappingProxyType(dict(metadata or {}))
+        self._retry_after = retry_after
 
     def __str__(self) -> str:
         """Format the failure as `<message> (<REASON>)`."""
         return f"{self.message} ({self.reason})"
 
+    def __repr__(self) -> str:
+        """Show the class, reason and message."""
+        return f"{type(self).__name__}({self.message!r}, reason={self.reason!r})"
 
-def describe_rpc_error(err: grpc.RpcError) -> RpcFailure:
-    """Decode a failed call's status and its `google.rpc.ErrorInfo`, if it carries one.
+
+class InvalidArgument(APError):
+    """A request field is missing, malformed or out of range; `field` names it."""
+
+    @property
+    def field(self) -> str | None:
+        """Return the offending request field, if the server named one."""
+        return self.metadata.get("field")
+
+
+class LimitExceeded(InvalidArgument):
+    """A request or field exceeds a size limit; `limit` is that limit."""
+
+    @property
+    def limit(self) -> int | None:
+        """Return the limit the value exceeded, if the server said."""
+        value = self.metadata.get("limit")
+        return int(value) if value and value.isdigit() else None
+
+
+class Unauthenticated(APError):
+    """The call carries no API key, or one that is malformed, unknown or revoked."""
+
+
+class PermissionDenied(APError):
+    """The caller's role does not allow the call."""
+
+
+class NotFound(APError):
+    """The resource does not exist in the caller's workspace (or another workspace owns it)."""
+
+    @property
+    def resource(self) -> str | None:
+        """Return the name that was looked up."""
+        return self.metadata.get("resource")
+
+
+class AlreadyExists(APError):
+    """A resource with that name already exists."""
+
+    @property
+    def resource(self) -> str | None:
+        """Return the name that is taken."""
+        return self.metadata.get("resource")
+
+
+class FailedPrecondition(APError):
+    """The resource is not in a state that allows the call."""
+
+
+class RunAlreadyActive(FailedPrecondition):
+    """The session already has an active run; `active_run` names it.
+
+    Create the run with `concurrency_policy="enqueue"` to queue it after the active one, or
+    `"interrupt"` to cancel that one first.
+    """
+
+    @property
+    def active_run(self) -> str | None:
+        """Return the active run's name, "sessions/{session}/runs/{run}"."""
+        return self.metadata.get("active_run")
+
+
+class HostedModelUnavailable(FailedPrecondition):
+    """No hosted model is configured; the operator sets AP_MODEL_BASE_URL and AP_MODEL_NAME."""
+
+
+class VersionMismatch(APError):
+    """A check-and-set write named a version that is no longer the newest."""
+
+    @property
+    def current_version(self) -> int | None:
+        """Return the newest version (0 when the resource does not exist)."""
+        value = self.metadata.get("current_version")
+        return int(value) if value and value.isdigit() else None
+
+
+class RateLimited(APError):
+    """Too many calls of this kind with one API key; retry after `retry_after` seconds."""
+
+    @property
+    def retry_after(self) -> float | None:
+        """Return the delay the server asked for, from its `google.rpc.RetryInfo`."""
+        return self._retry_after
+
+
+class Unavailable(APError):
+    """The platform, or a service it depends on, cannot be reached right now; retry later.
+
+    Idempotent calls (reads, cancels, creates with a request_id) were already retried with
+    backoff before this was raised.
+    """
+
+
+class DeadlineExceeded(APError):
+    """The call did not finish within its timeout."""
+
+
+class Unimplemented(APError):
+    """The call is not served by this deployment (e.g. no vault or gateway configured)."""
+
+
+class InternalError(APError):
+    """An unexpected server-side failure; the server logs hold the details."""
+
+
+class RunError(APError):
+    """A run ended without completing; `run` names it and `reason` says why."""
+
+    def __init__(self, message: str, *, run: str = "", **details: Any) -> None:
+        """Describe how the run `run` ended; `details` are `APError`'s."""
+        super().__init__(message, **details)
+        self.run = run
+
+
+class RunFailed(RunError):
+    """A run failed (`reason`: MODEL_ERROR, MODEL_TIMEOUT, WORKER_LOST, RUN_TIMEOUT…)."""
+
+
+class RunCancelled(RunError):
+    """A run was cancelled before it completed."""
+
+
+_R = ErrorReason
+# Every reason of error_reason.proto, by its number; a test keeps this complete.
+REASON_ERRORS: Mapping[int, type[APError]] = {
+    _R.INVALID_ARGUMENT: InvalidArgument,
+    _R.REQUEST_ID_REUSED: InvalidArgument,
+    _R.DESTINATION_BLOCKED: InvalidArgument,
+    _R.LIMIT_EXCEEDED: LimitExceeded,
+    _R.UNAUTHENTICATED: Unauthenticated,
+    _R.SERVICE_IDENTITY_REQUIRED: Unauthenticated,
+    _R.PERMISSION_DENIED: PermissionDenied,
+    _R.SERVICE_NOT_ALLOWED: PermissionDenied,
+    _R.NOT_FOUND: NotFound,
+    _R.ALREADY_EXISTS: AlreadyExists,
+    _R.LAST_OWNER: FailedPrecondition,
+    _R.LEASE_LOST: FailedPrecondition,
+    _R.SEQUENCE_MISMATCH: FailedPrecondition,
+    _R.DECRYPTION_FAILED: FailedPrecondition,
+    _R.MASTER_KEYS_READ_ONLY: FailedPrecondition,
+    _R.RUN_ALREADY_ACTIVE: RunAlreadyActive,
+    _R.HOSTED_MODEL_UNAVAILABLE: HostedModelUnavailable,
+    _R.VERSION_MISMATCH: VersionMismatch,
+    _R.RATE_LIMITED: RateLimited,
+    _R.SERVER_SHUTTING_DOWN: Unavailable,
+    _R.DATABASE_UNAVAILABLE: Unavailable,
+    _R.SERVICE_UNAVAILABLE: Unavailable,
+    _R.MASTER_KEY_UNAVAILABLE: Unavailable,
+    _R.AUDIT_UNAVAILABLE: Unavailable,
+    _R.CREDENTIAL_UNAVAILABLE: Unavailable,
+    _R.TOOL_SERVER_UNAVAILABLE: Unavailable,
+    _R.NOT_IMPLEMENTED: Unimplemented,
+    _R.INTERNAL_ERROR: InternalError,
+    _R.MODEL_ERROR: RunFailed,
+    _R.MODEL_TIMEOUT: RunFailed,
+    _R.WORKER_LOST: RunFailed,
+    _R.RUN_TIMEOUT: RunFailed,
+    _R.MAX_STEPS: RunFailed,
+    _R.RUN_CANCELLED: RunCancelled,
+}
+
+# For calls without an ErrorInfo (they never reached the platform) or with a reason that is
+# newer than this SDK.
+CODE_ERRORS: Mapping[grpc.StatusCode, type[APError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: RateLimited,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.INTERNAL: InternalError,
+}
+
+
+def error_class(reason: str, code: grpc.StatusCode | None) -> type[APError]:
+    """Return the exception class for a reason, else for a status code, else `APError`."""
+    number = ErrorReason.DESCRIPTOR.values_by_name.get(reason)
+    found = REASON_ERRORS.get(number.number) if number is not None else None
+    if found is None and code is not None:
+        found = CODE_ERRORS.get(code)
+    return found or APError
+
+
+def error_from_rpc(err: grpc.RpcError) -> APError:
+    """Return the typed exception for a failed gRPC call.
 
     Calls that never reached the platform (connection refused, deadline) carry no ErrorInfo;
-    their status code name stands in for the reason so every error line has one.
+    their status code name stands in for the reason, so every error has one.
     """
-    if not isinstance(err, grpc.aio.AioRpcError | grpc.Call):
-        return RpcFailure(code=grpc.StatusCode.UNKNOWN, message=str(err), reason="UNKNOWN")
+    if not isinstance(err, grpc.Call | grpc.aio.AioRpcError):
+        return APError(str(err), reason="UNKNOWN", code=grpc.StatusCode.UNKNOWN)
     code = err.code()
     message = err.details() or code.name
-    reason, metadata = _error_info(err) or (code.name, {})
-    return RpcFailure(code=code, message=message, reason=reason or code.name, metadata=metadata)
+    reason, metadata, retry_after = _details(err)
+    reason = reason or code.name
+    return error_class(reason, code)(
+        message, reason=reason, code=code, metadata=metadata, retry_after=retry_after
+    )
 
 
-def _error_info(err: grpc.aio.AioRpcError | grpc.Call) -> tuple[str, dict[str, str]] | None:
-    """Return the reason and metadata of the call's first ErrorInfo detail, if any."""
+def run_error(run: str, event_reason: str, message: str, *, cancelled: bool) -> RunError:
+    """Return the exception for a run that ended with run.failed or run.cancelled."""
+    if cancelled:
+        return RunCancelled(message or "the run was cancelled", reason="RUN_CANCELLED", run=run)
+    reason = event_reason or "UNKNOWN"
+    return RunFailed(message or "the run failed", reason=reason, run=run)
+
+
+def _details(err: grpc.Call | grpc.aio.AioRpcError) -> tuple[str, dict[str, str], float | None]:
+    """Return the reason and metadata of the call's ErrorInfo, and its RetryInfo delay."""
     try:
         # AioRpcError offers the same synchronous accessors as a finished grpc.Call.
         status = rpc_status.from_call(cast(grpc.Call, err))
     except ValueError:
         # A status whose code disagrees with its rich status is still worth reporting by code.
-        return None
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+        return "", {}, None
+    reason, metadata, retry_after = "", {}, None
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR) and not reason:
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return str(info.reason), {str(k): str(v) for k, v in info.metadata.items()}
-    return None
-
-
-def is_reconnectable(failure: RpcFailure) -> bool:
-    """Say whether a call failed only because the server was unreachable or shutting down."""
-    return failure.code == grpc.StatusCode.UNAVAILABLE or failure.reason == "SERVER_SHUTTING_DOWN"
-
-
-class ClientError(Exception):
-    """A failure the client detected itself, reported like a server error."""
-
-    def __init__(self, failure: RpcFailure) -> None:
-        """Wrap `failure`; `str()` gives its one-line message."""
-        super().__init__(str(failure))
-        self.failure = failure
+            reason = str(info.reason)
+            metadata = {str(k): str(v) for k, v in info.metadata.items()}
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+    return reason, metadata, retry_after
