@@ -23,7 +23,7 @@ from agentplatform.gateway.v1 import gateway_service_pb2 as gw
 from agentplatform.gateway.v1 import gateway_service_pb2_grpc
 from agentplatform.v1 import run_pb2
 
-from services.worker.model import ToolCallRequest
+from services.worker.model import ToolCallRequest, ToolResult
 
 if TYPE_CHECKING:
     from services.worker.execution import EventSink
@@ -79,8 +79,8 @@ class RunTools:
 
     async def run(
         self, sink: EventSink, claim: pb.RunClaim, calls: Sequence[ToolCallRequest]
-    ) -> list[str]:
-        """Make the calls in parallel; return each one's result text, in the calls' order."""
+    ) -> list[ToolResult]:
+        """Make the calls in parallel; return their results, in the calls' order."""
         for call in calls:
             sink.emit(
                 run_pb2.RunEvent(
@@ -91,7 +91,7 @@ class RunTools:
             )
         return list(await asyncio.gather(*(self._one(sink, claim, call) for call in calls)))
 
-    async def _one(self, sink: EventSink, claim: pb.RunClaim, call: ToolCallRequest) -> str:
+    async def _one(self, sink: EventSink, claim: pb.RunClaim, call: ToolCallRequest) -> ToolResult:
         started = time.monotonic()
         task = asyncio.ensure_future(
             self._stub.CallTool(
@@ -135,7 +135,7 @@ class RunTools:
             log.warning("tool_call_failed", tool=call.name, code=err.code().name)
             text = f"Error GATEWAY_ERROR: the tool gateway failed ({err.code().name})."
             self._completed(sink, call, started, text, error_code="GATEWAY_ERROR")
-            return text
+            return ToolResult(call.call_id, call.name, text, is_error=True)
         self._completed(
             sink,
             call,
@@ -145,7 +145,7 @@ class RunTools:
             is_error=response.is_error,
             truncated=response.truncated,
         )
-        return response.result
+        return ToolResult(call.call_id, call.name, response.result, is_error=response.is_error)
 
     @staticmethod
     def _completed(

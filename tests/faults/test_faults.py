@@ -167,12 +167,14 @@ async def test_a_drain_past_its_grace_hands_the_run_over_at_once(
     async with cluster(database, secrets.token_urlsafe(16), devmodel.base_url) as c:
         cp = await c.control_plane(AP_LEASE_SECONDS="30")
         draining = await c.worker("w1", cp, AP_SHUTDOWN_GRACE_SECONDS="0.2")
-        watched = await watch_new_run(cp, key, f"hand over {SLOW}")
+        # 8 s of output: still going when the second worker is up and the grace is over,
+        # even on a busy machine.
+        watched = await watch_new_run(cp, key, "hand over [[tokens=200]] [[delay_ms=40]]")
         run = watched.run
         await c.worker("w2", cp)
         draining.signal(signal.SIGTERM)
         # The lease is 30 s: only the explicit release can get the run finished this soon.
-        events = await watched.finish(timeout=15)
+        events = await watched.finish(timeout=25)
         assert await draining.wait_exit() == 0
     started = [e for e in events if e.type == "run.attempt_started"]
     assert [e.run_attempt_started.reason for e in started] == ["WORKER_DRAINED"]
