@@ -326,7 +326,7 @@ class RunExecution:
                         Reason.MODEL_ERROR, "The model called a tool, but none is offered."
                     )
                 messages.append(AssistantMessage("".join(step_text), tuple(calls)))
-                messages += await self._tools.run(sink, self._claim, calls)
+                messages += await self._tools.run(sink, self._claim, calls, offered_names)
         except ModelError as err:
             log.info("model_call_failed", reason=Reason.Name(err.reason), error=err.message)
             return Failed(err.reason, err.message)
