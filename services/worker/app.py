@@ -16,9 +16,9 @@ from services.rpc.internal_auth import INTERNAL_TOKEN_HEADER, internal_channel
 from services.rpc.server import GrpcServer
 from services.rpc.settings import HostedModelSettings, SettingsError
 from services.worker.dispatch import ControlPlane
-from services.worker.execution import HostedModel, RunExecution, StopReason
-from services.worker.model import ModelSettings
-from services.worker.providers import open_model_client
+from services.worker.execution import RunExecution, StopReason
+from services.worker.model import HostedModel
+from services.worker.providers import open_hosted_model
 from services.worker.settings import WorkerSettings
 from services.worker.tools import RunTools
 
@@ -60,11 +60,7 @@ class Worker:
             trust_env=False,
             limits=httpx.Limits(max_connections=self.settings.worker_concurrency * 2),
         )
-        model = (
-            HostedModel(open_model_client(self.model, self._http), ModelSettings(self.model.name))
-            if self.model.configured and self.model.name
-            else None
-        )
+        model = open_hosted_model(self.model, self._http)
         if self.settings.gateway_address:
             token = self.settings.gateway_call_token
             self._gateway_channel, gateway_metadata = internal_channel(

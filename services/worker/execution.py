@@ -30,11 +30,10 @@ from services.worker.dispatch import RPC_TIMEOUT, ControlPlane, Lease, LeaseLost
 from services.worker.metrics import FirstOutputClock
 from services.worker.model import (
     AssistantMessage,
+    HostedModel,
     Message,
-    ModelClient,
     ModelError,
     ModelRequest,
-    ModelSettings,
     ReasoningDelta,
     TextDelta,
     ToolCallRequest,
@@ -44,14 +43,6 @@ from services.worker.prompt import conversation, system_prompt, tool_specs
 from services.worker.tools import RunTools
 
 log = structlog.get_logger(service="worker")
-
-
-@dataclass(frozen=True)
-class HostedModel:
-    """The model runs call: its API's client, and what to ask of it."""
-
-    client: ModelClient
-    settings: ModelSettings
 
 
 # -- how a run ends -------------------------------------------------------------------------

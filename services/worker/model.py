@@ -131,3 +131,11 @@ class ModelClient(Protocol):
         may come at any point. A failure of the call raises ModelError.
         """
         ...
+
+
+@dataclass(frozen=True)
+class HostedModel:
+    """The model runs call: its API's client, and what to ask of it."""
+
+    client: ModelClient
+    settings: ModelSettings

@@ -5,10 +5,12 @@ from __future__ import annotations
 import httpx
 
 from services.rpc.settings import HostedModelSettings
-from services.worker.model import ModelClient
+from services.worker.model import HostedModel, ModelSettings
 from services.worker.providers.chat_completions import ChatCompletionsClient
 
 
-def open_model_client(settings: HostedModelSettings, http: httpx.AsyncClient) -> ModelClient:
-    """Return the client for the configured hosted model's API."""
-    return ChatCompletionsClient(settings, http)
+def open_hosted_model(settings: HostedModelSettings, http: httpx.AsyncClient) -> HostedModel | None:
+    """Return the configured hosted model behind its API's adapter; None if none is configured."""
+    if not settings.configured or settings.name is None:
+        return None
+    return HostedModel(ChatCompletionsClient(settings, http), ModelSettings(model=settings.name))
