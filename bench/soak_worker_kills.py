@@ -18,11 +18,12 @@ Then it checks the stored history of every acknowledged run:
   terminal events     runs with other than exactly one terminal event, or not last
 
 and, per kind of fault, the runs in flight when it struck (for a worker kill: the runs the
-victim held), how many of those were lost, duplicated or gapped, and the attempts burned: the
-`run.attempt_started` events of those runs before the next fault. A worker kill burns one
-attempt per run it held; a Postgres restart shorter than the lease and a replica kill
-should burn none. The rescue latency is from a worker kill to the run.attempt_started of
-each run the victim held.
+victim held), how many of those were lost, duplicated or gapped, and the attempts burned:
+the `run.attempt_started` events it caused (a worker kill: the next one of each run the
+victim held; any other: those of runs it hit, up to the next fault that hit them). A worker
+kill burns one attempt per run it held; a Postgres restart shorter than the lease and a
+replica kill should burn none. The rescue latency is from a worker kill to the
+run.attempt_started of each run the victim held.
 """
 
 from __future__ import annotations
@@ -194,6 +195,7 @@ class Soak:
     replicas: list[Service] = field(default_factory=list)
     workers: list[Service] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    killed: set[str] = field(default_factory=set)  # workers SIGKILLed so far
     spawned: itertools.count[int] = field(default_factory=lambda: itertools.count(3))
 
     async def start(self) -> None:
@@ -218,17 +220,18 @@ class Soak:
         )
 
     async def running(self, worker: str | None = None) -> set[uuid.UUID]:
-        """Return the runs leased now (to `worker`, if given)."""
+        """Return the runs leased now to `worker`, or else to any worker still alive."""
         conn = await asyncpg.connect(role_dsn(self.admin, "ap_control_plane"))
         try:
             rows = await conn.fetch(
-                "SELECT id FROM runs WHERE state = 'running'"
+                "SELECT id, lease_owner FROM runs WHERE state = 'running'"
                 " AND ($1::text IS NULL OR lease_owner = $1)",
                 worker,
             )
         finally:
             await conn.close()
-        return {r["id"] for r in rows}
+        # A run its dead worker still holds waits for its rescue, whatever strikes next.
+        return {r["id"] for r in rows if r["lease_owner"] not in self.killed}
 
     async def inject(self, kind: str, rng: random.Random) -> None:
         """Inject one fault of this kind and repair it."""
@@ -236,6 +239,7 @@ class Soak:
             victim = self.workers.pop(rng.randrange(len(self.workers)))
             held = await self.running(victim.name)
             victim.signal(signal.SIGKILL)
+            self.killed.add(victim.name)
             self.faults.append(Fault(kind, time.time(), held))
             self.workers.append(await self._worker(f"w{next(self.spawned)}"))
         elif kind == "postgres":
@@ -401,35 +405,53 @@ async def report(
     print_per_fault(args.kinds, faults, history)
 
 
+def attribute_rescues(faults: list[Fault], history: History) -> dict[int, list[float]]:
+    """Assign each rescue (run.attempt_started) to the fault that caused it.
+
+    Returns, per fault index, the delays from the fault to the rescues it caused. A worker
+    kill causes the next rescue of each run its victim held. Any other rescue belongs to the
+    latest fault before it that hit its run; index -1 collects those that none did.
+    """
+    left = {run_id: sorted(times) for run_id, times in history.rescues.items()}
+    caused: dict[int, list[float]] = {i: [] for i in range(-1, len(faults))}
+    for i, fault in enumerate(faults):
+        if fault.kind != "worker":
+            continue
+        for run_id in fault.affected:
+            later = [t for t in left.get(run_id, []) if t >= fault.at]
+            if later:
+                left[run_id].remove(later[0])
+                caused[i].append(later[0] - fault.at)
+    for run_id, times in left.items():
+        for t in times:
+            before = [
+                i
+                for i, f in enumerate(faults)
+                if f.kind != "worker" and f.at <= t and run_id in f.affected
+            ]
+            owner = before[-1] if before else -1
+            caused[owner].append(t - faults[owner].at if before else 0.0)
+    return caused
+
+
 def print_per_fault(kinds: Sequence[str], faults: list[Fault], history: History) -> None:
     """Print, per kind of fault, the runs it hit and what they lost; then rescue latency."""
+    caused = attribute_rescues(faults, history)
     print(
         f"  {'fault':<10} {'count':>5} {'runs hit':>8} {'lost':>5} {'dup':>5} {'gapped':>6}"
         f" {'attempts burned':>15}"
     )
     for kind in kinds:
-        mine = [(i, f) for i, f in enumerate(faults) if f.kind == kind]
-        hit: set[uuid.UUID] = set().union(*(f.affected for _, f in mine))
-        burned = 0
-        for i, fault in mine:
-            # A rescue belongs to the latest fault before it that hit its run.
-            until = faults[i + 1].at if i + 1 < len(faults) else float("inf")
-            burned += sum(
-                fault.at <= t < until
-                for run_id in fault.affected
-                for t in history.rescues.get(run_id, [])
-            )
+        mine = [i for i, f in enumerate(faults) if f.kind == kind]
+        hit: set[uuid.UUID] = set().union(*(faults[i].affected for i in mine))
+        burned = sum(len(caused[i]) for i in mine)
         print(
             f"  {kind:<10} {len(mine):>5} {len(hit):>8} {len(hit & history.lost):>5}"
             f" {len(hit & history.duplicated):>5} {len(hit & history.gaps):>6} {burned:>15}"
         )
-    latencies = []
-    for fault in faults:
-        if fault.kind == "worker":
-            for run_id in fault.affected:
-                after = [t for t in history.rescues.get(run_id, []) if t >= fault.at]
-                if after:
-                    latencies.append(min(after) - fault.at)
+    if caused[-1]:
+        print(f"  {'(no fault)':<10} {'':>5} {'':>8} {'':>5} {'':>5} {'':>6} {len(caused[-1]):>15}")
+    latencies = [t for i, f in enumerate(faults) if f.kind == "worker" for t in caused[i]]
     if latencies:
         print()
         print(
