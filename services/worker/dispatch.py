@@ -2,12 +2,13 @@
 
 `AP_CONTROL_PLANE_ADDRESS` names one replica or several (`cp-a:50051,cp-b:50051`); an entry
 that is a DNS name resolving to several addresses reaches all of them (gRPC balances calls
-over those that answer). Calls go to the current entry; a transient failure moves the worker
-to the next entry, and a fenced call is tried again there:
+over those that answer). Calls go to the current entry; when it fails, the worker moves to
+the next entry, and a fenced call is tried again:
 
     call ─► current replica ─► reply
-              │ UNAVAILABLE, DEADLINE_EXCEEDED (the replica or its database is away)
-              ├─► next replica, back off, call again: until the run's lease would expire
+              │ UNAVAILABLE, DEADLINE_EXCEEDED: the replica is away ─► next replica
+              │ UNAVAILABLE / DATABASE_UNAVAILABLE: the database is away ─► same replica
+              ├─► back off, call again: until the run's lease would expire
               └ LEASE_LOST ─► LeaseLostError: another worker holds the run now
 
 Trying again is safe: a fenced write (append, heartbeat, finish, release) that was applied is
@@ -110,7 +111,9 @@ class ControlPlane:
         except grpc.aio.AioRpcError as err:
             if has_reason(err, Reason.LEASE_LOST):
                 raise LeaseLostError() from None
-            if is_transient(err):
+            # A replica that answers that its database is away is healthy, and the others
+            # share that database: stay, and let the caller try again.
+            if is_transient(err) and not has_reason(err, Reason.DATABASE_UNAVAILABLE):
                 self._failed(index, err)
             raise
 

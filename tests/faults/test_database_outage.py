@@ -3,7 +3,8 @@
 While clients keep runs going, Postgres stops for a few seconds and starts again. The services
 reconnect by themselves; every run completes on its first attempt (the outage is shorter than
 a lease, so no worker loses one); every call the outage hit answered UNAVAILABLE, never
-INTERNAL; and every line the processes wrote stayed one JSON object, tracebacks included.
+INTERNAL, and the worker stayed with its replica (which answered, only its database did not);
+every line the processes wrote stayed one JSON object, tracebacks included.
 """
 
 from __future__ import annotations
@@ -119,8 +120,14 @@ async def test_a_postgres_restart_under_load_costs_no_attempt(
         key = await owner_key(admin)
         async with cluster(admin, secrets.token_urlsafe(16), devmodel.base_url) as c:
             # A lease longer than the restart: the worker keeps its runs through the outage.
-            cp = await c.control_plane(AP_LEASE_SECONDS="15")
-            await c.worker("w1", cp, AP_WORKER_CONCURRENCY="8")
+            cp = await c.control_plane("cp-a", AP_LEASE_SECONDS="15")
+            spare = await c.control_plane("cp-b", AP_LEASE_SECONDS="15")
+            worker = await c.worker(
+                "w1",
+                cp,
+                AP_WORKER_CONCURRENCY="8",
+                AP_CONTROL_PLANE_ADDRESS=f"{cp.address},{spare.address}",
+            )
             load = Load()
             clients = [asyncio.create_task(load.client(cp, key)) for _ in range(CLIENTS)]
             await asyncio.wait_for(load.streaming.wait(), 30)
@@ -150,3 +157,5 @@ async def test_a_postgres_restart_under_load_costs_no_attempt(
     assert not non_json_lines(services), "\n".join(non_json_lines(services))
     internal = [line for s in services for line in s.lines if '"code": "INTERNAL"' in line]
     assert not internal, "\n".join(internal)
+    # Its replica answered DATABASE_UNAVAILABLE: healthy, so the worker stayed with it.
+    assert not [line for line in worker.lines if "control_plane_failover" in line]
