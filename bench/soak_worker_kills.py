@@ -1,22 +1,42 @@
-"""Kill workers at random moments under steady load; print what was lost (it must be nothing).
+"""Inject faults at random moments under steady load; print what each kind of fault cost.
 
-Starts its own embedded Postgres, a control plane, three workers and the dev model, keeps
-`--clients` sessions busy with runs, and SIGKILLs a random worker `--kills` times (starting a
-replacement each time). Then it checks the stored history of every acknowledged run:
+Starts its own embedded Postgres, two control-plane replicas, three workers (each given both
+replicas, in different orders) and the dev model, keeps `--clients` sessions busy with runs
+(each client talks to one replica and moves to the other when it fails), and injects
+`--faults` times, cycling through the kinds in `--kinds`:
+
+  worker     SIGKILL a random worker, start a replacement
+  postgres   stop Postgres for `--pg-outage-seconds`, start it again
+  replica    SIGKILL a random control-plane replica, start it again on the same port after
+             `--replica-down-seconds`
+
+Then it checks the stored history of every acknowledged run:
 
   lost runs           acknowledged creates that never reached a terminal event
   duplicated runs     more than one run for one request_id
   gaps / duplicates   run event sequences other than exactly 1..n
   terminal events     runs with other than exactly one terminal event, or not last
 
-and the rescue latency: from a kill to the run.attempt_started of each run the victim held.
+and, per kind of fault, the runs in flight when it struck (for a worker kill: the runs the
+victim held), how many of those were lost, duplicated or gapped, and the attempts burned:
+the `run.attempt_started` events it caused (a worker kill: the next one of each run the
+victim held; any other: those of runs it hit, up to the next fault that hit them). A worker
+kill burns one attempt per run it held; a Postgres restart shorter than the lease and a
+replica kill should burn none. The rescue latency is from a worker kill to the
+run.attempt_started of each run the victim held.
 """
 
 from __future__ import annotations
 
+import os
+
+# Before gRPC loads: restarting Postgres forks pg_ctl from this process, and gRPC's fork
+# handlers can crash a child forked while other threads are inside gRPC.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import argparse
 import asyncio
-import os
+import itertools
 import platform
 import random
 import secrets
@@ -24,7 +44,10 @@ import signal
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import grpc
@@ -47,57 +70,97 @@ from services.migrate import migrate_all
 from services.rpc.db import role_dsn
 
 TERMINAL_STATES = ("completed", "failed", "cancelled")
+KINDS = ("worker", "postgres", "replica")
+Metadata = tuple[tuple[str, str], ...]
+T = TypeVar("T")
+
+
+class Replicas:
+    """One client's channels to every control-plane replica; one of them current."""
+
+    def __init__(self, addresses: Sequence[str]) -> None:
+        self._channels = [grpc.aio.insecure_channel(a) for a in addresses]
+        self._current = 0
+
+    @property
+    def runs(self) -> run_service_pb2_grpc.RunServiceAsyncStub:
+        """Return the run API on the current replica."""
+        return run_service_pb2_grpc.RunServiceStub(self._channels[self._current])
+
+    @property
+    def sessions(self) -> session_service_pb2_grpc.SessionServiceAsyncStub:
+        """Return the session API on the current replica."""
+        return session_service_pb2_grpc.SessionServiceStub(self._channels[self._current])
+
+    def next(self) -> None:
+        """Move to the next replica."""
+        self._current = (self._current + 1) % len(self._channels)
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for channel in self._channels:
+            await channel.close(None)
+
+
+async def unavailable_retried(
+    replicas: Replicas, call: Callable[[Replicas], Awaitable[T]], *, give_up_after: float
+) -> T:
+    """Make `call(replicas)`, moving to the next replica on UNAVAILABLE, for a while."""
+    deadline = time.monotonic() + give_up_after
+    while True:
+        try:
+            return await call(replicas)
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+        replicas.next()
+        await asyncio.sleep(0.1)  # back off before trying again, as real clients do
 
 
 async def client_loop(
-    address: str, key: str, text: str, created: list[str], stop: asyncio.Event
+    addresses: Sequence[str], key: str, text: str, created: list[str], stop: asyncio.Event
 ) -> None:
     """Create runs one after another in one session until told to stop."""
-    md = (("authorization", f"Bearer {key}"),)
-    async with grpc.aio.insecure_channel(address) as channel:
-        sessions = session_service_pb2_grpc.SessionServiceStub(channel)
-        runs: run_service_pb2_grpc.RunServiceAsyncStub = run_service_pb2_grpc.RunServiceStub(
-            channel
-        )
-        session = await sessions.CreateSession(
-            session_service_pb2.CreateSessionRequest(session=session_pb2.Session(title="soak")),
-            metadata=md,
-            timeout=10,
+    md: Metadata = (("authorization", f"Bearer {key}"),)
+    replicas = Replicas(addresses)
+    try:
+        session = await unavailable_retried(
+            replicas,
+            lambda r: r.sessions.CreateSession(
+                session_service_pb2.CreateSessionRequest(session=session_pb2.Session(title="soak")),
+                metadata=md,
+                timeout=10,
+            ),
+            give_up_after=60,
         )
         while not stop.is_set():
-            request_id = str(uuid.uuid4())
             request = run_service_pb2.CreateRunRequest(
-                parent=session.name, input_text=text, request_id=request_id
+                parent=session.name, input_text=text, request_id=str(uuid.uuid4())
             )
-            run = await create_with_retries(runs, request, md)
-            created.append(request_id)
-            await follow_to_end(runs, run.name, md)
+            run = await create_run(replicas, request, md)
+            created.append(request.request_id)
+            await follow_to_end(replicas, run.name, md)
+    finally:
+        await replicas.close()
 
 
-async def create_with_retries(
-    runs: run_service_pb2_grpc.RunServiceAsyncStub,
-    request: run_service_pb2.CreateRunRequest,
-    md: tuple[tuple[str, str], ...],
+async def create_run(
+    replicas: Replicas, request: run_service_pb2.CreateRunRequest, md: Metadata
 ) -> run_pb2.Run:
-    """Create a run, retrying with the same request_id while the platform is unreachable."""
-    for _ in range(50):
-        try:
-            return await runs.CreateRun(request, metadata=md, timeout=10)
-        except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
-        await asyncio.sleep(0.1)
-    raise RuntimeError("the control plane stayed unavailable")
+    """Create a run; a create whose answer was lost is retried with the same request_id."""
+    return await unavailable_retried(
+        replicas,
+        lambda r: r.runs.CreateRun(request, metadata=md, timeout=10),
+        give_up_after=60,
+    )
 
 
-async def follow_to_end(
-    runs: run_service_pb2_grpc.RunServiceAsyncStub, run: str, md: tuple[tuple[str, str], ...]
-) -> None:
+async def follow_to_end(replicas: Replicas, run: str, md: Metadata) -> None:
     """Stream a run to its terminal event, resuming after the last sequence on UNAVAILABLE."""
     after = 0
     while True:
         try:
-            call = runs.StreamRunEvents(
+            call = replicas.runs.StreamRunEvents(
                 run_service_pb2.StreamRunEventsRequest(name=run, after_sequence=after),
                 metadata=md,
                 timeout=120,
@@ -108,6 +171,92 @@ async def follow_to_end(
         except grpc.aio.AioRpcError as err:
             if err.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
+            replicas.next()
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class Fault:
+    """One injected fault: its kind, when, and the runs in flight then."""
+
+    kind: str
+    at: float
+    affected: set[uuid.UUID]
+
+
+@dataclass
+class Soak:
+    """The processes under test and what the soak did to them."""
+
+    args: argparse.Namespace
+    cluster: Cluster
+    server: EmbeddedPostgres
+    admin: str
+    replicas: list[Service] = field(default_factory=list)
+    workers: list[Service] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    killed: set[str] = field(default_factory=set)  # workers SIGKILLed so far
+    spawned: itertools.count[int] = field(default_factory=lambda: itertools.count(3))
+
+    async def start(self) -> None:
+        """Start two replicas and three workers."""
+        self.replicas = [await self._replica(f"cp-{i}") for i in range(2)]
+        self.workers = [await self._worker(f"w{i}") for i in range(3)]
+
+    async def _replica(self, name: str, port: int | None = None) -> Service:
+        return await self.cluster.control_plane(
+            name,
+            port=port,
+            AP_MAX_ATTEMPTS=str(self.args.max_attempts),
+            AP_LEASE_SECONDS=str(self.args.lease_seconds),
+        )
+
+    async def _worker(self, name: str) -> Service:
+        addresses = [r.address for r in self.replicas]
+        if int(name[1:]) % 2:
+            addresses.reverse()  # spread the workers over the replicas
+        return await self.cluster.worker(
+            name, self.replicas[0], AP_CONTROL_PLANE_ADDRESS=",".join(addresses)
+        )
+
+    async def running(self, worker: str | None = None) -> set[uuid.UUID]:
+        """Return the runs leased now to `worker`, or else to any worker still alive."""
+        conn = await asyncpg.connect(role_dsn(self.admin, "ap_control_plane"))
+        try:
+            rows = await conn.fetch(
+                "SELECT id, lease_owner FROM runs WHERE state = 'running'"
+                " AND ($1::text IS NULL OR lease_owner = $1)",
+                worker,
+            )
+        finally:
+            await conn.close()
+        # A run its dead worker still holds waits for its rescue, whatever strikes next.
+        return {r["id"] for r in rows if r["lease_owner"] not in self.killed}
+
+    async def inject(self, kind: str, rng: random.Random) -> None:
+        """Inject one fault of this kind and repair it."""
+        if kind == "worker":
+            victim = self.workers.pop(rng.randrange(len(self.workers)))
+            held = await self.running(victim.name)
+            victim.signal(signal.SIGKILL)
+            self.killed.add(victim.name)
+            self.faults.append(Fault(kind, time.time(), held))
+            self.workers.append(await self._worker(f"w{next(self.spawned)}"))
+        elif kind == "postgres":
+            held = await self.running()
+            self.faults.append(Fault(kind, time.time(), held))
+            await asyncio.to_thread(self.server.stop)
+            await asyncio.sleep(self.args.pg_outage_seconds)  # how long the database is away
+            await asyncio.to_thread(self.server.start)
+        else:
+            index = rng.randrange(len(self.replicas))
+            victim = self.replicas[index]
+            held = await self.running()
+            victim.signal(signal.SIGKILL)
+            self.faults.append(Fault(kind, time.time(), held))
+            await victim.wait_exit()
+            await asyncio.sleep(self.args.replica_down_seconds)  # how long it stays dead
+            self.replicas[index] = await self._replica(victim.name, victim.port)
 
 
 async def soak(args: argparse.Namespace) -> None:
@@ -125,59 +274,61 @@ async def soak(args: argparse.Namespace) -> None:
         ).api_key
         await conn.close()
         async with cluster(admin, secrets.token_urlsafe(16), model.base_url) as c:
-            kills, created = await run_soak(args, c, key, admin)
-        await report(admin, args, kills, created)
+            state = Soak(args, c, server, admin)
+            created = await run_soak(state, key)
+        await report(admin, args, state.faults, created)
     finally:
         await model.stop()
         await asyncio.to_thread(server.stop)
 
 
-# A kill: when, and which runs the victim held at that moment.
-Kill = tuple[float, list[uuid.UUID]]
-
-
-async def run_soak(
-    args: argparse.Namespace, c: Cluster, key: str, admin: str
-) -> tuple[list[Kill], list[str]]:
-    """Drive load and kill workers; return the kills and the acknowledged request ids."""
-    cp = await c.control_plane(
-        AP_MAX_ATTEMPTS=str(args.max_attempts), AP_LEASE_SECONDS=str(args.lease_seconds)
-    )
-    workers: list[Service] = [await c.worker(f"w{i}", cp) for i in range(3)]
+async def run_soak(state: Soak, key: str) -> list[str]:
+    """Drive load and inject faults; return the acknowledged request ids."""
+    args = state.args
+    await state.start()
     created: list[str] = []
     stop = asyncio.Event()
     text = f"soak [[tokens={args.tokens}]] [[delay_ms={args.delay_ms}]] [[reasoning=0]]"
+    addresses = [r.address for r in state.replicas]
     clients = [
-        asyncio.create_task(client_loop(cp.address, key, text, created, stop))
-        for _ in range(args.clients)
+        asyncio.create_task(
+            client_loop(addresses[i % 2 :] + addresses[: i % 2], key, text, created, stop)
+        )
+        for i in range(args.clients)
     ]
     rng = random.Random(args.seed)  # noqa: S311 - a reproducible schedule, not a secret
-    kills: list[Kill] = []
-    watcher = await asyncpg.connect(role_dsn(admin, "ap_control_plane"))
-    for n in range(args.kills):
+    kinds = itertools.cycle(args.kinds)
+    for n in range(args.faults):
         await asyncio.sleep(rng.uniform(0.1, 2 * args.mean_interval - 0.1))
-        victim = workers.pop(rng.randrange(len(workers)))
-        held = await watcher.fetch(
-            "SELECT id FROM runs WHERE lease_owner = $1 AND state = 'running'", victim.name
-        )
-        victim.signal(signal.SIGKILL)
-        kills.append((time.time(), [r["id"] for r in held]))
-        workers.append(await c.worker(f"w{3 + n}", cp))
+        await state.inject(next(kinds), rng)
         if (n + 1) % 10 == 0:
-            print(f"  {n + 1}/{args.kills} kills, {len(created)} runs created", flush=True)
-    await watcher.close()
+            print(f"  {n + 1}/{args.faults} faults, {len(created)} runs created", flush=True)
+    # Let the runs of the last fault be rescued before the load stops.
+    await asyncio.sleep(2 * args.lease_seconds)
     stop.set()
-    await asyncio.wait_for(asyncio.gather(*clients), 120)
-    return kills, created
+    await asyncio.wait_for(asyncio.gather(*clients), 180)
+    return created
 
 
-async def report(
-    admin: str, args: argparse.Namespace, kills: list[Kill], created: list[str]
-) -> None:
-    """Check every acknowledged run's stored history and print the findings."""
+@dataclass
+class History:
+    """What the database holds after the soak, checked run by run."""
+
+    acknowledged: set[str]
+    states: dict[str, int]
+    lost_requests: list[str]
+    lost: set[uuid.UUID]
+    duplicated: set[uuid.UUID]
+    gaps: set[uuid.UUID]
+    bad_terminal: set[uuid.UUID]
+    rescues: dict[uuid.UUID, list[float]]  # when each run.attempt_started was stored
+
+
+async def read_history(admin: str, created: list[str]) -> History:
+    """Read every run and event and check them."""
     conn = await asyncpg.connect(role_dsn(admin, "ap_control_plane"))
     try:
-        runs = await conn.fetch("SELECT id, request_id, state, attempt, error_reason FROM runs")
+        runs = await conn.fetch("SELECT id, request_id, state FROM runs")
         events = await conn.fetch(
             "SELECT run_id, sequence, type FROM run_events ORDER BY run_id, sequence"
         )
@@ -186,73 +337,155 @@ async def report(
         )
     finally:
         await conn.close()
-    by_request: dict[str, int] = {}
+    by_request: dict[str, list[uuid.UUID]] = {}
+    states: dict[str, int] = {}
     for run in runs:
-        by_request[run["request_id"]] = by_request.get(run["request_id"], 0) + 1
+        by_request.setdefault(run["request_id"], []).append(run["id"])
+        states[run["state"]] = states.get(run["state"], 0) + 1
     per_run: dict[uuid.UUID, list[asyncpg.Record]] = {}
     for event in events:
         per_run.setdefault(event["run_id"], []).append(event)
-    acknowledged = set(created)
-    unfinished = {r["request_id"] for r in runs if r["state"] not in TERMINAL_STATES}
-    lost = [rid for rid in acknowledged if rid not in by_request or rid in unfinished]
-    duplicated = [rid for rid, n in by_request.items() if n > 1]
-    gaps = [
-        run_id
-        for run_id, evs in per_run.items()
-        if [e["sequence"] for e in evs] != list(range(1, len(evs) + 1))
-    ]
-    bad_terminal = [
-        run_id
-        for run_id, evs in per_run.items()
-        if sum(e["type"] in TERMINAL_TYPES for e in evs) != 1
-        or evs[-1]["type"] not in TERMINAL_TYPES
-    ]
     rescues: dict[uuid.UUID, list[float]] = {}
     for event in rescued:
         rescues.setdefault(event["run_id"], []).append(event["create_time"].timestamp())
-    latencies = []
-    for killed_at, held in kills:
-        for run_id in held:
-            after = [t for t in rescues.get(run_id, []) if t >= killed_at]
-            if after:
-                latencies.append(min(after) - killed_at)
-    states: dict[str, int] = {}
-    for run in runs:
-        states[run["state"]] = states.get(run["state"], 0) + 1
+    acknowledged = set(created)
+    unfinished = {r["id"] for r in runs if r["state"] not in TERMINAL_STATES}
+    lost_requests = [
+        rid for rid in acknowledged if rid not in by_request or set(by_request[rid]) & unfinished
+    ]
+    return History(
+        acknowledged=acknowledged,
+        states=states,
+        lost_requests=lost_requests,
+        lost={run_id for rid in lost_requests for run_id in by_request.get(rid, [])},
+        duplicated={run_id for ids in by_request.values() if len(ids) > 1 for run_id in ids},
+        gaps={
+            run_id
+            for run_id, evs in per_run.items()
+            if [e["sequence"] for e in evs] != list(range(1, len(evs) + 1))
+        },
+        bad_terminal={
+            run_id
+            for run_id, evs in per_run.items()
+            if sum(e["type"] in TERMINAL_TYPES for e in evs) != 1
+            or evs[-1]["type"] not in TERMINAL_TYPES
+        },
+        rescues=rescues,
+    )
+
+
+async def report(
+    admin: str, args: argparse.Namespace, faults: list[Fault], created: list[str]
+) -> None:
+    """Check every acknowledged run's stored history and print the findings."""
+    history = await read_history(admin, created)
     print()
-    print("Agent Platform soak: worker SIGKILLs under steady load")
+    print("Agent Platform soak: faults under steady load")
     print(f"  machine        {os.cpu_count()} CPUs, {platform.platform()}")
     print(
-        f"  load           {args.clients} clients, dev model {args.tokens} tokens x "
-        f"{args.delay_ms} ms; lease {args.lease_seconds} s, heartbeat 0.2 s, "
+        f"  load           {args.clients} clients over 2 control-plane replicas, 3 workers, "
+        f"dev model {args.tokens} tokens x {args.delay_ms} ms"
+    )
+    print(
+        f"  leases         {args.lease_seconds} s, heartbeat 0.2 s, "
         f"max attempts {args.max_attempts}"
     )
-    print(f"  kills          {len(kills)} (mean interval {args.mean_interval} s)")
-    print(f"  runs           {len(acknowledged)} acknowledged, states {states}")
-    print(f"  lost runs                  {len(lost)}")
-    print(f"  duplicated runs            {len(duplicated)}")
-    print(f"  runs with gaps/duplicates  {len(gaps)}")
-    print(f"  runs without one terminal  {len(bad_terminal)}")
-    print(f"  rescues (run.attempt_started)  {len(rescued)}")
-    if latencies:
+    print(
+        f"  faults         {len(faults)} (mean interval {args.mean_interval} s): "
+        f"{', '.join(args.kinds)}; Postgres away {args.pg_outage_seconds} s beyond its "
+        f"restart, a replica dead {args.replica_down_seconds} s"
+    )
+    print(f"  runs           {len(history.acknowledged)} acknowledged, states {history.states}")
+    print(f"  lost runs                  {len(history.lost_requests)}")
+    print(f"  duplicated runs            {len(history.duplicated)}")
+    print(f"  runs with gaps/duplicates  {len(history.gaps)}")
+    print(f"  runs without one terminal  {len(history.bad_terminal)}")
+    burned_total = sum(len(times) for times in history.rescues.values())
+    print(f"  attempts burned (run.attempt_started)  {burned_total}")
+    print()
+    print_per_fault(args.kinds, faults, history)
+
+
+def attribute_rescues(faults: list[Fault], history: History) -> dict[int, list[float]]:
+    """Assign each rescue (run.attempt_started) to the fault that caused it.
+
+    Returns, per fault index, the delays from the fault to the rescues it caused. A worker
+    kill causes the next rescue of each run its victim held. Any other rescue belongs to the
+    latest fault before it that hit its run; index -1 collects those that none did.
+    """
+    left = {run_id: sorted(times) for run_id, times in history.rescues.items()}
+    caused: dict[int, list[float]] = {i: [] for i in range(-1, len(faults))}
+    for i, fault in enumerate(faults):
+        if fault.kind != "worker":
+            continue
+        for run_id in fault.affected:
+            later = [t for t in left.get(run_id, []) if t >= fault.at]
+            if later:
+                left[run_id].remove(later[0])
+                caused[i].append(later[0] - fault.at)
+    for run_id, times in left.items():
+        for t in times:
+            before = [
+                i
+                for i, f in enumerate(faults)
+                if f.kind != "worker" and f.at <= t and run_id in f.affected
+            ]
+            owner = before[-1] if before else -1
+            caused[owner].append(t - faults[owner].at if before else 0.0)
+    return caused
+
+
+def print_per_fault(kinds: Sequence[str], faults: list[Fault], history: History) -> None:
+    """Print, per kind of fault, the runs it hit and what they lost; then rescue latency."""
+    caused = attribute_rescues(faults, history)
+    print(
+        f"  {'fault':<10} {'count':>5} {'runs hit':>8} {'lost':>5} {'dup':>5} {'gapped':>6}"
+        f" {'attempts burned':>15}"
+    )
+    for kind in kinds:
+        mine = [i for i, f in enumerate(faults) if f.kind == kind]
+        hit: set[uuid.UUID] = set().union(*(faults[i].affected for i in mine))
+        burned = sum(len(caused[i]) for i in mine)
         print(
-            f"  rescue latency (kill → run.attempt_started)  p50 {percentile(latencies, 50):.3f} s"
-            f"   p99 {percentile(latencies, 99):.3f} s   max {max(latencies):.3f} s"
+            f"  {kind:<10} {len(mine):>5} {len(hit):>8} {len(hit & history.lost):>5}"
+            f" {len(hit & history.duplicated):>5} {len(hit & history.gaps):>6} {burned:>15}"
+        )
+    if caused[-1]:
+        print(f"  {'(no fault)':<10} {'':>5} {'':>8} {'':>5} {'':>5} {'':>6} {len(caused[-1]):>15}")
+    latencies = [t for i, f in enumerate(faults) if f.kind == "worker" for t in caused[i]]
+    if latencies:
+        print()
+        print(
+            f"  rescue latency (worker kill → run.attempt_started)  p50 "
+            f"{percentile(latencies, 50):.3f} s   p99 {percentile(latencies, 99):.3f} s"
+            f"   max {max(latencies):.3f} s"
         )
 
 
 def main() -> None:
     """Parse arguments and run the soak."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kills", type=int, default=100)
+    parser.add_argument("--faults", type=int, default=100, help="faults to inject (100)")
+    parser.add_argument(
+        "--kinds",
+        type=lambda s: s.split(","),
+        default=["worker"],
+        help=f"comma-separated kinds of fault, injected in turn: {','.join(KINDS)} (worker)",
+    )
     parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--mean-interval", type=float, default=0.6, help="seconds between kills")
+    parser.add_argument("--mean-interval", type=float, default=0.6, help="seconds between faults")
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--delay-ms", type=int, default=30)
     parser.add_argument("--max-attempts", type=int, default=10)
     parser.add_argument("--lease-seconds", type=float, default=1.0)
+    parser.add_argument("--pg-outage-seconds", type=float, default=0.0)
+    parser.add_argument("--replica-down-seconds", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=7)
-    asyncio.run(soak(parser.parse_args()))
+    args = parser.parse_args()
+    unknown = set(args.kinds) - set(KINDS)
+    if unknown:
+        parser.error(f"unknown kinds of fault: {', '.join(sorted(unknown))}")
+    asyncio.run(soak(args))
 
 
 if __name__ == "__main__":

@@ -139,11 +139,13 @@ class Cluster:
         await wait_serving(service.address)
         return service
 
-    async def control_plane(self, name: str = "cp", **env: str) -> Service:
-        """Start a control-plane replica."""
+    async def control_plane(
+        self, name: str = "cp", *, port: int | None = None, **env: str
+    ) -> Service:
+        """Start a control-plane replica (on `port`: to replace one that died there)."""
         db = role_dsn(self.admin_dsn, "ap_control_plane")
         return await self._spawn(
-            name, "services.control_plane", {"AP_DATABASE_URL": db, **env}, free_port()
+            name, "services.control_plane", {"AP_DATABASE_URL": db, **env}, port or free_port()
         )
 
     async def worker(self, name: str, control_plane: Service, **env: str) -> Service:

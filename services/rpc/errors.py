@@ -20,15 +20,29 @@ ERROR_DOMAIN = "agentplatform.dev"
 
 Reason = error_reason_pb2.ErrorReason
 
-# Failures that mean "the database is unreachable right now": retryable, never INTERNAL.
+# Failures of the connection to the database rather than of a statement: the server is
+# restarting or unreachable, or the connection broke under the statement. Each is retryable
+# (UNAVAILABLE / DATABASE_UNAVAILABLE), never INTERNAL; asyncpg aborts a connection that
+# failed so, and the pool opens a fresh one for the next caller.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    # Connect refused or reset, the socket closed mid-statement, and timeouts (connecting or
+    # acquiring from the pool): TimeoutError and ConnectionError are OSErrors.
     OSError,
+    # SQLSTATE class 08: the connection does not exist, failed, or was rejected.
     asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
+    # Class 57P: the server is shutting down, restarting or starting up, or ended the session.
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.IdleSessionTimeoutError,
+    asyncpg.IdleInTransactionSessionTimeoutError,
     asyncpg.TooManyConnectionsError,
+    # The driver's view of a broken connection: "connection is closed", "pool is closing".
     asyncpg.InterfaceError,
+    # A pooled connection whose server ended the session while it was idle: the driver's
+    # protocol is left mid-error until the socket closes, and fails the next statement with
+    # "cannot switch to state 12; another operation (2) is in progress".
+    asyncpg.InternalClientError,
 )
 
 
@@ -148,6 +162,11 @@ def database_unavailable() -> ApiError:
 def internal_error() -> ApiError:
     """Build the INTERNAL error that hides an unexpected failure's details."""
     return ApiError(grpc.StatusCode.INTERNAL, Reason.INTERNAL_ERROR, "Internal error.")
+
+
+def has_reason(err: grpc.aio.AioRpcError, reason: Reason.ValueType) -> bool:
+    """Tell whether a failed call carried this ErrorInfo reason."""
+    return reason_of(err) == Reason.Name(reason)
 
 
 def reason_of(err: grpc.aio.AioRpcError) -> str | None:

@@ -1,4 +1,9 @@
-"""Structured JSON logging through structlog, with secrets redacted."""
+"""Structured JSON logging through structlog, with secrets redacted.
+
+Libraries log through the standard library (asyncpg's pool, asyncio's unhandled-exception
+handler); their records are handed to structlog too, so every line, traceback included, is
+one JSON object.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,24 @@ def _redact_secrets(
     for key in event_dict.keys() & _SECRET_KEYS:
         event_dict[key] = "[redacted]"
     return event_dict
+
+
+class _ToStructlog(logging.Handler):
+    """Hand a standard-library log record to structlog, its traceback as a field."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            if record.stack_info:
+                fields["stack"] = record.stack_info
+            structlog.get_logger().log(record.levelno, record.getMessage(), **fields)
+        except Exception:
+            self.handleError(record)
+
+
+_STDLIB_BRIDGE = _ToStructlog()
 
 
 def configure_logging(
@@ -50,4 +73,7 @@ def configure_logging(
         logger_factory=logger_factory or structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    root = logging.getLogger()
+    if _STDLIB_BRIDGE not in root.handlers:
+        root.addHandler(_STDLIB_BRIDGE)
+    root.setLevel(logging.WARNING)

@@ -9,15 +9,16 @@ import grpc
 import httpx
 import structlog
 from agentplatform.dispatch.v1 import dispatch_service_pb2 as pb
-from agentplatform.dispatch.v1 import dispatch_service_pb2_grpc
 from agentplatform.gateway.v1 import gateway_service_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
 from services.rpc.internal_auth import INTERNAL_TOKEN_HEADER, internal_channel
 from services.rpc.server import GrpcServer
 from services.rpc.settings import HostedModelSettings, SettingsError
-from services.worker.execution import RunExecution
-from services.worker.model import ChatCompletionsClient
+from services.worker.dispatch import ControlPlane
+from services.worker.execution import RunExecution, StopReason
+from services.worker.model import HostedModel
+from services.worker.providers import open_hosted_model
 from services.worker.settings import WorkerSettings
 from services.worker.tools import RunTools
 
@@ -36,7 +37,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._executing: dict[asyncio.Task[None], RunExecution] = {}
-        self._channel: grpc.aio.Channel | None = None
+        self._control_plane: ControlPlane | None = None
         self._gateway_channel: grpc.aio.Channel | None = None
         self._tools: RunTools | None = None
         self._http: httpx.AsyncClient | None = None
@@ -54,15 +55,12 @@ class Worker:
             log.info("hosted_model", base_url=self.model.base_url, model=self.model.name)
         else:
             log.warning("hosted_model_unavailable", detail="runs will fail")
-        self._channel = grpc.aio.insecure_channel(self.settings.control_plane_address)
+        self._control_plane = ControlPlane(self.settings.control_plane_addresses, self._metadata)
         self._http = httpx.AsyncClient(
             trust_env=False,
             limits=httpx.Limits(max_connections=self.settings.worker_concurrency * 2),
         )
-        stub: dispatch_service_pb2_grpc.DispatchServiceAsyncStub = (
-            dispatch_service_pb2_grpc.DispatchServiceStub(self._channel)
-        )
-        model = ChatCompletionsClient(self.model, self._http)
+        model = open_hosted_model(self.model, self._http)
         if self.settings.gateway_address:
             token = self.settings.gateway_call_token
             self._gateway_channel, gateway_metadata = internal_channel(
@@ -77,24 +75,21 @@ class Worker:
                 progress_seconds=self.settings.tool_progress_seconds,
             )
         self._loops = [
-            asyncio.create_task(self._claim_forever(stub, model), name=f"claim-{i}")
+            asyncio.create_task(self._claim_forever(self._control_plane, model), name=f"claim-{i}")
             for i in range(self.settings.worker_concurrency)
         ]
         await self._server.start()
-        log.info("worker_started", control_plane=self.settings.control_plane_address)
+        log.info("worker_started", control_plane=self.settings.control_plane_addresses)
 
-    async def _claim_forever(
-        self, stub: dispatch_service_pb2_grpc.DispatchServiceAsyncStub, model: ChatCompletionsClient
-    ) -> None:
+    async def _claim_forever(self, control_plane: ControlPlane, model: HostedModel | None) -> None:
         wait = Duration()
         wait.FromMilliseconds(int(self.settings.claim_wait_seconds * 1000))
+        request = pb.ClaimRunRequest(worker_id=self.settings.worker_id, wait=wait)
         backoff = 0.05
         while not self._stopping.is_set():
             try:
-                response = await stub.ClaimRun(
-                    pb.ClaimRunRequest(worker_id=self.settings.worker_id, wait=wait),
-                    metadata=self._metadata,
-                    timeout=self.settings.claim_wait_seconds + 10,
+                response = await control_plane.claim(
+                    request, timeout=self.settings.claim_wait_seconds + 10
                 )
                 backoff = 0.05
             except grpc.aio.AioRpcError as err:
@@ -107,11 +102,9 @@ class Worker:
             current = asyncio.current_task()
             assert current is not None
             execution = RunExecution(
-                stub,
+                control_plane,
                 response.claim,
-                self.model,
                 model,
-                self._metadata,
                 tools=self._tools,
                 max_steps=self.settings.max_steps,
             )
@@ -141,7 +134,7 @@ class Worker:
             execution = self._executing.get(task)
             if execution is not None:
                 log.info("releasing_run", run=execution.run)
-                execution.stop("released")
+                execution.stop(StopReason.RELEASED)
         if pending:
             _done, pending = await asyncio.wait(pending, timeout=5.0)
         for task in pending:
@@ -152,7 +145,7 @@ class Worker:
         await self._server.stop(0)
         if self._http is not None:
             await self._http.aclose()
-        if self._channel is not None:
-            await self._channel.close(None)
+        if self._control_plane is not None:
+            await self._control_plane.close()
         if self._gateway_channel is not None:
             await self._gateway_channel.close(None)

@@ -11,7 +11,7 @@ from agentplatform.events import TEXT_PAYLOADS
 from agentplatform.v1 import run_pb2
 from prometheus_client import Counter, Histogram
 
-TOOL_CALL_OUTCOMES = ("ok", "error", "timeout")
+TOOL_CALL_OUTCOMES = ("ok", "error", "timeout", "cancelled")
 
 TIME_TO_FIRST_EVENT = Histogram(
     "ap_run_time_to_first_event_seconds",
@@ -21,14 +21,10 @@ TIME_TO_FIRST_EVENT = Histogram(
 )
 TOOL_CALLS = Counter(
     "ap_tool_calls",
-    "Tool calls a worker made for its runs, by outcome: ok, error (the tool or the gateway "
-    "reported one), timeout.",
-    ["outcome"],
+    "Tool calls a worker made for its runs, by tool, outcome (ok, error: the tool or the "
+    "gateway reported one, timeout, cancelled: the run stopped first) and workspace.",
+    ["tool", "outcome", "workspace"],
 )
-
-# Known label values start at 0, so a rate() over an outcome that has not happened yet works.
-for _outcome in TOOL_CALL_OUTCOMES:
-    TOOL_CALLS.labels(_outcome)
 
 
 class FirstOutputClock:
@@ -46,6 +42,6 @@ class FirstOutputClock:
             TIME_TO_FIRST_EVENT.observe(time.perf_counter() - self._started)
 
 
-def record_tool_call(outcome: str) -> None:
-    """Count one tool call by how it ended (one of TOOL_CALL_OUTCOMES)."""
-    TOOL_CALLS.labels(outcome).inc()
+def record_tool_call(tool: str, outcome: str, workspace: str) -> None:
+    """Count one tool call of a workspace by how it ended (one of TOOL_CALL_OUTCOMES)."""
+    TOOL_CALLS.labels(tool, outcome, workspace).inc()

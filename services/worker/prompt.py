@@ -1,13 +1,14 @@
-"""Build the model's messages: the system prompt, the transcript and the new input."""
+"""Build what the model is told: the system prompt, the conversation and the tools on offer."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from agentplatform.dispatch.v1 import dispatch_service_pb2 as pb
 from agentplatform.gateway.v1 import gateway_service_pb2 as gw
 from google.protobuf import json_format
+
+from services.worker.model import AssistantMessage, Message, ToolSpec, UserMessage
 
 PLATFORM_PROMPT = (
     "You are a helpful assistant running on Agent Platform. Answer the user's latest message, "
@@ -34,26 +35,23 @@ def system_prompt(claim: pb.RunClaim, tool_names: Sequence[str] = ()) -> str:
     return "\n\n".join(parts)
 
 
-def model_messages(claim: pb.RunClaim, tool_names: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Return the Chat Completions messages for a claimed run."""
-    messages: list[dict[str, Any]] = [
-        {"role": "system", "content": system_prompt(claim, tool_names)}
+def conversation(claim: pb.RunClaim) -> list[Message]:
+    """Return the session's transcript followed by the run's input, oldest first."""
+    messages: list[Message] = [
+        AssistantMessage(entry.content) if entry.role == "assistant" else UserMessage(entry.content)
+        for entry in claim.transcript
     ]
-    messages += [{"role": m.role, "content": m.content} for m in claim.transcript]
-    messages.append({"role": "user", "content": claim.input_text})
+    messages.append(UserMessage(claim.input_text))
     return messages
 
 
-def function_tools(tools: Sequence[gw.Tool]) -> list[dict[str, Any]]:
-    """Offer tools to the model in the OpenAI function-calling format."""
+def tool_specs(tools: Sequence[gw.Tool]) -> list[ToolSpec]:
+    """Describe the gateway's tools to the model by their short names."""
     return [
-        {
-            "type": "function",
-            "function": {
-                "name": tool.name.rsplit("/", 1)[-1],
-                "description": tool.description,
-                "parameters": json_format.MessageToDict(tool.parameters),
-            },
-        }
+        ToolSpec(
+            name=tool.name.rsplit("/", 1)[-1],
+            description=tool.description,
+            parameters=json_format.MessageToDict(tool.parameters),
+        )
         for tool in tools
     ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
 import grpc
@@ -23,7 +23,8 @@ from agentplatform.gateway.v1 import gateway_service_pb2 as gw
 from agentplatform.gateway.v1 import gateway_service_pb2_grpc
 from agentplatform.v1 import run_pb2
 
-from services.worker.model import ToolCallRequest
+from services.worker.metrics import record_tool_call
+from services.worker.model import ToolCallRequest, ToolResult
 
 if TYPE_CHECKING:
     from services.worker.execution import EventSink
@@ -34,6 +35,7 @@ GatewayStub: TypeAlias = "gateway_service_pb2_grpc.GatewayServiceAsyncStub"
 Metadata = tuple[tuple[str, str], ...]
 _LIST_TIMEOUT_S = 10.0
 _CACHED_LISTS = 1024  # workspaces whose current tool list a worker keeps
+UNKNOWN_TOOL = "(unknown)"
 
 
 def _remaining(claim: pb.RunClaim) -> float:
@@ -78,9 +80,17 @@ class RunTools:
         return self._lists[key]
 
     async def run(
-        self, sink: EventSink, claim: pb.RunClaim, calls: Sequence[ToolCallRequest]
-    ) -> list[str]:
-        """Make the calls in parallel; return each one's result text, in the calls' order."""
+        self,
+        sink: EventSink,
+        claim: pb.RunClaim,
+        calls: Sequence[ToolCallRequest],
+        offered: Collection[str],
+    ) -> list[ToolResult]:
+        """Make the calls in parallel; return their results, in the calls' order.
+
+        `offered` names the tools the model was given; a call of any other name is still
+        made (the gateway answers it) but is counted as an unknown tool.
+        """
         for call in calls:
             sink.emit(
                 run_pb2.RunEvent(
@@ -89,9 +99,19 @@ class RunTools:
                     )
                 )
             )
-        return list(await asyncio.gather(*(self._one(sink, claim, call) for call in calls)))
+        return list(
+            await asyncio.gather(*(self._one(sink, claim, call, offered) for call in calls))
+        )
 
-    async def _one(self, sink: EventSink, claim: pb.RunClaim, call: ToolCallRequest) -> str:
+    async def _one(
+        self,
+        sink: EventSink,
+        claim: pb.RunClaim,
+        call: ToolCallRequest,
+        offered: Collection[str],
+    ) -> ToolResult:
+        # The model chooses the names: only offered ones become metric labels.
+        tool = call.name if call.name in offered else UNKNOWN_TOOL
         started = time.monotonic()
         task = asyncio.ensure_future(
             self._stub.CallTool(
@@ -121,6 +141,7 @@ class RunTools:
                 )
         except asyncio.CancelledError:
             task.cancel()
+            record_tool_call(tool, "cancelled", claim.workspace)
             self._completed(
                 sink,
                 call,
@@ -133,9 +154,18 @@ class RunTools:
             response = task.result()
         except grpc.aio.AioRpcError as err:
             log.warning("tool_call_failed", tool=call.name, code=err.code().name)
+            timed_out = err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            record_tool_call(tool, "timeout" if timed_out else "error", claim.workspace)
             text = f"Error GATEWAY_ERROR: the tool gateway failed ({err.code().name})."
             self._completed(sink, call, started, text, error_code="GATEWAY_ERROR")
-            return text
+            return ToolResult(call.call_id, call.name, text, is_error=True)
+        if not response.is_error:
+            outcome = "ok"
+        elif response.error_code == "TOOL_TIMEOUT":
+            outcome = "timeout"
+        else:
+            outcome = "error"
+        record_tool_call(tool, outcome, claim.workspace)
         self._completed(
             sink,
             call,
@@ -145,7 +175,7 @@ class RunTools:
             is_error=response.is_error,
             truncated=response.truncated,
         )
-        return response.result
+        return ToolResult(call.call_id, call.name, response.result, is_error=response.is_error)
 
     @staticmethod
     def _completed(
