@@ -73,7 +73,7 @@ class _Account:
 
 
 @dataclass(frozen=True)
-class _Postmaster:
+class Postmaster:
     """Hold what postmaster.pid says about a live server."""
 
     pid: int
@@ -119,7 +119,7 @@ class EmbeddedPostgres:
         Returns the admin DSN. A server already running on this data directory is reused.
         """
         self._prepare_dirs()
-        running = _read_postmaster(self.data_dir)
+        running = running_server(self.data_dir)
         if running is not None:
             if self._port is not None and running.port != self._port:
                 raise EmbeddedPostgresError(
@@ -150,18 +150,18 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Stop the server with ``pg_ctl -m fast``; do nothing if it is not running."""
-        if _read_postmaster(self.data_dir) is None:
+        if running_server(self.data_dir) is None:
             return
         code, output = self._run(
             [self._tool("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"],
             timeout=_START_TIMEOUT_S,
         )
-        if code < 0 and (running := _read_postmaster(self.data_dir)) is not None:
+        if code < 0 and (running := running_server(self.data_dir)) is not None:
             # pg_ctl itself was killed by a signal (seen here: SIGSEGV when run from a busy,
             # threaded test process); a fast shutdown is SIGINT to the postmaster.
             self._signal_and_wait(running.pid)
             code = 0
-        if code != 0 and _read_postmaster(self.data_dir) is not None:
+        if code != 0 and running_server(self.data_dir) is not None:
             raise EmbeddedPostgresError(
                 f"pg_ctl stop failed (exit {code}) for {self.data_dir}:\n{output.strip()}\n"
                 f"{self._log_tail(0)}"
@@ -176,7 +176,7 @@ class EmbeddedPostgres:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGINT)
         deadline = time.monotonic() + _START_TIMEOUT_S
-        while _read_postmaster(self.data_dir) is not None:
+        while running_server(self.data_dir) is not None:
             if time.monotonic() > deadline:
                 raise EmbeddedPostgresError(f"postmaster {pid} did not stop in {_START_TIMEOUT_S}s")
             time.sleep(0.05)
@@ -184,7 +184,7 @@ class EmbeddedPostgres:
     def restart(self) -> None:
         """Stop the server and start it again on the same port with the same data."""
         if self._port is None:
-            running = _read_postmaster(self.data_dir)
+            running = running_server(self.data_dir)
             if running is not None:
                 self._port = running.port
         self.stop()
@@ -324,7 +324,7 @@ class EmbeddedPostgres:
             code, output = self._run(args, timeout=10)
             if code == 0:
                 return
-            if _read_postmaster(self.data_dir) is None or time.monotonic() > deadline:
+            if running_server(self.data_dir) is None or time.monotonic() > deadline:
                 raise EmbeddedPostgresError(
                     f"the server of {self.data_dir} does not accept connections on port {port}: "
                     f"{output.strip()}\n{self._log_tail(0)}"
@@ -431,7 +431,7 @@ def _make_traversable(path: Path, uid: int) -> None:
             parent.chmod(stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
 
 
-def _read_postmaster(data_dir: Path) -> _Postmaster | None:
+def running_server(data_dir: Path) -> Postmaster | None:
     """Return the live server recorded in ``postmaster.pid``, or None if there is none."""
     try:
         lines = (data_dir / "postmaster.pid").read_text().splitlines()
@@ -445,7 +445,7 @@ def _read_postmaster(data_dir: Path) -> _Postmaster | None:
         return None
     except PermissionError:
         pass
-    return _Postmaster(pid, port, lines[7].strip() if len(lines) > 7 else "")
+    return Postmaster(pid, port, lines[7].strip() if len(lines) > 7 else "")
 
 
 def _free_port() -> int:

@@ -20,7 +20,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from devtools.stack import MTLS_SERVICES, STACK_IDENTITY, pki_dir
+from devtools.stack.layout import pki_dir
+from devtools.stack.run import STACK_IDENTITY
+from devtools.stack.settings import Probe, service
 from services.control_plane.bootstrap import bootstrap
 from services.rpc.db import role_dsn
 from services.rpc.settings import METRICS_PORT_OFFSET
@@ -327,7 +329,8 @@ async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
         assert code == 0, out
 
         for name, port in zip(SERVICES, ports(env), strict=True):
-            pki = pki_dir(int(env["AP_STACK_BASE_PORT"])) if name in MTLS_SERVICES else None
+            mtls = service(name).probe is Probe.GRPC_MTLS
+            pki = pki_dir(int(env["AP_STACK_BASE_PORT"])) if mtls else None
             status = await health_status(port, pki=pki)
             assert status == health_pb2.HealthCheckResponse.SERVING
         assert "agentplatform.v1.RunService" in await reflected_services(ports(env)[0])

@@ -1,0 +1,13 @@
+"""The whole platform on one machine: ``python -m devtools.stack run|migrate``.
+
+One module per job; `run` composes them:
+
+    layout      where a stack keeps its files (var/) and which ports it takes
+    settings    what `run` reads from the environment, and the services it starts
+    database    the administrative database: AP_DATABASE_URL or the embedded Postgres
+    owner       the first workspace's owner key and the client config file `ap` reads
+    run         start everything, print the banner, supervise, stop in order
+
+Child processes are started, followed and stopped by `devtools.processes`, the one
+supervisor the fault tests use too.
+"""

@@ -1,0 +1,31 @@
+"""Run a stack command: ``python -m devtools.stack run|migrate``."""
+
+from __future__ import annotations
+
+import os
+
+# Before gRPC loads: every child is exec'd right after fork, so gRPC's fork handlers have
+# nothing to protect, and left on they log "skipping fork() handlers" on some starts.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import devtools.stack
+from devtools.stack.run import command_migrate, command_run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run the command."""
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.stack",
+        description=(devtools.stack.__doc__ or "").split("\n\n", 1)[0],
+    )
+    parser.add_argument("command", choices=["migrate", "run"])
+    args = parser.parse_args(argv)
+    return command_migrate() if args.command == "migrate" else command_run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

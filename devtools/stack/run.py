@@ -1,0 +1,358 @@
+"""Start the whole stack, print where it is, supervise it, and stop it in order.
+
+`run` (what ``make run`` does) brings up Postgres, migrates, bootstraps the first workspace,
+starts the deterministic dev model unless a hosted model is configured, starts the services
+as subprocesses, waits until each one reports SERVING over gRPC health checking, writes the
+client config file that ``ap`` reads, and serves until Ctrl-C, SIGTERM or SIGHUP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import asyncpg
+
+from ap_cli.config import default_config_path
+from devtools.embedded_pg import EmbeddedPostgresError
+from devtools.pki import DevPki, issue_dev_pki
+from devtools.processes import NotReadyError, Service, Supervisor, bind_error, wait_http_ok
+from devtools.processes import wait_serving as wait_grpc_serving
+from devtools.stack.console import StackError, say, warn
+from devtools.stack.database import admin_database, report_migrations, service_dsn
+from devtools.stack.layout import LOG_DIR, MASTER_KEY_FILE, REPO_ROOT, host_port, pki_dir, relative
+from devtools.stack.owner import owner_key, write_client_config
+from devtools.stack.settings import SERVICES, Probe, ServiceSpec, StackSettings
+from services.migrate import SCHEMAS, migrate_all
+from services.vault.keyring import new_keyring_file
+
+READY_PREFIX = "AP stack ready on"
+DEV_MODEL_NAME = "ap-dev-model"
+# The supervisor's own certificate, for health-checking the services that require mTLS.
+STACK_IDENTITY = "stack"
+
+_READY_TIMEOUT_S = 30.0
+_TAIL_LINES = 30
+_NAME_WIDTH = max(len(spec.name) for spec in SERVICES)
+_ROLES = {schema.schema: schema.role for schema in SCHEMAS}
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    """Fail early, and clearly, when a port the stack needs is taken."""
+    if (err := bind_error(host, port)) is not None:
+        raise StackError(
+            f"{what} cannot listen on {host_port(host, port)}: {err.strerror} "
+            "(is another `make run` running? AP_STACK_BASE_PORT / AP_DEVMODEL_PORT "
+            "choose other ports)"
+        )
+
+
+def describe(child: Service) -> str:
+    """Return a child's last output and where its full log is."""
+    log = relative(LOG_DIR / f"{child.name}.log")
+    return f"last output of {child.name} (full log: {log}):\n{child.describe_tail()}"
+
+
+class Children:
+    """The stack's children: each one's output goes to the terminal, prefixed, and its log."""
+
+    def __init__(self) -> None:
+        """Start with no children and no open logs."""
+        self.supervisor = Supervisor()
+        self._logs: list[IO[str]] = []
+
+    async def start(
+        self, name: str, args: list[str], env: Mapping[str, str], *, port: int
+    ) -> Service:
+        """Start a child in the supervisor's current wave, logging to var/logs/<name>.log."""
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        log = (LOG_DIR / f"{name}.log").open("a", encoding="utf-8", buffering=1)
+        self._logs.append(log)
+        log.write(f"--- {name} started by devtools.stack (pid {os.getpid()}) ---\n")
+        return await self.supervisor.start(
+            name,
+            args,
+            env,
+            port=port,
+            cwd=REPO_ROOT,
+            keep_lines=_TAIL_LINES,
+            on_line=_tee(name, log),
+        )
+
+    async def stop(self) -> None:
+        """Stop every child, latest wave first, then close the logs."""
+        await self.supervisor.stop_all(on_kill=_report_kill)
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+
+def _tee(name: str, log: IO[str]) -> Callable[[str], None]:
+    def copy(line: str) -> None:
+        log.write(line + "\n")
+        print(f"{name:<{_NAME_WIDTH}} | {line}", flush=True)
+
+    return copy
+
+
+def _report_kill(child: Service) -> None:
+    warn(f"{child.name} did not stop within {child.stop_timeout:g}s; killing it")
+
+
+# -- run -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    """What the banner shows once everything is up."""
+
+    endpoint: str
+    api_key: str
+    config_path: Path
+    model: str
+    logs: list[str]
+    metrics: list[str]
+
+
+def _base_env() -> dict[str, str]:
+    """Return the environment every child inherits."""
+    env = dict(os.environ)
+    # Children get role DSNs; the administrative URL must not leak into them.
+    env.pop("AP_DATABASE_URL", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def service_env(
+    base: Mapping[str, str],
+    spec: ServiceSpec,
+    settings: StackSettings,
+    admin_dsn: str,
+    internal_token: str,
+    *,
+    pki: DevPki,
+) -> dict[str, str]:
+    """Return one service's environment: its ports, identity, database and peers."""
+    env = dict(base)
+    env.update(pki.env(spec.name))
+    env.setdefault("AP_LOG_FORMAT", "console")
+    env["AP_GRPC_HOST"] = settings.bind_host
+    env["AP_GRPC_PORT"] = str(settings.port(spec))
+    env["AP_METRICS_PORT"] = str(settings.metrics_port(spec))
+    env["AP_INTERNAL_TOKEN"] = internal_token
+    if spec.database:
+        env["AP_DATABASE_URL"] = service_dsn(admin_dsn, spec.name, _ROLES[spec.name])
+    for peer in SERVICES:
+        if peer.name in spec.peers:
+            env[f"AP_{peer.name.upper()}_ADDRESS"] = settings.address(peer)
+    if spec.name == "vault" and "AP_VAULT_MASTER_KEYS" not in env:
+        env.setdefault("AP_VAULT_MASTER_KEY_FILE", str(MASTER_KEY_FILE))
+    return env
+
+
+def prepare_vault(settings: StackSettings) -> DevPki:
+    """Make sure the vault has master keys, and issue this run's development certificates.
+
+    The key file is created once and kept: the secrets in var/pg are unreadable without it.
+    The CA is new on every run and its private key never touches the disk.
+    """
+    configured = os.environ.get("AP_VAULT_MASTER_KEY_FILE") or os.environ.get(
+        "AP_VAULT_MASTER_KEYS"
+    )
+    if configured:
+        say("vault: master keys from AP_VAULT_MASTER_KEY_FILE / AP_VAULT_MASTER_KEYS")
+    else:
+        try:
+            new_keyring_file(MASTER_KEY_FILE)
+            say(
+                f"vault: created the master key file {relative(MASTER_KEY_FILE)} (mode 600); "
+                "stored secrets cannot be read without it"
+            )
+        except FileExistsError:
+            say(f"vault: master keys in {relative(MASTER_KEY_FILE)}")
+    hosts = [] if settings.bind_host in ("0.0.0.0", "::") else [settings.bind_host]
+    names = [spec.name for spec in SERVICES] + [STACK_IDENTITY]
+    # One folder per stack (they differ by port), so concurrent stacks never swap CAs.
+    directory = pki_dir(settings.base_port)
+    pki = issue_dev_pki(directory, names, hosts=hosts)
+    say(f"mTLS: a fresh development CA and service certificates in {relative(directory)}")
+    return pki
+
+
+async def start_model(children: Children, settings: StackSettings, env: dict[str, str]) -> str:
+    """Point `env` at the hosted model, or start the dev model; return what is in use."""
+    if settings.model_base_url and settings.model_name:
+        hosted = f"{settings.model_name} at {settings.model_base_url}"
+        say(f"model: {hosted} (from AP_MODEL_BASE_URL and AP_MODEL_NAME)")
+        return hosted
+    port = settings.devmodel_port
+    check_port_free("127.0.0.1", port, "the dev model")
+    child = await children.start(
+        "devmodel",
+        [sys.executable, "-m", "devtools.devmodel", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        port=port,
+    )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    env["AP_MODEL_BASE_URL"] = base_url
+    env["AP_MODEL_NAME"] = DEV_MODEL_NAME
+    say(
+        f"model: the deterministic dev model at {base_url}, NOT a real LLM: replies are canned "
+        "text. Set AP_MODEL_BASE_URL and AP_MODEL_NAME (and AP_MODEL_API_KEY) for a real model."
+    )
+    try:
+        await wait_http_ok(
+            f"http://127.0.0.1:{port}/healthz", timeout=_READY_TIMEOUT_S, service=child
+        )
+    except NotReadyError as err:
+        raise StackError(f"{err}\n{describe(child)}") from None
+    return f"deterministic dev model at {base_url} (not a real LLM)"
+
+
+async def start_stack(admin_dsn: str, settings: StackSettings, children: Children) -> Started:
+    """Migrate, bootstrap, start the model and the services; wait until all are SERVING."""
+    for spec in SERVICES:
+        check_port_free(settings.bind_host, settings.port(spec), spec.name)
+        check_port_free(settings.bind_host, settings.metrics_port(spec), f"{spec.name}'s metrics")
+    report_migrations(await migrate_all(admin_dsn))
+    config_path = default_config_path()
+    api_key = await owner_key(admin_dsn, settings.owner_name, config_path)
+    # A fresh token per run: nothing outside this stack can pose as one of its services.
+    internal_token = secrets.token_urlsafe(32)
+    pki = prepare_vault(settings)
+    probe = pki.tls(STACK_IDENTITY)
+    env = _base_env()
+    model = await start_model(children, settings, env)
+
+    async def launch(spec: ServiceSpec) -> None:
+        child = await children.start(
+            spec.name,
+            [sys.executable, "-m", f"services.{spec.name}"],
+            service_env(env, spec, settings, admin_dsn, internal_token, pki=pki),
+            port=settings.port(spec),
+        )
+        try:
+            await wait_grpc_serving(
+                settings.address(spec),
+                timeout=_READY_TIMEOUT_S,
+                tls=probe if spec.probe is Probe.GRPC_MTLS else None,
+                service=child,
+            )
+        except NotReadyError as err:
+            raise StackError(f"{err}\n{describe(child)}") from None
+
+    for wave in sorted({spec.wave for spec in SERVICES}):
+        children.supervisor.new_wave()
+        await asyncio.gather(*(launch(spec) for spec in SERVICES if spec.wave == wave))
+
+    write_client_config(config_path, settings.endpoint, api_key)
+    logs = [child.name for child in children.supervisor.children]
+    metrics = [
+        f"http://{host_port(settings.connect_host, settings.metrics_port(s))}/metrics  ({s.name})"
+        for s in SERVICES
+    ]
+    return Started(settings.endpoint, api_key, config_path, model, logs, metrics)
+
+
+def print_banner(started: Started) -> None:
+    """Print where the stack listens, the key, and what to try next."""
+    say()
+    say(f"{READY_PREFIX} {started.endpoint}")
+    say()
+    say(f"  endpoint     {started.endpoint}  (plaintext gRPC)")
+    say(f"  API key      {started.api_key}")
+    say(f"  written to   {started.config_path}  (mode 600; `ap` reads it)")
+    say(f"  model        {started.model}")
+    say(f"  logs         {relative(LOG_DIR)}/{{{','.join(started.logs)}}}.log")
+    for i, url in enumerate(started.metrics):
+        say(f"  {'metrics' if i == 0 else '':<12} {url}")
+    say()
+    say("Next steps:")
+    say("  .venv/bin/ap chat                       # chat in a new session")
+    say("  printf 'hello\\n' | .venv/bin/ap chat    # one line, non-interactive")
+    say("  .venv/bin/ap sessions list")
+    say(f"  grpcurl -plaintext {started.endpoint} list")
+    say()
+    say("Press Ctrl-C to stop.")
+
+
+async def serve(admin_dsn: str, settings: StackSettings) -> int:
+    """Start the stack and supervise it until a signal (0) or a child's death (1)."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    children = Children()
+    try:
+        startup = asyncio.create_task(start_stack(admin_dsn, settings, children))
+        stop_wait = asyncio.create_task(stopping.wait())
+        await asyncio.wait({startup, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        if not startup.done():
+            say("interrupted during start-up; stopping")
+            startup.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StackError):
+                await startup
+            return 0
+        print_banner(startup.result())
+        died = await children.supervisor.watch(stopping)
+        if died is not None:
+            warn(f"error: {died.name} exited unexpectedly with code {died.returncode}")
+            warn(describe(died))
+            warn("stopping the stack")
+            return 1
+        say("stopping the stack")
+        return 0
+    except (StackError, OSError, asyncpg.PostgresError) as err:
+        warn(f"error: {err}")
+        return 1
+    finally:
+        await children.stop()
+        # Without the CA's key, which was never written, these certificates die with the run.
+        shutil.rmtree(pki_dir(settings.base_port), ignore_errors=True)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    """Turn SIGTERM into KeyboardInterrupt so clean-up runs outside the event loop too."""
+    raise KeyboardInterrupt
+
+
+def command_run() -> int:
+    """Run the whole stack until Ctrl-C or SIGTERM."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        settings = StackSettings.from_env()
+        with admin_database(settings.postgres_port) as admin_dsn:
+            code = asyncio.run(serve(admin_dsn, settings))
+            # Closing the loop reset SIGTERM to its default; Postgres must still be stopped.
+            signal.signal(signal.SIGTERM, _interrupt)
+    except KeyboardInterrupt:
+        say("interrupted; stopped")
+        return 0
+    except (StackError, EmbeddedPostgresError) as err:
+        warn(f"error: {err}")
+        return 1
+    if code == 0:
+        say("stack stopped")
+    return code
+
+
+def command_migrate() -> int:
+    """Apply pending migrations and print them."""
+    try:
+        settings = StackSettings.from_env()
+        with admin_database(settings.postgres_port) as admin_dsn:
+            report_migrations(asyncio.run(migrate_all(admin_dsn)))
+    except (StackError, EmbeddedPostgresError, OSError, asyncpg.PostgresError) as err:
+        warn(f"error: {err}")
+        return 1
+    return 0
