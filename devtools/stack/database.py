@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from devtools.embedded_pg import EmbeddedPostgres, running_server
 from devtools.stack.console import say
@@ -12,24 +13,38 @@ from devtools.stack.layout import PG_DATA_DIR, relative
 from services.rpc.db import role_dsn
 
 
-@contextlib.contextmanager
-def admin_database(port: int) -> Iterator[str]:
-    """Yield an admin DSN: AP_DATABASE_URL, else the embedded server of var/pg on `port`.
+@dataclass(frozen=True)
+class AdminDatabase:
+    """An administrative DSN, and what it is, for the banner."""
 
-    The embedded server is stopped on exit only if this call started it, so a server the
-    developer started (or another `run`) keeps running.
+    dsn: str
+    summary: str
+    embedded_port: int | None = None
+
+
+@contextlib.contextmanager
+def admin_database(port: int) -> Iterator[AdminDatabase]:
+    """Yield AP_DATABASE_URL, else the embedded server of var/pg (started on `port`).
+
+    A server already running on var/pg is used on whatever port it has; it is stopped on
+    exit only if this call started it, so a server the developer started (or another
+    stack's) keeps running.
     """
     if url := os.environ.get("AP_DATABASE_URL", "").strip():
-        yield url
+        yield AdminDatabase(url, "AP_DATABASE_URL")
         return
+    running = running_server(PG_DATA_DIR)
+    if running is not None:
+        port = running.port
     server = EmbeddedPostgres(PG_DATA_DIR, port)
-    already_running = running_server(PG_DATA_DIR) is not None
-    where = f"{relative(PG_DATA_DIR)} on 127.0.0.1:{port}"
-    say(f"Postgres: embedded, data in {where}" + (" (already running)" if already_running else ""))
+    summary = f"embedded, data in {relative(PG_DATA_DIR)}"
+    if running is not None:
+        summary += f" on 127.0.0.1:{port}, already running (left running on exit)"
+    say(f"Postgres: {summary}" + ("" if running else f", starting on 127.0.0.1:{port}"))
     try:
-        yield server.start()
+        yield AdminDatabase(server.start(), summary, port)
     finally:
-        if not already_running:
+        if running is None:
             say("stopping embedded Postgres")
             server.stop()
 

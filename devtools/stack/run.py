@@ -28,8 +28,23 @@ from devtools.pki import DevPki, issue_dev_pki
 from devtools.processes import NotReadyError, Service, Supervisor, bind_error, wait_http_ok
 from devtools.processes import wait_serving as wait_grpc_serving
 from devtools.stack.console import StackError, say, warn
-from devtools.stack.database import admin_database, report_migrations, service_dsn
-from devtools.stack.layout import LOG_DIR, MASTER_KEY_FILE, REPO_ROOT, host_port, pki_dir, relative
+from devtools.stack.database import (
+    AdminDatabase,
+    admin_database,
+    report_migrations,
+    service_dsn,
+)
+from devtools.stack.layout import (
+    LOG_DIR,
+    MASTER_KEY_FILE,
+    PORTS_PER_STACK,
+    REPO_ROOT,
+    SERVICE_SLOTS,
+    StackPorts,
+    host_port,
+    pki_dir,
+    relative,
+)
 from devtools.stack.owner import owner_key, write_client_config
 from devtools.stack.settings import SERVICES, Probe, ServiceSpec, StackSettings
 from services.migrate import SCHEMAS, migrate_all
@@ -46,14 +61,22 @@ _NAME_WIDTH = max(len(spec.name) for spec in SERVICES)
 _ROLES = {schema.schema: schema.role for schema in SCHEMAS}
 
 
-def check_port_free(host: str, port: int, what: str) -> None:
+def check_ports_free(settings: StackSettings) -> None:
     """Fail early, and clearly, when a port the stack needs is taken."""
-    if (err := bind_error(host, port)) is not None:
-        raise StackError(
-            f"{what} cannot listen on {host_port(host, port)}: {err.strerror} "
-            "(is another `make run` running? AP_STACK_BASE_PORT / AP_DEVMODEL_PORT "
-            "choose other ports)"
-        )
+    wanted = [(settings.bind_host, settings.port(spec), spec.name) for spec in SERVICES]
+    wanted += [
+        (settings.bind_host, settings.metrics_port(spec), f"{spec.name}'s metrics")
+        for spec in SERVICES
+    ]
+    if settings.model_base_url is None:
+        wanted.append(("127.0.0.1", settings.ports.devmodel, "the dev model"))
+    for host, port, what in wanted:
+        if (err := bind_error(host, port)) is not None:
+            raise StackError(
+                f"{what} cannot listen on {host_port(host, port)}: {err.strerror} (is another "
+                f"`make run` running? AP_STACK_BASE_PORT={settings.ports.base + PORTS_PER_STACK} "
+                f"takes the next {PORTS_PER_STACK} ports)"
+            )
 
 
 def describe(child: Service) -> str:
@@ -120,7 +143,8 @@ class Started:
     config_path: Path
     model: str
     logs: list[str]
-    metrics: list[str]
+    ports: StackPorts
+    port_lines: list[str]
 
 
 def _base_env() -> dict[str, str]:
@@ -182,7 +206,7 @@ def prepare_vault(settings: StackSettings) -> DevPki:
     hosts = [] if settings.bind_host in ("0.0.0.0", "::") else [settings.bind_host]
     names = [spec.name for spec in SERVICES] + [STACK_IDENTITY]
     # One folder per stack (they differ by port), so concurrent stacks never swap CAs.
-    directory = pki_dir(settings.base_port)
+    directory = pki_dir(settings.ports.base)
     pki = issue_dev_pki(directory, names, hosts=hosts)
     say(f"mTLS: a fresh development CA and service certificates in {relative(directory)}")
     return pki
@@ -194,8 +218,7 @@ async def start_model(children: Children, settings: StackSettings, env: dict[str
         hosted = f"{settings.model_name} at {settings.model_base_url}"
         say(f"model: {hosted} (from AP_MODEL_BASE_URL and AP_MODEL_NAME)")
         return hosted
-    port = settings.devmodel_port
-    check_port_free("127.0.0.1", port, "the dev model")
+    port = settings.ports.devmodel
     child = await children.start(
         "devmodel",
         [sys.executable, "-m", "devtools.devmodel", "--host", "127.0.0.1", "--port", str(port)],
@@ -218,11 +241,12 @@ async def start_model(children: Children, settings: StackSettings, env: dict[str
     return f"deterministic dev model at {base_url} (not a real LLM)"
 
 
-async def start_stack(admin_dsn: str, settings: StackSettings, children: Children) -> Started:
+async def start_stack(
+    database: AdminDatabase, settings: StackSettings, children: Children
+) -> Started:
     """Migrate, bootstrap, start the model and the services; wait until all are SERVING."""
-    for spec in SERVICES:
-        check_port_free(settings.bind_host, settings.port(spec), spec.name)
-        check_port_free(settings.bind_host, settings.metrics_port(spec), f"{spec.name}'s metrics")
+    admin_dsn = database.dsn
+    check_ports_free(settings)
     report_migrations(await migrate_all(admin_dsn))
     config_path = default_config_path()
     api_key = await owner_key(admin_dsn, settings.owner_name, config_path)
@@ -256,11 +280,43 @@ async def start_stack(admin_dsn: str, settings: StackSettings, children: Childre
 
     write_client_config(config_path, settings.endpoint, api_key)
     logs = [child.name for child in children.supervisor.children]
-    metrics = [
-        f"http://{host_port(settings.connect_host, settings.metrics_port(s))}/metrics  ({s.name})"
-        for s in SERVICES
-    ]
-    return Started(settings.endpoint, api_key, config_path, model, logs, metrics)
+    return Started(
+        settings.endpoint,
+        api_key,
+        config_path,
+        model,
+        logs,
+        settings.ports,
+        port_table(settings, database),
+    )
+
+
+def port_table(settings: StackSettings, database: AdminDatabase) -> list[str]:
+    """Describe every port of the stack's block, one line each, in port order."""
+    ports = settings.ports
+    host = settings.connect_host
+    by_slot = {spec.slot: spec for spec in SERVICES}
+    lines = []
+    for slot in range(SERVICE_SLOTS):
+        port = ports.service(slot)
+        if (spec := by_slot.get(slot)) is None:
+            lines.append(
+                f"{port}  (kept free for the HTTP edge, with its metrics on {ports.metrics(slot)})"
+            )
+            continue
+        metrics = f"http://{host_port(host, ports.metrics(slot))}/metrics"
+        lines.append(f"{port}  {spec.name:<{_NAME_WIDTH}}  {spec.probe.value:<16}  {metrics}")
+    if settings.model_base_url is None:
+        lines.append(
+            f"{ports.devmodel}  {'devmodel':<{_NAME_WIDTH}}  http://127.0.0.1:{ports.devmodel}/v1"
+        )
+    else:
+        lines.append(f"{ports.devmodel}  (unused: the model is {settings.model_base_url})")
+    if database.embedded_port == ports.postgres:
+        lines.append(f"{ports.postgres}  {'postgres':<{_NAME_WIDTH}}  {database.summary}")
+    else:
+        lines.append(f"{ports.postgres}  (unused: Postgres is {database.summary})")
+    return lines
 
 
 def print_banner(started: Started) -> None:
@@ -273,8 +329,13 @@ def print_banner(started: Started) -> None:
     say(f"  written to   {started.config_path}  (mode 600; `ap` reads it)")
     say(f"  model        {started.model}")
     say(f"  logs         {relative(LOG_DIR)}/{{{','.join(started.logs)}}}.log")
-    for i, url in enumerate(started.metrics):
-        say(f"  {'metrics' if i == 0 else '':<12} {url}")
+    block = started.ports
+    say(
+        f"  ports        {block.base}-{block.base + PORTS_PER_STACK - 1}  (AP_STACK_BASE_PORT; "
+        f"a second stack fits from {block.base + PORTS_PER_STACK})"
+    )
+    for line in started.port_lines:
+        say(f"               {line}")
     say()
     say("Next steps:")
     say("  .venv/bin/ap chat                       # chat in a new session")
@@ -285,7 +346,7 @@ def print_banner(started: Started) -> None:
     say("Press Ctrl-C to stop.")
 
 
-async def serve(admin_dsn: str, settings: StackSettings) -> int:
+async def serve(database: AdminDatabase, settings: StackSettings) -> int:
     """Start the stack and supervise it until a signal (0) or a child's death (1)."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -293,7 +354,7 @@ async def serve(admin_dsn: str, settings: StackSettings) -> int:
         loop.add_signal_handler(sig, stopping.set)
     children = Children()
     try:
-        startup = asyncio.create_task(start_stack(admin_dsn, settings, children))
+        startup = asyncio.create_task(start_stack(database, settings, children))
         stop_wait = asyncio.create_task(stopping.wait())
         await asyncio.wait({startup, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
@@ -318,7 +379,7 @@ async def serve(admin_dsn: str, settings: StackSettings) -> int:
     finally:
         await children.stop()
         # Without the CA's key, which was never written, these certificates die with the run.
-        shutil.rmtree(pki_dir(settings.base_port), ignore_errors=True)
+        shutil.rmtree(pki_dir(settings.ports.base), ignore_errors=True)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -331,8 +392,8 @@ def command_run() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         settings = StackSettings.from_env()
-        with admin_database(settings.postgres_port) as admin_dsn:
-            code = asyncio.run(serve(admin_dsn, settings))
+        with admin_database(settings.ports.postgres) as database:
+            code = asyncio.run(serve(database, settings))
             # Closing the loop reset SIGTERM to its default; Postgres must still be stopped.
             signal.signal(signal.SIGTERM, _interrupt)
     except KeyboardInterrupt:
@@ -350,8 +411,8 @@ def command_migrate() -> int:
     """Apply pending migrations and print them."""
     try:
         settings = StackSettings.from_env()
-        with admin_database(settings.postgres_port) as admin_dsn:
-            report_migrations(asyncio.run(migrate_all(admin_dsn)))
+        with admin_database(settings.ports.postgres) as database:
+            report_migrations(asyncio.run(migrate_all(database.dsn)))
     except (StackError, EmbeddedPostgresError, OSError, asyncpg.PostgresError) as err:
         warn(f"error: {err}")
         return 1

@@ -5,17 +5,13 @@ Environment (all optional):
 ``AP_DATABASE_URL``
     Administrative Postgres URL. Default: the embedded Postgres with its data in
     ``var/pg``, started if needed (and stopped again on exit if this command started it).
-``AP_EMBEDDED_PG_PORT``
-    Port of the embedded Postgres (default 55432).
 ``AP_STACK_BASE_PORT``
-    Port of the control plane (default 50051); the worker's health port, the vault and
-    the gateway take the next three. Each service's /metrics is on its port + 1000.
+    The first of the stack's ``PORTS_PER_STACK`` consecutive ports (default 50051, the
+    control plane's); every other port follows from it (``devtools.stack.layout``).
 ``AP_GRPC_HOST``
     Address the services bind (default 127.0.0.1).
 ``AP_MODEL_BASE_URL``, ``AP_MODEL_NAME``, ``AP_MODEL_API_KEY``
     A real OpenAI-compatible model. Without the first two the dev model is started.
-``AP_DEVMODEL_PORT``
-    Port of the dev model (default 8089).
 ``AP_OWNER_NAME``
     Display name of the first workspace's owner (default: the login name).
 ``AP_DB_PASSWORD_<SCHEMA>``
@@ -30,8 +26,7 @@ import os
 from dataclasses import dataclass
 
 from devtools.stack.console import StackError, warn
-from devtools.stack.layout import host_port
-from services.rpc.settings import METRICS_PORT_OFFSET
+from devtools.stack.layout import DEFAULT_BASE_PORT, PORTS_PER_STACK, StackPorts, host_port
 
 
 class Probe(enum.Enum):
@@ -59,8 +54,9 @@ class ServiceSpec:
     peers: tuple[str, ...] = ()
 
 
-# The worker is in the last wave: its claim loops need the control plane, and stopping it
-# first lets it drain its runs and hand them back while the control plane still answers.
+# Slot 4 is kept for the HTTP edge. The worker is in the last wave: its claim loops need the
+# control plane, and stopping it first lets it drain its runs and hand them back while the
+# control plane still answers.
 SERVICES = (
     ServiceSpec("control_plane", 0, Probe.GRPC, 1, database=True, peers=("vault", "gateway")),
     ServiceSpec("worker", 1, Probe.GRPC, 2, peers=("control_plane", "gateway")),
@@ -80,14 +76,16 @@ def env_int(name: str, default: int) -> int:
         raise StackError(f"{name} must be a number, not {raw!r}") from None
 
 
+# Read by earlier versions; a stack's every port now follows from AP_STACK_BASE_PORT.
+_RETIRED = ("AP_DEVMODEL_PORT", "AP_EMBEDDED_PG_PORT")
+
+
 @dataclass(frozen=True)
 class StackSettings:
     """What `run` reads from the environment."""
 
     bind_host: str
-    base_port: int
-    devmodel_port: int
-    postgres_port: int
+    ports: StackPorts
     model_base_url: str | None
     model_name: str | None
     owner_name: str
@@ -95,21 +93,22 @@ class StackSettings:
     @classmethod
     def from_env(cls) -> StackSettings:
         """Read the settings from AP_* variables."""
-        base_port = env_int("AP_STACK_BASE_PORT", 50051)
-        if not 1 <= base_port <= 65535 - 3 - METRICS_PORT_OFFSET:
+        base_port = env_int("AP_STACK_BASE_PORT", DEFAULT_BASE_PORT)
+        if not 1 <= base_port <= 65536 - PORTS_PER_STACK:
             raise StackError(
-                f"AP_STACK_BASE_PORT must leave room for 4 ports and their metrics ports "
-                f"(+{METRICS_PORT_OFFSET}), not {base_port}"
+                f"AP_STACK_BASE_PORT must leave room for the stack's {PORTS_PER_STACK} "
+                f"consecutive ports (at most {65536 - PORTS_PER_STACK}), not {base_port}"
             )
+        for name in _RETIRED:
+            if os.environ.get(name):
+                warn(f"{name} is no longer read: every port follows AP_STACK_BASE_PORT")
         base_url = os.environ.get("AP_MODEL_BASE_URL", "").strip()
         model = os.environ.get("AP_MODEL_NAME", "").strip()
         if bool(base_url) != bool(model):
             warn("only one of AP_MODEL_BASE_URL and AP_MODEL_NAME is set; using the dev model")
         return cls(
             bind_host=os.environ.get("AP_GRPC_HOST", "").strip() or "127.0.0.1",
-            base_port=base_port,
-            devmodel_port=env_int("AP_DEVMODEL_PORT", 8089),
-            postgres_port=env_int("AP_EMBEDDED_PG_PORT", 55432),
+            ports=StackPorts(base_port),
             model_base_url=base_url if base_url and model else None,
             model_name=model if base_url and model else None,
             owner_name=os.environ.get("AP_OWNER_NAME", "").strip() or _login_name(),
@@ -127,11 +126,11 @@ class StackSettings:
 
     def port(self, spec: ServiceSpec) -> int:
         """Return the port a service listens on."""
-        return self.base_port + spec.slot
+        return self.ports.service(spec.slot)
 
     def metrics_port(self, spec: ServiceSpec) -> int:
         """Return the port of a service's /metrics endpoint."""
-        return self.port(spec) + METRICS_PORT_OFFSET
+        return self.ports.metrics(spec.slot)
 
     def address(self, spec: ServiceSpec) -> str:
         """Return where clients reach a service."""

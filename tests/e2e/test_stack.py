@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -20,17 +21,17 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from devtools.stack.layout import pki_dir
+from devtools.stack.layout import PORTS_PER_STACK, StackPorts, pki_dir
 from devtools.stack.run import STACK_IDENTITY
 from devtools.stack.settings import Probe, service
 from services.control_plane.bootstrap import bootstrap
 from services.rpc.db import role_dsn
-from services.rpc.settings import METRICS_PORT_OFFSET
 from services.rpc.tls import ServiceTls
 
 REPO = Path(__file__).resolve().parents[2]
 AP = Path(sys.executable).with_name("ap")
 READY = "AP stack ready on"
+BANNER_END = "Press Ctrl-C to stop."
 SERVICES = ("control_plane", "worker", "vault", "gateway")
 
 _READY_TIMEOUT_S = 30.0
@@ -49,36 +50,36 @@ def _port_free(port: int) -> bool:
 
 
 def free_base_port() -> int:
-    """Pick 5 free consecutive ports (four services, the dev model) and the metrics ports."""
+    """Pick a base port whose whole block of stack ports is free."""
     rng = random.SystemRandom()
     for _ in range(200):
         # Below Linux's ephemeral range, so outgoing connections do not take them meanwhile.
-        base = rng.randrange(20000, 32000 - METRICS_PORT_OFFSET)
-        wanted = [base + offset for offset in range(5)]
-        wanted += [port + METRICS_PORT_OFFSET for port in wanted[: len(SERVICES)]]
-        if all(_port_free(port) for port in wanted):
+        base = rng.randrange(20000, 32000 - PORTS_PER_STACK)
+        if all(_port_free(port) for port in StackPorts(base).all()):
             return base
-    raise RuntimeError("no 5 free consecutive ports (and their metrics ports) found")
+    raise RuntimeError(f"no {PORTS_PER_STACK} free consecutive ports found")
 
 
 def stack_env(admin_dsn: str, config_home: Path) -> dict[str, str]:
     """Return the environment of a stack (and of `ap`) isolated from the developer's own."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("AP_")}
-    base = free_base_port()
     env.update(
         AP_DATABASE_URL=admin_dsn,
-        AP_STACK_BASE_PORT=str(base),
-        AP_DEVMODEL_PORT=str(base + 4),
+        AP_STACK_BASE_PORT=str(free_base_port()),
         AP_OWNER_NAME="E2E owner",
         XDG_CONFIG_HOME=str(config_home),
     )
     return env
 
 
+def stack_ports(env: dict[str, str]) -> StackPorts:
+    """Return the port block of a stack environment."""
+    return StackPorts(int(env["AP_STACK_BASE_PORT"]))
+
+
 def ports(env: dict[str, str]) -> list[int]:
-    """Return the four service ports of a stack environment."""
-    base = int(env["AP_STACK_BASE_PORT"])
-    return [base + offset for offset in range(len(SERVICES))]
+    """Return the service ports of a stack environment, in SERVICES order."""
+    return [stack_ports(env).service(service(name).slot) for name in SERVICES]
 
 
 def client_config(config_home: Path) -> dict[str, str]:
@@ -111,11 +112,14 @@ class StackProcess:
         return line
 
     async def wait_ready(self) -> str:
-        """Read output until the ready line and return the endpoint it names."""
+        """Read output to the end of the ready banner; return the endpoint it names."""
+        endpoint = None
         try:
             async with asyncio.timeout(_READY_TIMEOUT_S):
                 while (line := await self._readline()) is not None:
                     if line.startswith(READY):
+                        endpoint = line.removeprefix(READY).strip()
+                    if endpoint is not None and line == BANNER_END:
                         break
                 else:
                     raise AssertionError(f"the stack exited before it was ready:\n{self.output}")
@@ -123,7 +127,7 @@ class StackProcess:
             raise AssertionError(f"the stack was not ready in time:\n{self.output}") from None
         # Keep draining, or a full pipe would block the stack's logging.
         self._rest = asyncio.create_task(self._read_rest())
-        return line.removeprefix(READY).strip()
+        return endpoint
 
     async def _read_rest(self) -> None:
         while await self._readline() is not None:
@@ -231,9 +235,9 @@ async def run_readme_walkthrough(env: dict[str, str], endpoint: str) -> tuple[in
 
 
 async def scrape_metrics(port: int) -> str:
-    """Return the Prometheus text a service serves on its metrics port."""
+    """Return the Prometheus text served on a metrics port."""
     async with httpx.AsyncClient(trust_env=False, timeout=5) as http:
-        reply = await http.get(f"http://127.0.0.1:{port + METRICS_PORT_OFFSET}/metrics")
+        reply = await http.get(f"http://127.0.0.1:{port}/metrics")
     reply.raise_for_status()
     return reply.text
 
@@ -298,6 +302,10 @@ async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
         endpoint = await stack.wait_ready()
         assert endpoint == f"127.0.0.1:{env['AP_STACK_BASE_PORT']}"
         assert "NOT a real LLM" in stack.output
+        # Every port of the block is printed, and nothing outside it is used.
+        banner = stack.output.split(READY, 1)[1]
+        for port in stack_ports(env).all():
+            assert re.search(rf"(?<![\w-]){port}(?![\w-])", banner), f"{port} not in:\n{banner}"
         config = client_config(tmp_path)
         assert config["endpoint"] == endpoint
         assert config["api_key"] in stack.output
@@ -336,7 +344,9 @@ async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
         assert "agentplatform.v1.RunService" in await reflected_services(ports(env)[0])
 
         # Two runs completed (chat and the walk-through); every service serves its metrics.
-        scraped = dict(zip(SERVICES, [await scrape_metrics(p) for p in ports(env)], strict=True))
+        block = stack_ports(env)
+        metrics_ports = [block.metrics(service(name).slot) for name in SERVICES]
+        scraped = dict(zip(SERVICES, [await scrape_metrics(p) for p in metrics_ports], strict=True))
         for text in scraped.values():
             assert "# TYPE ap_grpc_requests_total counter" in text
             assert "process_resident_memory_bytes" in text
