@@ -51,11 +51,9 @@ class ChatTurns:
         self.run = run.name
         renderer = EventRenderer(self._ctx.out, color=self._ctx.color)
 
-        def on_reconnect(failure: RpcFailure | None, last_sequence: int) -> None:
-            renderer.finish()
-            self._ctx.reconnect_notice(failure, last_sequence)
-
-        stream = self._ctx.client.stream_run_events(run.name, on_reconnect=on_reconnect)
+        stream = self._ctx.client.stream_run_events(
+            run.name, on_reconnect=self._ctx.reconnect_notices(renderer.finish)
+        )
         try:
             async with aclosing(stream.events()) as events:
                 async for event in events:

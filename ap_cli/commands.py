@@ -6,7 +6,6 @@ import argparse
 import asyncio
 from contextlib import aclosing
 
-from agentplatform import RpcFailure
 from agentplatform.v1 import run_pb2, session_pb2
 
 from ap_cli.context import Context
@@ -178,12 +177,8 @@ def runs_watch(ctx: Context, args: argparse.Namespace) -> int:
     """Stream a run's events until its terminal one; exit 0 only if it completed."""
     renderer = EventRenderer(ctx.out, color=ctx.color, verbose=True)
 
-    def on_reconnect(failure: RpcFailure | None, last_sequence: int) -> None:
-        renderer.finish()
-        ctx.reconnect_notice(failure, last_sequence)
-
     stream = ctx.client.stream_run_events(
-        args.run, after_sequence=args.after, on_reconnect=on_reconnect
+        args.run, after_sequence=args.after, on_reconnect=ctx.reconnect_notices(renderer.finish)
     )
 
     async def watch() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, TextIO, TypeVar
 
-from agentplatform import Client, RpcFailure
+from agentplatform import Client, ReconnectHook, RpcFailure
 
 T = TypeVar("T")
 ItemT = TypeVar("ItemT")
@@ -82,7 +82,22 @@ class Context:
         """Write `error: <message> (<REASON>)` to stderr."""
         self.note(f"error: {failure}")
 
-    def reconnect_notice(self, failure: RpcFailure | None, last_sequence: int) -> None:
-        """Tell the user the event stream broke and is being resumed."""
-        why = f" ({failure.reason}: {failure.message})" if failure else ""
-        self.note(f"[stream interrupted{why}; resuming after event {last_sequence}]")
+    def reconnect_notices(self, before: Callable[[], None]) -> ReconnectHook:
+        """Return a stream's reconnect hook that says once per interruption that it resumes.
+
+        The stream retries with backoff for as long as the server is away (a restart takes
+        a dozen attempts); another line is worth printing only after events came through
+        again. `before` runs first, e.g. to end a half-printed line.
+        """
+        noticed_after: int | None = None
+
+        def notice(failure: RpcFailure | None, last_sequence: int) -> None:
+            nonlocal noticed_after
+            if last_sequence == noticed_after:
+                return
+            noticed_after = last_sequence
+            before()
+            why = f" ({failure.reason}: {failure.message})" if failure else ""
+            self.note(f"[stream interrupted{why}; resuming after event {last_sequence}]")
+
+        return notice

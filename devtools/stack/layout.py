@@ -6,6 +6,7 @@ Files, all under the git-ignored ``var/`` (``make clean`` removes it)::
     var/logs/<child>.log           each child's output
     var/vault/master-keys.json     the vault's master keys, created once (mode 600)
     var/pki/<base port>/           this run's development CA and certificates
+    var/run/<base port>/           the live stack: its lock (``devtools.stack.rundir``)
 
 Ports: a stack takes ``PORTS_PER_STACK`` consecutive ports from its base port
 (``AP_STACK_BASE_PORT``), so stacks whose base ports lie that far apart never collide::
@@ -28,6 +29,7 @@ PG_DATA_DIR = VAR_DIR / "pg"
 LOG_DIR = VAR_DIR / "logs"
 MASTER_KEY_FILE = VAR_DIR / "vault" / "master-keys.json"
 PKI_DIR = VAR_DIR / "pki"
+RUN_DIR = VAR_DIR / "run"
 
 DEFAULT_BASE_PORT = 50051
 SERVICE_SLOTS = 5
@@ -48,6 +50,11 @@ def relative(path: Path) -> str:
 def pki_dir(base_port: int) -> Path:
     """Return where the stack on `base_port` keeps its development certificates."""
     return PKI_DIR / str(base_port)
+
+
+def run_dir(base_port: int) -> Path:
+    """Return the directory of the live stack on `base_port`."""
+    return RUN_DIR / str(base_port)
 
 
 def host_port(host: str, port: int) -> str:

@@ -46,6 +46,7 @@ from devtools.stack.layout import (
     relative,
 )
 from devtools.stack.owner import owner_key, write_client_config
+from devtools.stack.rundir import StackLock
 from devtools.stack.settings import SERVICES, Probe, ServiceSpec, StackSettings
 from services.migrate import SCHEMAS, migrate_all
 from services.vault.keyring import new_keyring_file
@@ -57,6 +58,8 @@ STACK_IDENTITY = "stack"
 
 _READY_TIMEOUT_S = 30.0
 _TAIL_LINES = 30
+# After its grace a draining worker hands back what it still holds, within 5 s, then exits.
+_HAND_BACK_S = 10.0
 _NAME_WIDTH = max(len(spec.name) for spec in SERVICES)
 _ROLES = {schema.schema: schema.role for schema in SCHEMAS}
 
@@ -88,9 +91,10 @@ def describe(child: Service) -> str:
 class Children:
     """The stack's children: each one's output goes to the terminal, prefixed, and its log."""
 
-    def __init__(self) -> None:
-        """Start with no children and no open logs."""
+    def __init__(self, lock: StackLock) -> None:
+        """Start with no children; `lock` learns their process group once there is one."""
         self.supervisor = Supervisor()
+        self._lock = lock
         self._logs: list[IO[str]] = []
 
     async def start(
@@ -101,7 +105,8 @@ class Children:
         log = (LOG_DIR / f"{name}.log").open("a", encoding="utf-8", buffering=1)
         self._logs.append(log)
         log.write(f"--- {name} started by devtools.stack (pid {os.getpid()}) ---\n")
-        return await self.supervisor.start(
+        first = self.supervisor.process_group is None
+        child = await self.supervisor.start(
             name,
             args,
             env,
@@ -109,7 +114,17 @@ class Children:
             cwd=REPO_ROOT,
             keep_lines=_TAIL_LINES,
             on_line=_tee(name, log),
+            stop_timeout=_stop_timeout(env),
         )
+        if first:
+            self._lock.record(process_group=self.supervisor.process_group)
+        return child
+
+    def kill(self) -> None:
+        """Kill every child at once, without waiting for drains."""
+        if self.supervisor.process_group is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.supervisor.process_group, signal.SIGKILL)
 
     async def stop(self) -> None:
         """Stop every child, latest wave first, then close the logs."""
@@ -117,6 +132,19 @@ class Children:
         for log in self._logs:
             log.close()
         self._logs.clear()
+
+
+def _shutdown_grace(env: Mapping[str, str]) -> float:
+    """Return the AP_SHUTDOWN_GRACE_SECONDS the services get (their default: 5)."""
+    try:
+        return float(env.get("AP_SHUTDOWN_GRACE_SECONDS") or 5)
+    except ValueError:
+        return 5.0  # the service itself refuses the value and exits, naming it
+
+
+def _stop_timeout(env: Mapping[str, str]) -> float:
+    """Return how long a child may take to stop: its grace, then handing runs back."""
+    return _shutdown_grace(env) + _HAND_BACK_S
 
 
 def _tee(name: str, log: IO[str]) -> Callable[[str], None]:
@@ -346,13 +374,27 @@ def print_banner(started: Started) -> None:
     say("Press Ctrl-C to stop.")
 
 
-async def serve(database: AdminDatabase, settings: StackSettings) -> int:
-    """Start the stack and supervise it until a signal (0) or a child's death (1)."""
+async def serve(database: AdminDatabase, settings: StackSettings, lock: StackLock) -> int:
+    """Start the stack and supervise it until a signal (0) or a child's death (1).
+
+    The children have a process group of their own, so a terminal's Ctrl-C reaches only
+    this process, which stops them in order: the worker first, draining its runs and
+    handing back the rest while the control plane still answers, then the others. A second
+    Ctrl-C kills everything at once.
+    """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    children = Children()
+    children = Children(lock)
+
+    def on_signal() -> None:
+        if not stopping.is_set():
+            stopping.set()
+            return
+        warn("killing every service now")
+        children.kill()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, on_signal)
     try:
         startup = asyncio.create_task(start_stack(database, settings, children))
         stop_wait = asyncio.create_task(stopping.wait())
@@ -371,7 +413,11 @@ async def serve(database: AdminDatabase, settings: StackSettings) -> int:
             warn(describe(died))
             warn("stopping the stack")
             return 1
-        say("stopping the stack")
+        grace = _shutdown_grace(os.environ)
+        say(
+            f"stopping the stack: the worker first (it finishes its runs for up to {grace:g}s, "
+            "then hands back the rest), then the other services; Ctrl-C again kills them all"
+        )
         return 0
     except (StackError, OSError, asyncpg.PostgresError) as err:
         warn(f"error: {err}")
@@ -383,25 +429,33 @@ async def serve(database: AdminDatabase, settings: StackSettings) -> int:
 
 
 def _interrupt(signum: int, _frame: object) -> None:
-    """Turn SIGTERM into KeyboardInterrupt so clean-up runs outside the event loop too."""
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt, so clean-up runs outside the loop too."""
     raise KeyboardInterrupt
 
 
 def command_run() -> int:
-    """Run the whole stack until Ctrl-C or SIGTERM."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    """Run the whole stack until Ctrl-C, SIGTERM or SIGHUP."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    lock: StackLock | None = None
     try:
         settings = StackSettings.from_env()
+        lock = StackLock(settings.ports.base)
+        lock.acquire(settings.endpoint)
         with admin_database(settings.ports.postgres) as database:
-            code = asyncio.run(serve(database, settings))
-            # Closing the loop reset SIGTERM to its default; Postgres must still be stopped.
-            signal.signal(signal.SIGTERM, _interrupt)
+            code = asyncio.run(serve(database, settings, lock))
+            # Closing the loop reset the handlers to their defaults; Postgres must still stop.
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, _interrupt)
     except KeyboardInterrupt:
         say("interrupted; stopped")
         return 0
     except (StackError, EmbeddedPostgresError) as err:
         warn(f"error: {err}")
         return 1
+    finally:
+        if lock is not None:
+            lock.release()
     if code == 0:
         say("stack stopped")
     return code

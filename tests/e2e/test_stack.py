@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,15 +19,19 @@ import asyncpg
 import grpc
 import httpx
 import pytest
+from agentplatform.v1 import run_pb2, run_service_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from devtools.stack.layout import PORTS_PER_STACK, StackPorts, pki_dir
+from devtools.stack.layout import PORTS_PER_STACK, StackPorts, pki_dir, run_dir
 from devtools.stack.run import STACK_IDENTITY
+from devtools.stack.rundir import LOCK_NAME
 from devtools.stack.settings import Probe, service
 from services.control_plane.bootstrap import bootstrap
 from services.rpc.db import role_dsn
 from services.rpc.tls import ServiceTls
+from tests.harness import Client
+from tests.integration.helpers import new_run, new_session
 
 REPO = Path(__file__).resolve().parents[2]
 AP = Path(sys.executable).with_name("ap")
@@ -150,20 +155,40 @@ class StackProcess:
         await asyncio.wait_for(self._rest, 5)
 
 
+def children_group(pid: int, base_port: int) -> int | None:
+    """Return the process group the stack `pid` recorded for its children, if it did."""
+    try:
+        data = json.loads((run_dir(base_port) / LOCK_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    group = data.get("process_group")
+    # A file left by an earlier stack on this port names a group that may be reused now.
+    return int(group) if group and data.get("pid") == pid else None
+
+
+def kill_stack(pid: int, base_port: int) -> None:
+    """SIGKILL a stack's process group and its children's."""
+    for group in (children_group(pid, base_port), pid):
+        if group is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+
+
 @pytest.fixture
-def process_groups() -> Iterator[list[int]]:
-    """Collect the process groups of the stacks a test starts; kill them all afterwards."""
-    groups: list[int] = []
-    yield groups
+def process_groups() -> Iterator[list[tuple[int, int]]]:
+    """Collect the stacks (pid, base port) a test starts; kill them all afterwards."""
+    stacks: list[tuple[int, int]] = []
+    yield stacks
     # Runs even when pytest-timeout interrupts the test before its own clean-up.
-    for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signal.SIGKILL)
+    for pid, base_port in stacks:
+        kill_stack(pid, base_port)
 
 
 @contextlib.asynccontextmanager
-async def running_stack(env: dict[str, str], groups: list[int]) -> AsyncIterator[StackProcess]:
-    """Start a stack in its own process group; kill the whole group on the way out."""
+async def running_stack(
+    env: dict[str, str], stacks: list[tuple[int, int]]
+) -> AsyncIterator[StackProcess]:
+    """Start a stack in a session of its own; kill it and its children on the way out."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -177,14 +202,13 @@ async def running_stack(env: dict[str, str], groups: list[int]) -> AsyncIterator
         start_new_session=True,
         limit=1024 * 1024,
     )
-    groups.append(proc.pid)
+    base_port = int(env["AP_STACK_BASE_PORT"])
+    stacks.append((proc.pid, base_port))
     stack = StackProcess(proc)
     try:
         yield stack
     finally:
-        # The services share the stack's group, so this also ends any it left behind.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_stack(proc.pid, base_port)
         await proc.wait()
         await stack.finish_reading()
 
@@ -294,7 +318,7 @@ async def count_workspaces(admin_dsn: str) -> int:
 
 @pytest.mark.timeout(90)
 async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
-    database: str, tmp_path: Path, process_groups: list[int]
+    database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
 ) -> None:
     """`stack run` serves `ap chat`, health and reflection, and exits 0 on SIGTERM."""
     env = stack_env(database, tmp_path)
@@ -365,7 +389,7 @@ async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
 
 @pytest.mark.timeout(90)
 async def test_second_run_on_the_same_database_reuses_workspace_and_stored_key(
-    database: str, tmp_path: Path, process_groups: list[int]
+    database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
 ) -> None:
     """A second run on the same database skips the bootstrap and the stored key still works."""
     env = stack_env(database, tmp_path)
@@ -389,7 +413,7 @@ async def test_second_run_on_the_same_database_reuses_workspace_and_stored_key(
 
 @pytest.mark.timeout(60)
 async def test_a_service_dying_stops_the_stack_with_exit_code_1(
-    database: str, tmp_path: Path, process_groups: list[int]
+    database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
 ) -> None:
     """When a service dies while the stack runs, the stack reports it, stops all, exits 1."""
     env = stack_env(database, tmp_path)
@@ -415,7 +439,7 @@ async def test_a_service_dying_stops_the_stack_with_exit_code_1(
 
 @pytest.mark.timeout(60)
 async def test_run_without_a_stored_key_issues_a_new_owner_key(
-    database: str, tmp_path: Path, process_groups: list[int]
+    database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
 ) -> None:
     """With a workspace but no client config, a run issues a fresh owner key that works."""
     made = await bootstrap(
@@ -434,3 +458,120 @@ async def test_run_without_a_stored_key_issues_a_new_owner_key(
         assert code == 0, out
         assert await stack.stop() == 0, stack.output
     assert await count_workspaces(database) == 1
+
+
+async def stored_run(admin_dsn: str, run: str) -> tuple[str, list[run_pb2.RunEvent]]:
+    """Return a run's stored state and events, read straight from the database."""
+    run_id = uuid.UUID(run.rsplit("/", 1)[1])
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        state: str = await conn.fetchval(
+            "SELECT state FROM control_plane.runs WHERE id = $1", run_id
+        )
+        rows = await conn.fetch(
+            "SELECT body, attempt FROM control_plane.run_events WHERE run_id = $1"
+            " ORDER BY sequence",
+            run_id,
+        )
+    finally:
+        await conn.close()
+    events = [run_pb2.RunEvent.FromString(row["body"]) for row in rows]
+    for event, row in zip(events, rows, strict=True):
+        event.attempt = row["attempt"]  # stored beside the body, not in it
+    return state, events
+
+
+@pytest.mark.timeout(90)
+async def test_ctrl_c_stops_the_worker_first_so_a_run_in_flight_is_not_lost(
+    database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
+) -> None:
+    """Ctrl-C mid-run: the worker drains it (or hands it back) before the control plane stops.
+
+    A terminal's Ctrl-C reaches its whole foreground process group, so the test sends
+    SIGINT to the stack's group, as a terminal would.
+    """
+    env = stack_env(database, tmp_path)
+    async with running_stack(env, process_groups) as stack:
+        endpoint = await stack.wait_ready()
+        key = client_config(tmp_path)["api_key"]
+        run = await wait_streaming(endpoint, key, "in flight [[tokens=40]] [[delay_ms=50]]")
+
+        os.killpg(stack.proc.pid, signal.SIGINT)
+        assert await asyncio.wait_for(stack.proc.wait(), 30) == 0, stack.output
+        await stack.finish_reading()
+    state, events = await stored_run(database, run)
+    types = [event.type for event in events]
+    drained = events[-1].type == "run.attempt_started"
+    if drained:
+        # Handed back for the next worker (the stack's next start) to claim at once.
+        assert (state, events[-1].run_attempt_started.reason) == ("queued", "WORKER_DRAINED")
+    else:
+        assert (state, types[-1]) == ("completed", "run.completed"), types
+        assert "run.attempt_started" not in types, types
+    worker_stopped = stack.output.index(
+        "worker        | ", stack.output.index("stopping the stack")
+    )
+    assert "service_stopped" in stack.output[worker_stopped:]
+
+
+async def wait_streaming(endpoint: str, api_key: str, text: str) -> str:
+    """Create a run and return its name once its model output has begun."""
+    client = Client(grpc.aio.insecure_channel(endpoint), api_key)
+    try:
+        session = await new_session(client)
+        run = await new_run(client, session.name, text)
+        call = client.runs.StreamRunEvents(
+            run_service_pb2.StreamRunEventsRequest(name=run.name), metadata=client.auth
+        )
+        async for response in call:
+            if response.event.type == "output_text.delta":
+                break
+        call.cancel()
+    finally:
+        await client.channel.close(None)
+    return run.name
+
+
+@pytest.mark.timeout(150)
+async def test_ctrl_c_past_the_grace_hands_the_run_back_and_a_watcher_notes_it_once(
+    database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
+) -> None:
+    """A run longer than the drain grace is handed back, not lost; the next stack finishes it.
+
+    `ap runs watch` follows it throughout and says once, not once per retry, that the stream
+    broke while the stack was down.
+    """
+    env = stack_env(database, tmp_path) | {"AP_SHUTDOWN_GRACE_SECONDS": "0.5"}
+    async with running_stack(env, process_groups) as stack:
+        endpoint = await stack.wait_ready()
+        key = client_config(tmp_path)["api_key"]
+        run = await wait_streaming(endpoint, key, "hand me back [[tokens=80]] [[delay_ms=50]]")
+        watcher = await asyncio.create_subprocess_exec(
+            str(AP),
+            "runs",
+            "watch",
+            run,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            os.killpg(stack.proc.pid, signal.SIGINT)
+            assert await asyncio.wait_for(stack.proc.wait(), 30) == 0, stack.output
+            await stack.finish_reading()
+            state, events = await stored_run(database, run)
+            assert (state, events[-1].run_attempt_started.reason) == ("queued", "WORKER_DRAINED")
+
+            async with running_stack(env, process_groups) as again:
+                await again.wait_ready()
+                out, err = await asyncio.wait_for(watcher.communicate(), 60)
+                assert await again.stop() == 0, again.output
+        finally:
+            if watcher.returncode is None:
+                watcher.kill()
+                await watcher.wait()
+    assert watcher.returncode == 0, (out.decode(), err.decode())
+    state, events = await stored_run(database, run)
+    assert (state, events[-1].type, events[-1].attempt) == ("completed", "run.completed", 2)
+    assert err.decode().count("[stream interrupted") == 1, err.decode()
