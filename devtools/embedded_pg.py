@@ -165,10 +165,10 @@ class EmbeddedPostgres:
             [self._tool("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"],
             timeout=_START_TIMEOUT_S,
         )
-        if code < 0 and (running := running_server(self.data_dir)) is not None:
+        if code < 0 and running_server(self.data_dir) is not None:
             # pg_ctl itself was killed by a signal (seen here: SIGSEGV when run from a busy,
-            # threaded test process); a fast shutdown is SIGINT to the postmaster.
-            self._signal_and_wait(running.pid)
+            # threaded test process).
+            stop_running_server(self.data_dir)
             code = 0
         if code != 0 and running_server(self.data_dir) is not None:
             raise EmbeddedPostgresError(
@@ -179,16 +179,6 @@ class EmbeddedPostgres:
             # The fallback socket directory sits in the shared temp dir; leave no litter there.
             with contextlib.suppress(OSError):
                 self._socket_dir.rmdir()
-
-    def _signal_and_wait(self, pid: int) -> None:
-        """Ask the postmaster for a fast shutdown and wait until it has exited."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while running_server(self.data_dir) is not None:
-            if time.monotonic() > deadline:
-                raise EmbeddedPostgresError(f"postmaster {pid} did not stop in {_START_TIMEOUT_S}s")
-            time.sleep(0.05)
 
     def restart(self) -> None:
         """Stop the server and start it again on the same port with the same data."""
@@ -551,13 +541,46 @@ def running_server(data_dir: Path) -> Postmaster | None:
     except (FileNotFoundError, IndexError, ValueError):
         # Missing, or still being written by a starting server.
         return None
+    if not _exists(pid):
+        return None
+    return Postmaster(pid, port, lines[7].strip() if len(lines) > 7 else "")
+
+
+def stop_running_server(data_dir: Path) -> Postmaster | None:
+    """Stop the server of `data_dir` if one runs, needing none of the Postgres programs.
+
+    A fast shutdown is SIGINT to the postmaster (what ``pg_ctl stop -m fast`` sends).
+    Return the server that was stopped, or None when none ran.
+    """
+    running = running_server(data_dir)
+    if running is None:
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(running.pid, signal.SIGINT)
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    # The postmaster removes its pid file just before it exits: wait for both. (A process
+    # that exited but that nobody reaped yet still "exists"; the deadline bounds that.)
+    while running_server(data_dir) is not None or _exists(running.pid):
+        if time.monotonic() > deadline:
+            if running_server(data_dir) is None:
+                break
+            raise EmbeddedPostgresError(
+                f"postmaster {running.pid} did not stop in {_START_TIMEOUT_S}s"
+            )
+        # Waiting on another process's shutdown; there is nothing to await.
+        time.sleep(0.05)
+    return running
+
+
+def _exists(pid: int) -> bool:
+    """Tell whether a process with this pid exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return None
+        return False
     except PermissionError:
         pass
-    return Postmaster(pid, port, lines[7].strip() if len(lines) > 7 else "")
+    return True
 
 
 def _free_port() -> int:

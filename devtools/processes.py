@@ -26,6 +26,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.rpc.db import role_dsn
@@ -75,6 +76,41 @@ def bind_error(host: str, port: int) -> OSError | None:
         except OSError as err:
             return err
     return None
+
+
+@dataclass(frozen=True)
+class PortHolder:
+    """The process listening on a port."""
+
+    pid: int
+    command: str
+
+    def __str__(self) -> str:
+        """Show it as "pid N: command"."""
+        return f"pid {self.pid}: {shorten(self.command)}"
+
+
+def port_holder(port: int) -> PortHolder | None:
+    """Return the process listening on TCP `port`, when this user may see which it is."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except psutil.Error:
+        return None
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            if conn.pid is None:
+                return None  # another user's process; only root may see which
+            try:
+                command = " ".join(psutil.Process(conn.pid).cmdline())
+            except psutil.Error:
+                command = "?"
+            return PortHolder(conn.pid, command)
+    return None
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """Cut `text` to `limit` characters, marking the cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class Service:

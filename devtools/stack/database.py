@@ -16,6 +16,7 @@ from devtools.embedded_pg import (
     running_server,
     server_can_enter,
 )
+from devtools.processes import bind_error, port_holder
 from devtools.stack.console import StackError, say
 from devtools.stack.layout import PG_DATA_DIR, REPO_ROOT, VAR_DIR, relative
 from services.rpc.db import role_dsn
@@ -45,6 +46,8 @@ def admin_database(port: int) -> Iterator[AdminDatabase]:
     running = running_server(data_dir)
     if running is not None:
         port = running.port
+    elif bind_error("127.0.0.1", port) is not None:
+        raise StackError(orphan_hint(port))
     server = EmbeddedPostgres(data_dir, port)
     summary = f"embedded, data in {relative(PG_DATA_DIR)}"
     if data_dir != PG_DATA_DIR:
@@ -58,6 +61,20 @@ def admin_database(port: int) -> Iterator[AdminDatabase]:
         if running is None:
             say("stopping embedded Postgres")
             server.stop()
+
+
+def orphan_hint(port: int) -> str:
+    """Explain a Postgres port taken while var/pg has no server: most likely an orphan."""
+    holder = port_holder(port)
+    who = f" by {holder}" if holder else ""
+    pid = holder.pid if holder else "PID"
+    return (
+        f"the embedded Postgres needs 127.0.0.1:{port}, which is taken{who}, while "
+        f"{relative(PG_DATA_DIR)} has no server running. If that is a Postgres whose data "
+        "directory was deleted under it (`rm -rf var`, or an old `make clean` while a stack "
+        f"ran), stop it with `kill -INT {pid}`; else give this stack another "
+        "AP_STACK_BASE_PORT"
+    )
 
 
 def embedded_data_dir() -> Path:

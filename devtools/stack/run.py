@@ -25,7 +25,14 @@ import asyncpg
 from ap_cli.config import default_config_path
 from devtools.embedded_pg import EmbeddedPostgresError
 from devtools.pki import DevPki, issue_dev_pki
-from devtools.processes import NotReadyError, Service, Supervisor, bind_error, wait_http_ok
+from devtools.processes import (
+    NotReadyError,
+    Service,
+    Supervisor,
+    bind_error,
+    port_holder,
+    wait_http_ok,
+)
 from devtools.processes import wait_serving as wait_grpc_serving
 from devtools.stack.console import StackError, say, warn
 from devtools.stack.database import (
@@ -75,10 +82,13 @@ def check_ports_free(settings: StackSettings) -> None:
         wanted.append(("127.0.0.1", settings.ports.devmodel, "the dev model"))
     for host, port, what in wanted:
         if (err := bind_error(host, port)) is not None:
+            holder = port_holder(port)
             raise StackError(
-                f"{what} cannot listen on {host_port(host, port)}: {err.strerror} (is another "
-                f"`make run` running? AP_STACK_BASE_PORT={settings.ports.base + PORTS_PER_STACK} "
-                f"takes the next {PORTS_PER_STACK} ports)"
+                f"{what} cannot listen on {host_port(host, port)}: {err.strerror}"
+                + (f" ({holder})" if holder else "")
+                + ". Is another `make run` running, or one's services left over? "
+                f"AP_STACK_BASE_PORT={settings.ports.base + PORTS_PER_STACK} takes the next "
+                f"{PORTS_PER_STACK} ports"
             )
 
 

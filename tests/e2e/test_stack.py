@@ -213,6 +213,16 @@ async def running_stack(
         await stack.finish_reading()
 
 
+async def clean_guard() -> tuple[int, str]:
+    """Run what `make clean` runs before it deletes anything; return its code and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "devtools.stack", "clean", cwd=REPO, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
 async def run_cli(env: dict[str, str], *args: str, stdin: str = "") -> tuple[int, str]:
     """Run the real `ap` and return its exit code and output."""
     proc = await asyncio.create_subprocess_exec(
@@ -402,6 +412,10 @@ async def test_second_run_on_the_same_database_reuses_workspace_and_stored_key(
     env = stack_env(database, tmp_path)
     async with running_stack(env, process_groups) as second:
         await second.wait_ready()
+        # `make clean` refuses to delete var/ under a live stack.
+        code, err = await clean_guard()
+        assert code == 1, err
+        assert f"a stack of this clone is running (pid {second.proc.pid}" in err
         assert "bootstrap: created" not in second.output
         assert "reusing the API key" in second.output
         assert client_config(tmp_path) == {"endpoint": f"127.0.0.1:{ports(env)[0]}", "api_key": key}
