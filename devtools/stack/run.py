@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 import asyncpg
+from pydantic_settings import BaseSettings
 
 from ap_cli.config import default_config_path
 from devtools.embedded_pg import EmbeddedPostgresError
@@ -51,12 +53,15 @@ from devtools.stack.layout import (
     host_port,
     pki_dir,
     relative,
+    run_dir,
 )
-from devtools.stack.owner import owner_key, write_client_config
-from devtools.stack.rundir import StackLock
-from devtools.stack.settings import SERVICES, Probe, ServiceSpec, StackSettings
+from devtools.stack.owner import owner_key, write_client_config, write_private_file
+from devtools.stack.rundir import WORKER_ENV_NAME, StackLock
+from devtools.stack.settings import SERVICES, Probe, ServiceSpec, StackSettings, service
 from services.migrate import SCHEMAS, migrate_all
+from services.rpc.settings import HostedModelSettings
 from services.vault.keyring import new_keyring_file
+from services.worker.settings import WorkerSettings
 
 READY_PREFIX = "AP stack ready on"
 DEV_MODEL_NAME = "ap-dev-model"
@@ -183,6 +188,7 @@ class Started:
     logs: list[str]
     ports: StackPorts
     port_lines: list[str]
+    worker_env: Path
 
 
 def _base_env() -> dict[str, str]:
@@ -317,6 +323,10 @@ async def start_stack(
         await asyncio.gather(*(launch(spec) for spec in SERVICES if spec.wave == wave))
 
     write_client_config(config_path, settings.endpoint, api_key)
+    worker = service("worker")
+    worker_env = write_worker_env(
+        settings, service_env(env, worker, settings, admin_dsn, internal_token, pki=pki)
+    )
     logs = [child.name for child in children.supervisor.children]
     return Started(
         settings.endpoint,
@@ -326,7 +336,48 @@ async def start_stack(
         logs,
         settings.ports,
         port_table(settings, database),
+        worker_env,
     )
+
+
+def _setting_names(*settings: type[BaseSettings]) -> frozenset[str]:
+    """Return the environment variables settings classes read."""
+    return frozenset(
+        f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+        for cls in settings
+        for field in cls.model_fields
+    )
+
+
+# What a worker reads, but not what each worker picks for itself, nor the model API key: a
+# secret of the user's, which an extra worker inherits from their shell.
+_EXTRA_WORKER_SETTINGS = _setting_names(WorkerSettings, HostedModelSettings) - {
+    "AP_MODEL_API_KEY",
+    "AP_METRICS_PORT",
+    "AP_WORKER_ID",
+}
+
+
+def write_worker_env(settings: StackSettings, worker_env: Mapping[str, str]) -> Path:
+    """Write what an extra worker needs to join this stack, the internal token among it.
+
+    Mode 600, in the stack's run directory, removed when the stack stops (the token and the
+    certificates it names are new on every start). Never printed: the banner names the file.
+    """
+    path = run_dir(settings.ports.base) / WORKER_ENV_NAME
+    chosen = {
+        name: value for name, value in sorted(worker_env.items()) if name in _EXTRA_WORKER_SETTINGS
+    }
+    # Health on a free port of the worker's choosing; its metrics port follows (0: free).
+    chosen["AP_GRPC_PORT"] = "0"
+    lines = [
+        f"# An extra worker for the `make run` stack on {settings.endpoint}, valid while it",
+        "# runs. It holds the internal token: mode 600, never copy it into a log. Use it as",
+        f"#   set -a; . {relative(path)}; set +a; .venv/bin/python -m services.worker",
+        *(f"{name}={shlex.quote(value)}" for name, value in chosen.items()),
+    ]
+    write_private_file(path, "\n".join(lines) + "\n")
+    return path
 
 
 def port_table(settings: StackSettings, database: AdminDatabase) -> list[str]:
@@ -366,6 +417,7 @@ def print_banner(started: Started) -> None:
     say(f"  API key      {started.api_key}")
     say(f"  written to   {started.config_path}  (mode 600; `ap` reads it)")
     say(f"  model        {started.model}")
+    say(f"  workers      add more with {relative(started.worker_env)}  (mode 600; see README)")
     say(f"  logs         {relative(LOG_DIR)}/{{{','.join(started.logs)}}}.log")
     block = started.ports
     say(

@@ -3,6 +3,10 @@
     stack.json     locked (flock) by the running stack for as long as it runs: its pid, its
                    endpoint and its children's process group. `make clean` and the tests
                    read it; a lock nobody holds is a stack that is gone.
+    worker.env     what an extra worker needs to join the stack, the internal token among
+                   it (mode 600; written by `devtools.stack.run`).
+
+The directory goes when the stack stops: the token and certificates die with the run.
 
 Standard library only: `make clean` reads it with whatever Python there is.
 """
@@ -21,6 +25,7 @@ from devtools.stack.console import StackError
 from devtools.stack.layout import RUN_DIR, run_dir
 
 LOCK_NAME = "stack.json"
+WORKER_ENV_NAME = "worker.env"
 
 
 @dataclass(frozen=True)
@@ -69,11 +74,15 @@ class StackLock:
         os.pwrite(self._fd, data, 0)
 
     def release(self) -> None:
-        """Remove the lock file and let go of the lock."""
+        """Remove the stack's run directory and let go of the lock."""
         if self._fd is None:
             return
         with contextlib.suppress(FileNotFoundError):
+            (self.path.parent / WORKER_ENV_NAME).unlink()
+        with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        with contextlib.suppress(OSError):
+            self.path.parent.rmdir()
         os.close(self._fd)
         self._fd = None
 

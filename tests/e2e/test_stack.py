@@ -10,6 +10,7 @@ import random
 import re
 import signal
 import socket
+import stat
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +24,7 @@ from agentplatform.v1 import run_pb2, run_service_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from devtools.processes import free_port, wait_http_ok
 from devtools.stack.layout import PORTS_PER_STACK, StackPorts, pki_dir, run_dir
 from devtools.stack.run import STACK_IDENTITY
 from devtools.stack.rundir import LOCK_NAME
@@ -589,3 +591,64 @@ async def test_ctrl_c_past_the_grace_hands_the_run_back_and_a_watcher_notes_it_o
     state, events = await stored_run(database, run)
     assert (state, events[-1].type, events[-1].attempt) == ("completed", "run.completed", 2)
     assert err.decode().count("[stream interrupted") == 1, err.decode()
+
+
+def readme_more_workers() -> str:
+    """Return the README's commands that attach a worker to a running stack."""
+    section = (REPO / "README.md").read_text().split("## More workers", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.timeout(120)
+async def test_an_extra_worker_attaches_with_the_readme_commands(
+    database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
+) -> None:
+    """worker.env (mode 600, never printed) lets a second worker join and take runs."""
+    # One run at a time per worker: two concurrent runs then need both workers.
+    env = stack_env(database, tmp_path) | {"AP_WORKER_CONCURRENCY": "1"}
+    async with running_stack(env, process_groups) as stack:
+        endpoint = await stack.wait_ready()
+        base = int(env["AP_STACK_BASE_PORT"])
+        worker_env = run_dir(base) / "worker.env"
+        assert f"workers      add more with {worker_env.relative_to(REPO)}" in stack.output
+        assert stat.S_IMODE(worker_env.stat().st_mode) == 0o600
+        settings = dict(
+            line.split("=", 1) for line in worker_env.read_text().splitlines() if "=" in line
+        )
+        token = settings["AP_INTERNAL_TOKEN"].strip("'")
+        assert len(token) > 20 and token not in stack.output
+
+        metrics = free_port()
+        script = readme_more_workers().replace("var/run/50051/", f"var/run/{base}/")
+        extra = await asyncio.create_subprocess_exec(
+            "bash",
+            "-euo",
+            "pipefail",
+            "-c",
+            script,
+            cwd=REPO,
+            env=env | {"AP_METRICS_PORT": str(metrics), "AP_WORKER_ID": "extra"},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            await wait_http_ok(f"http://127.0.0.1:{metrics}/metrics", timeout=30)
+            key = client_config(tmp_path)["api_key"]
+            first = await wait_streaming(endpoint, key, "one [[tokens=30]] [[delay_ms=50]]")
+            second = await wait_streaming(endpoint, key, "two [[tokens=3]]")
+            scraped = await scrape_metrics(metrics)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(extra.pid, signal.SIGTERM)
+            out, _ = await asyncio.wait_for(extra.communicate(), 30)
+        assert extra.returncode == 0, out.decode()
+        # Each worker ran one of the two: the one already busy could not take the second.
+        assert "ap_run_time_to_first_event_seconds_count 1.0" in scraped, scraped
+        assert await stack.stop() == 0, stack.output
+    for run in (first, second):
+        state, _events = await stored_run(database, run)
+        assert state == "completed", run
+    assert not worker_env.exists()
+    assert token not in out.decode()
