@@ -189,6 +189,7 @@ class Started:
     ports: StackPorts
     port_lines: list[str]
     worker_env: Path
+    urls: list[tuple[str, str, str]]
 
 
 def _base_env() -> dict[str, str]:
@@ -214,7 +215,7 @@ def service_env(
     env.update(pki.env(spec.name))
     env.setdefault("AP_LOG_FORMAT", "console")
     env["AP_GRPC_HOST"] = settings.bind_host
-    env["AP_GRPC_PORT"] = str(settings.port(spec))
+    env[spec.port_variable] = str(settings.port(spec))
     env["AP_METRICS_PORT"] = str(settings.metrics_port(spec))
     env["AP_INTERNAL_TOKEN"] = internal_token
     if spec.database:
@@ -309,12 +310,16 @@ async def start_stack(
             port=settings.port(spec),
         )
         try:
-            await wait_grpc_serving(
-                settings.address(spec),
-                timeout=_READY_TIMEOUT_S,
-                tls=probe if spec.probe is Probe.GRPC_MTLS else None,
-                service=child,
-            )
+            if spec.probe is Probe.HTTP:
+                url = f"http://{settings.address(spec)}{spec.ready_path}"
+                await wait_http_ok(url, timeout=_READY_TIMEOUT_S, service=child)
+            else:
+                await wait_grpc_serving(
+                    settings.address(spec),
+                    timeout=_READY_TIMEOUT_S,
+                    tls=probe if spec.probe is Probe.GRPC_MTLS else None,
+                    service=child,
+                )
         except NotReadyError as err:
             raise StackError(f"{err}\n{describe(child)}") from None
 
@@ -337,6 +342,11 @@ async def start_stack(
         settings.ports,
         port_table(settings, database),
         worker_env,
+        [
+            (spec.name, f"http://{settings.address(spec)}/", spec.banner)
+            for spec in SERVICES
+            if spec.banner is not None
+        ],
     )
 
 
@@ -414,6 +424,8 @@ def print_banner(started: Started) -> None:
     say(f"{READY_PREFIX} {started.endpoint}")
     say()
     say(f"  endpoint     {started.endpoint}  (plaintext gRPC)")
+    for name, url, what in started.urls:
+        say(f"  {name:<12} {url}  ({what})")
     say(f"  API key      {started.api_key}")
     say(f"  written to   {started.config_path}  (mode 600; `ap` reads it)")
     say(f"  model        {started.model}")

@@ -30,10 +30,11 @@ from devtools.stack.layout import DEFAULT_BASE_PORT, PORTS_PER_STACK, StackPorts
 
 
 class Probe(enum.Enum):
-    """How the stack tells that a service is ready."""
+    """How the stack tells that a service is ready: its protocol, as the banner shows it."""
 
     GRPC = "plaintext gRPC"
     GRPC_MTLS = "gRPC, mutual TLS"
+    HTTP = "HTTP"
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,11 @@ class ServiceSpec:
     """One service of the stack: ``python -m services.<name>``, its port and its wiring.
 
     `name` also names its log file, its certificate and, when `database` is set, its schema
-    (it connects as that schema's role). `peers` are the services it calls, each handed over
-    as ``AP_<PEER>_ADDRESS``. Services of a later `wave` start once the earlier waves serve,
-    and stop first.
+    (it connects as that schema's role). It listens on the port of `slot`, handed over as
+    `port_variable`, and is ready once `probe` succeeds (gRPC health, or a 200 from
+    `ready_path`). `peers` are the services it calls, each handed over as
+    ``AP_<PEER>_ADDRESS``. Services of a later `wave` start once the earlier waves serve, and
+    stop first. With `banner` set, the banner shows its URL with that description.
     """
 
     name: str
@@ -52,11 +55,16 @@ class ServiceSpec:
     wave: int
     database: bool = False
     peers: tuple[str, ...] = ()
+    port_variable: str = "AP_GRPC_PORT"
+    ready_path: str = ""
+    banner: str | None = None
 
 
-# Slot 4 is kept for the HTTP edge. The worker is in the last wave: its claim loops need the
-# control plane, and stopping it first lets it drain its runs and hand them back while the
-# control plane still answers.
+# Slot 4 is kept for the HTTP edge, which will be one more line, e.g.
+#   ServiceSpec("web", 4, Probe.HTTP, 2, peers=("control_plane",), port_variable="AP_HTTP_PORT",
+#               ready_path="/readyz", banner="HTTP API and dashboard"),
+# The worker is in the last wave: its claim loops need the control plane, and stopping it
+# first lets it drain its runs and hand them back while the control plane still answers.
 SERVICES = (
     ServiceSpec("control_plane", 0, Probe.GRPC, 1, database=True, peers=("vault", "gateway")),
     ServiceSpec("worker", 1, Probe.GRPC, 2, peers=("control_plane", "gateway")),
