@@ -41,7 +41,7 @@ READY = "AP stack ready on"
 BANNER_END = "Press Ctrl-C to stop."
 SERVICES = ("control_plane", "worker", "vault", "gateway")
 
-_READY_TIMEOUT_S = 30.0
+_READY_TIMEOUT_S = 60.0  # a busy shared CI machine starts five processes slowly
 _STOP_TIMEOUT_S = 15.0
 _CLI_TIMEOUT_S = 20.0
 
