@@ -12,17 +12,13 @@ import asyncio
 import contextlib
 import os
 import secrets
-import shlex
 import shutil
 import signal
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import IO
 
 import asyncpg
-from pydantic_settings import BaseSettings
 
 from ap_cli.config import default_config_path
 from devtools.embedded_pg import EmbeddedPostgresError
@@ -36,6 +32,7 @@ from devtools.processes import (
     wait_http_ok,
 )
 from devtools.processes import wait_serving as wait_grpc_serving
+from devtools.stack.banner import NAME_WIDTH, Started, port_table, print_banner
 from devtools.stack.console import StackError, say, warn
 from devtools.stack.database import (
     AdminDatabase,
@@ -48,22 +45,17 @@ from devtools.stack.layout import (
     MASTER_KEY_FILE,
     PORTS_PER_STACK,
     REPO_ROOT,
-    SERVICE_SLOTS,
-    StackPorts,
     host_port,
     pki_dir,
     relative,
-    run_dir,
 )
-from devtools.stack.owner import owner_key, write_client_config, write_private_file
-from devtools.stack.rundir import WORKER_ENV_NAME, StackLock
+from devtools.stack.owner import owner_key, write_client_config
+from devtools.stack.rundir import StackLock
 from devtools.stack.settings import SERVICES, Probe, ServiceSpec, StackSettings, service
+from devtools.stack.workers import write_worker_env
 from services.migrate import SCHEMAS, migrate_all
-from services.rpc.settings import HostedModelSettings
 from services.vault.keyring import new_keyring_file
-from services.worker.settings import WorkerSettings
 
-READY_PREFIX = "AP stack ready on"
 DEV_MODEL_NAME = "ap-dev-model"
 # The supervisor's own certificate, for health-checking the services that require mTLS.
 STACK_IDENTITY = "stack"
@@ -72,7 +64,6 @@ _READY_TIMEOUT_S = 30.0
 _TAIL_LINES = 30
 # After its grace a draining worker hands back what it still holds, within 5 s, then exits.
 _HAND_BACK_S = 10.0
-_NAME_WIDTH = max(len(spec.name) for spec in SERVICES)
 _ROLES = {schema.schema: schema.role for schema in SCHEMAS}
 
 
@@ -165,31 +156,13 @@ def _stop_timeout(env: Mapping[str, str]) -> float:
 def _tee(name: str, log: IO[str]) -> Callable[[str], None]:
     def copy(line: str) -> None:
         log.write(line + "\n")
-        print(f"{name:<{_NAME_WIDTH}} | {line}", flush=True)
+        print(f"{name:<{NAME_WIDTH}} | {line}", flush=True)
 
     return copy
 
 
 def _report_kill(child: Service) -> None:
     warn(f"{child.name} did not stop within {child.stop_timeout:g}s; killing it")
-
-
-# -- run -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Started:
-    """What the banner shows once everything is up."""
-
-    endpoint: str
-    api_key: str
-    config_path: Path
-    model: str
-    logs: list[str]
-    ports: StackPorts
-    port_lines: list[str]
-    worker_env: Path
-    urls: list[tuple[str, str, str]]
 
 
 def _base_env() -> dict[str, str]:
@@ -348,104 +321,6 @@ async def start_stack(
             if spec.banner is not None
         ],
     )
-
-
-def _setting_names(*settings: type[BaseSettings]) -> frozenset[str]:
-    """Return the environment variables settings classes read."""
-    return frozenset(
-        f"{cls.model_config.get('env_prefix', '')}{field}".upper()
-        for cls in settings
-        for field in cls.model_fields
-    )
-
-
-# What a worker reads, but not what each worker picks for itself, nor the model API key: a
-# secret of the user's, which an extra worker inherits from their shell.
-_EXTRA_WORKER_SETTINGS = _setting_names(WorkerSettings, HostedModelSettings) - {
-    "AP_MODEL_API_KEY",
-    "AP_METRICS_PORT",
-    "AP_WORKER_ID",
-}
-
-
-def write_worker_env(settings: StackSettings, worker_env: Mapping[str, str]) -> Path:
-    """Write what an extra worker needs to join this stack, the internal token among it.
-
-    Mode 600, in the stack's run directory, removed when the stack stops (the token and the
-    certificates it names are new on every start). Never printed: the banner names the file.
-    """
-    path = run_dir(settings.ports.base) / WORKER_ENV_NAME
-    chosen = {
-        name: value for name, value in sorted(worker_env.items()) if name in _EXTRA_WORKER_SETTINGS
-    }
-    # Health on a free port of the worker's choosing; its metrics port follows (0: free).
-    chosen["AP_GRPC_PORT"] = "0"
-    lines = [
-        f"# An extra worker for the `make run` stack on {settings.endpoint}, valid while it",
-        "# runs. It holds the internal token: mode 600, never copy it into a log. Use it as",
-        f"#   set -a; . {relative(path)}; set +a; .venv/bin/python -m services.worker",
-        *(f"{name}={shlex.quote(value)}" for name, value in chosen.items()),
-    ]
-    write_private_file(path, "\n".join(lines) + "\n")
-    return path
-
-
-def port_table(settings: StackSettings, database: AdminDatabase) -> list[str]:
-    """Describe every port of the stack's block, one line each, in port order."""
-    ports = settings.ports
-    host = settings.connect_host
-    by_slot = {spec.slot: spec for spec in SERVICES}
-    lines = []
-    for slot in range(SERVICE_SLOTS):
-        port = ports.service(slot)
-        if (spec := by_slot.get(slot)) is None:
-            lines.append(
-                f"{port}  (kept free for the HTTP edge, with its metrics on {ports.metrics(slot)})"
-            )
-            continue
-        metrics = f"http://{host_port(host, ports.metrics(slot))}/metrics"
-        lines.append(f"{port}  {spec.name:<{_NAME_WIDTH}}  {spec.probe.value:<16}  {metrics}")
-    if settings.model_base_url is None:
-        lines.append(
-            f"{ports.devmodel}  {'devmodel':<{_NAME_WIDTH}}  http://127.0.0.1:{ports.devmodel}/v1"
-        )
-    else:
-        lines.append(f"{ports.devmodel}  (unused: the model is {settings.model_base_url})")
-    if database.embedded_port == ports.postgres:
-        lines.append(f"{ports.postgres}  {'postgres':<{_NAME_WIDTH}}  {database.summary}")
-    else:
-        lines.append(f"{ports.postgres}  (unused: Postgres is {database.summary})")
-    return lines
-
-
-def print_banner(started: Started) -> None:
-    """Print where the stack listens, the key, and what to try next."""
-    say()
-    say(f"{READY_PREFIX} {started.endpoint}")
-    say()
-    say(f"  endpoint     {started.endpoint}  (plaintext gRPC)")
-    for name, url, what in started.urls:
-        say(f"  {name:<12} {url}  ({what})")
-    say(f"  API key      {started.api_key}")
-    say(f"  written to   {started.config_path}  (mode 600; `ap` reads it)")
-    say(f"  model        {started.model}")
-    say(f"  workers      add more with {relative(started.worker_env)}  (mode 600; see README)")
-    say(f"  logs         {relative(LOG_DIR)}/{{{','.join(started.logs)}}}.log")
-    block = started.ports
-    say(
-        f"  ports        {block.base}-{block.base + PORTS_PER_STACK - 1}  (AP_STACK_BASE_PORT; "
-        f"a second stack fits from {block.base + PORTS_PER_STACK})"
-    )
-    for line in started.port_lines:
-        say(f"               {line}")
-    say()
-    say("Next steps:")
-    say("  .venv/bin/ap chat                       # chat in a new session")
-    say("  printf 'hello\\n' | .venv/bin/ap chat    # one line, non-interactive")
-    say("  .venv/bin/ap sessions list")
-    say(f"  grpcurl -plaintext {started.endpoint} list")
-    say()
-    say("Press Ctrl-C to stop.")
 
 
 async def serve(database: AdminDatabase, settings: StackSettings, lock: StackLock) -> int:
