@@ -252,10 +252,9 @@ def readme_walkthrough() -> str:
     return section.split("```sh\n", 1)[1].split("```", 1)[0]
 
 
-async def run_readme_walkthrough(env: dict[str, str], endpoint: str) -> tuple[int, str]:
-    """Run the README's grpcurl commands as written, pointed at this stack's port."""
-    script = readme_walkthrough().replace("127.0.0.1:50051", endpoint)
-    proc = await asyncio.create_subprocess_exec(
+async def start_script(script: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """Start a README shell block at the repository root, in a process group of its own."""
+    return await asyncio.create_subprocess_exec(
         "bash",
         "-euo",
         "pipefail",
@@ -263,9 +262,17 @@ async def run_readme_walkthrough(env: dict[str, str], endpoint: str) -> tuple[in
         script,
         cwd=REPO,
         env=env,
+        stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
     )
+
+
+async def run_readme_walkthrough(env: dict[str, str], endpoint: str) -> tuple[int, str]:
+    """Run the README's grpcurl commands as written, pointed at this stack's port."""
+    script = readme_walkthrough().replace("127.0.0.1:50051", endpoint)
+    proc = await start_script(script, env)
     out, _ = await asyncio.wait_for(proc.communicate(), _CLI_TIMEOUT_S)
     return proc.returncode or 0, out.decode()
 
@@ -620,18 +627,8 @@ async def test_an_extra_worker_attaches_with_the_readme_commands(
 
         metrics = free_port()
         script = readme_more_workers().replace("var/run/50051/", f"var/run/{base}/")
-        extra = await asyncio.create_subprocess_exec(
-            "bash",
-            "-euo",
-            "pipefail",
-            "-c",
-            script,
-            cwd=REPO,
-            env=env | {"AP_METRICS_PORT": str(metrics), "AP_WORKER_ID": "extra"},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
+        extra = await start_script(
+            script, env | {"AP_METRICS_PORT": str(metrics), "AP_WORKER_ID": "extra"}
         )
         try:
             await wait_http_ok(f"http://127.0.0.1:{metrics}/metrics", timeout=30)
