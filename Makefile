@@ -90,6 +90,7 @@ fmt: venv ## Format the code with ruff
 bench: protos ## Run the round-trip benchmark against a running stack (make run)
 	$(BIN)/python bench/run_roundtrip.py
 
-clean: ## Remove the virtualenv, generated code and local data
+clean: ## Remove the virtualenv, generated code and local data (refused while `make run` runs)
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m devtools.stack clean
 	rm -rf $(VENV) $(SDK_SRC)/agentplatform/{v1,dispatch,vault,gateway} $(SDK_SRC)/.generated var \
 		sdk/python/build dist

@@ -110,11 +110,9 @@ class ChatTurns:
             self.unfinished = None
         renderer = EventRenderer(ctx.out, color=ctx.color)
 
-        def on_reconnect(failure: APError | None, last_sequence: int) -> None:
-            renderer.finish()
-            ctx.reconnect_notice(failure, last_sequence)
-
-        stream = ctx.client.stream_run_events(run.name, on_reconnect=on_reconnect)
+        stream = ctx.client.stream_run_events(
+            run.name, on_reconnect=ctx.reconnect_notices(renderer.finish)
+        )
         try:
             for event in stream:
                 renderer.render(event)

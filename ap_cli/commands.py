@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 
-from agentplatform import APError, RunEventStream
+from agentplatform import RunEventStream
 from agentplatform.v1 import run_pb2, session_pb2
 
 from ap_cli.context import Context
@@ -210,13 +210,10 @@ def runs_watch(ctx: Context, args: argparse.Namespace) -> int:
     """Stream a run's events until its terminal one; exit 0 only if it completed."""
     renderer = None if ctx.json else EventRenderer(ctx.out, color=ctx.color, verbose=True)
 
-    def on_reconnect(failure: APError | None, last_sequence: int) -> None:
-        if renderer is not None:
-            renderer.finish()
-        ctx.reconnect_notice(failure, last_sequence)
-
     stream = ctx.client.stream_run_events(
-        args.run, after_sequence=args.after, on_reconnect=on_reconnect
+        args.run,
+        after_sequence=args.after,
+        on_reconnect=ctx.reconnect_notices(renderer.finish if renderer else None),
     )
     follow(ctx, stream, renderer)
     if stream.terminal is not None:

@@ -7,11 +7,11 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
-from agentplatform import APError, Client
+from agentplatform import APError, Client, ReconnectHook
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -102,10 +102,26 @@ class Context:
         """Write an object whose values are messages, lists of them, or JSON values."""
         self.say(json.dumps({key: _jsonable(value) for key, value in fields.items()}))
 
-    def reconnect_notice(self, failure: APError | None, last_sequence: int) -> None:
-        """Tell the user the event stream broke and is being resumed."""
-        why = f" ({failure.reason}: {failure.message})" if failure else ""
-        self.note(f"[stream interrupted{why}; resuming after event {last_sequence}]")
+    def reconnect_notices(self, before: Callable[[], None] | None = None) -> ReconnectHook:
+        """Return a stream's reconnect hook that says once per interruption that it resumes.
+
+        The stream retries with backoff for as long as the server is away (a restart takes
+        a dozen attempts); another line is worth printing only after events came through
+        again. `before` runs first, e.g. to end a half-printed line.
+        """
+        noticed_after: int | None = None
+
+        def notice(failure: APError | None, last_sequence: int) -> None:
+            nonlocal noticed_after
+            if last_sequence == noticed_after:
+                return
+            noticed_after = last_sequence
+            if before is not None:
+                before()
+            why = f" ({failure.reason}: {failure.message})" if failure else ""
+            self.note(f"[stream interrupted{why}; resuming after event {last_sequence}]")
+
+        return notice
 
 
 def _jsonable(value: object) -> object:

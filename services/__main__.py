@@ -4,6 +4,7 @@ The container image's entry point, so one image serves every role:
 
     control_plane | worker | vault | gateway | web   serve until SIGTERM
     migrate                                          apply every schema's migrations, then exit
+    bootstrap [--api-key-env NAME] [...]             create the first workspace and owner, then exit
     healthcheck HOST:PORT                            exit 0 when that server reports SERVING
 """
 
@@ -21,6 +22,7 @@ COMMANDS = {
     "gateway": "services.gateway.__main__",
     "web": "services.web.__main__",
     "migrate": "services.migrate",
+    "bootstrap": "services.control_plane.bootstrap",
     "healthcheck": "services.rpc.healthcheck",
 }
 

@@ -70,6 +70,19 @@ def pg_admin_dsn() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+@pytest.fixture
+def pg_data_dir() -> Iterator[Path]:
+    """Give a test a directory for an embedded Postgres cluster, removed afterwards.
+
+    Not under tmp_path: pytest keeps that private (0700), and under root the server runs as
+    ap_postgres, which must be able to enter every directory above its data.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="ap-test-pg-"))
+    scratch.chmod(0o755)  # an empty directory of our own; the cluster inside stays 0700
+    yield scratch / "pg"
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
 def _with_database(dsn: str, database: str) -> str:
     base, _, _ = dsn.rpartition("/")
     return f"{base}/{database}"

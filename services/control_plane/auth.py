@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import uuid
 from collections.abc import Mapping
@@ -59,6 +60,26 @@ def new_api_key() -> NewApiKey:
         prefix=prefix,
         secret_sha256=hashlib.sha256(secret.encode()).digest(),
     )
+
+
+def given_api_key(key: str) -> NewApiKey | None:
+    """Accept a key made outside the platform if it has the shape and strength of ours.
+
+    A deployment's bootstrap step takes the first owner key from a secret the operator
+    made (so it is never printed); anything weaker than `new_api_key` is refused (None).
+    """
+    parts = _split_key(key)
+    if parts is None:
+        return None
+    prefix, secret = parts
+    if not _HEX_PREFIX.fullmatch(prefix) or not _STRONG_SECRET.fullmatch(secret):
+        return None
+    return NewApiKey(key, prefix, hashlib.sha256(secret.encode()).digest())
+
+
+# new_api_key's shapes: token_hex(6), and token_urlsafe(32) or longer (256 bits or more).
+_HEX_PREFIX = re.compile(r"[0-9a-f]{12}")
+_STRONG_SECRET = re.compile(r"[A-Za-z0-9_-]{43,}")
 
 
 def _split_key(key: str) -> tuple[str, str] | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from services.control_plane import store
-from services.control_plane.auth import new_api_key
+from services.control_plane.auth import NewApiKey, given_api_key, new_api_key
 from services.rpc.names import user_name, workspace_name
 
 # Distinct from 1, which an uncaught error (an unreachable database) exits with.
@@ -34,9 +34,10 @@ async def create_workspace(
     workspace_display_name: str,
     owner_display_name: str,
     role: str = "owner",
+    key: NewApiKey | None = None,
 ) -> Bootstrapped:
-    """Create a workspace with one user of the given role and an API key for them."""
-    key = new_api_key()
+    """Create a workspace with one user of the given role and an API key (`key`, or new)."""
+    key = key or new_api_key()
     workspace_id, user_id = await store.workspace_create(
         conn,
         workspace_display_name=workspace_display_name,
@@ -50,9 +51,13 @@ async def create_workspace(
 
 
 async def bootstrap(
-    dsn: str, *, workspace_display_name: str, owner_display_name: str
+    dsn: str,
+    *,
+    workspace_display_name: str,
+    owner_display_name: str,
+    key: NewApiKey | None = None,
 ) -> Bootstrapped | None:
-    """Create the first workspace and owner; return None when one exists already."""
+    """Create the first workspace and owner (with `key`, or a new one); None if one exists."""
     conn = await asyncpg.connect(dsn)
     try:
         async with conn.transaction():
@@ -63,6 +68,7 @@ async def bootstrap(
                 conn,
                 workspace_display_name=workspace_display_name,
                 owner_display_name=owner_display_name,
+                key=key,
             )
     finally:
         await conn.close()
@@ -89,23 +95,58 @@ async def issue_owner_key(dsn: str, *, key_name: str = "dev") -> Bootstrapped | 
         await conn.close()
 
 
-def main() -> None:
-    """Run the bootstrap against AP_DATABASE_URL and print the result as JSON."""
+def build_parser() -> argparse.ArgumentParser:
+    """Return the command line of `ap-service bootstrap`."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workspace", default="Default workspace")
     parser.add_argument("--display-name", default="Owner")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help="take the owner's key from this environment variable instead of making one, "
+        "and print no key (for deployments' one-shot jobs; only its hash is stored)",
+    )
+    parser.add_argument(
+        "--exists-ok",
+        action="store_true",
+        help="exit 0, not 3, when a workspace exists already (a job that runs on every deploy)",
+    )
+    return parser
+
+
+def main() -> None:
+    """Run the bootstrap against AP_DATABASE_URL and print the result as JSON."""
+    args = build_parser().parse_args()
     dsn = os.environ.get("AP_DATABASE_URL")
     if not dsn:
         print("AP_DATABASE_URL must be set (the control plane's database URL)", file=sys.stderr)
         raise SystemExit(2)
+    key = None
+    if args.api_key_env:
+        key = given_api_key(os.environ.get(args.api_key_env, ""))
+        if key is None:
+            print(
+                f"{args.api_key_env} must hold an API key of the form ap_<12 hex digits>_<43 or "
+                "more URL-safe characters>; make one with: python3 -c 'import secrets; "
+                'print(f"ap_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}")\'',
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
     done = asyncio.run(
-        bootstrap(dsn, workspace_display_name=args.workspace, owner_display_name=args.display_name)
+        bootstrap(
+            dsn,
+            workspace_display_name=args.workspace,
+            owner_display_name=args.display_name,
+            key=key,
+        )
     )
     if done is None:
         print("already bootstrapped: a workspace exists", file=sys.stderr)
-        raise SystemExit(EXIT_ALREADY_BOOTSTRAPPED)
-    print(json.dumps({"workspace": done.workspace, "user": done.user, "api_key": done.api_key}))
+        raise SystemExit(0 if args.exists_ok else EXIT_ALREADY_BOOTSTRAPPED)
+    made = {"workspace": done.workspace, "user": done.user}
+    if key is None:
+        made["api_key"] = done.api_key
+    print(json.dumps(made))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,11 @@ Factory = Callable[..., EmbeddedPostgres]
 
 
 @pytest.fixture
-def make_pg() -> Iterator[Factory]:
-    """Build EmbeddedPostgres instances that are always stopped after the test."""
+def make_pg(pg_data_dir: Path) -> Iterator[Factory]:
+    """Build EmbeddedPostgres instances that are always stopped after the test.
+
+    It takes `pg_data_dir` so that the directory is removed only after the servers stop.
+    """
     servers: list[EmbeddedPostgres] = []
 
     def make(data_dir: Path, port: int | None = None) -> EmbeddedPostgres:
@@ -39,9 +42,9 @@ async def _fetch(dsn: str, query: str) -> object:
         await connection.close()
 
 
-async def test_start_accepts_tcp_connections(make_pg: Factory, tmp_path: Path) -> None:
+async def test_start_accepts_tcp_connections(make_pg: Factory, pg_data_dir: Path) -> None:
     """start() returns a TCP admin DSN that asyncpg can query, with the configured settings."""
-    server = make_pg(tmp_path / "pg")
+    server = make_pg(pg_data_dir)
     dsn = server.start()
     assert dsn == f"postgresql://postgres@127.0.0.1:{server.port}/postgres"
     assert await _fetch(dsn, "SELECT 1") == 1
@@ -50,9 +53,9 @@ async def test_start_accepts_tcp_connections(make_pg: Factory, tmp_path: Path) -
     assert await _fetch(dsn, "SHOW fsync") == "off"
 
 
-async def test_restart_keeps_the_port_and_the_data(make_pg: Factory, tmp_path: Path) -> None:
+async def test_restart_keeps_the_port_and_the_data(make_pg: Factory, pg_data_dir: Path) -> None:
     """restart() brings the server back on the same port with the tables created before."""
-    server = make_pg(tmp_path / "pg")
+    server = make_pg(pg_data_dir)
     dsn = server.start()
     await _fetch(dsn, "CREATE TABLE survivor AS SELECT 42 AS id")
     port = server.port
@@ -62,9 +65,9 @@ async def test_restart_keeps_the_port_and_the_data(make_pg: Factory, tmp_path: P
     assert await _fetch(dsn, "SELECT id FROM survivor") == 42
 
 
-async def test_stop_is_idempotent(make_pg: Factory, tmp_path: Path) -> None:
+async def test_stop_is_idempotent(make_pg: Factory, pg_data_dir: Path) -> None:
     """stop() may be called before start and repeatedly; afterwards nothing listens."""
-    server = make_pg(tmp_path / "pg")
+    server = make_pg(pg_data_dir)
     server.stop()
     dsn = server.start()
     server.stop()
@@ -73,31 +76,31 @@ async def test_stop_is_idempotent(make_pg: Factory, tmp_path: Path) -> None:
         await _fetch(dsn, "SELECT 1")
 
 
-async def test_start_reuses_a_running_server(make_pg: Factory, tmp_path: Path) -> None:
+async def test_start_reuses_a_running_server(make_pg: Factory, pg_data_dir: Path) -> None:
     """A second launcher on a data dir whose server is running adopts it and its port."""
-    first = make_pg(tmp_path / "pg")
+    first = make_pg(pg_data_dir)
     dsn = first.start()
-    second = make_pg(tmp_path / "pg")
+    second = make_pg(pg_data_dir)
     assert second.start() == dsn
     assert await _fetch(second.dsn, "SELECT 1") == 1
 
 
-async def test_long_data_dir_path_still_starts(make_pg: Factory, tmp_path: Path) -> None:
+async def test_long_data_dir_path_still_starts(make_pg: Factory, pg_data_dir: Path) -> None:
     """A data dir too long for a unix socket path gets its socket elsewhere and still starts."""
-    data_dir = tmp_path / ("d" * 60) / ("e" * 60) / "pg"
+    data_dir = pg_data_dir / ("d" * 60) / ("e" * 60) / "pg"
     server = make_pg(data_dir)
     dsn = server.start()
     assert await _fetch(dsn, "SELECT 1") == 1
     assert not list(data_dir.glob(".s.PGSQL.*"))
 
 
-def test_failed_start_reports_the_server_log(make_pg: Factory, tmp_path: Path) -> None:
+def test_failed_start_reports_the_server_log(make_pg: Factory, pg_data_dir: Path) -> None:
     """Starting on a port already in use raises an error carrying the server log tail."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        server = make_pg(tmp_path / "pg", port)
+        server = make_pg(pg_data_dir, port)
         with pytest.raises(EmbeddedPostgresError, match="server log tail") as failure:
             server.start()
     assert "Address already in use" in str(failure.value)

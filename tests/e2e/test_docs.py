@@ -89,8 +89,8 @@ async def stack_environment(
     """Run a `make run` stack for the module; yield the environment a reader's shell has."""
     database = await clone_database(pg_admin_dsn, template_dsn)
     env = stack_env(database, tmp_path_factory.mktemp("config"))
-    groups: list[int] = []
-    async with running_stack(env, groups) as stack:
+    stacks: list[tuple[int, int]] = []
+    async with running_stack(env, stacks) as stack:
         await stack.wait_ready()
         reader = {k: v for k, v in env.items() if not k.startswith("AP_")}
         reader["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"

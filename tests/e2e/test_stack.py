@@ -7,9 +7,12 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import socket
+import stat
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,21 +20,28 @@ import asyncpg
 import grpc
 import httpx
 import pytest
+from agentplatform.v1 import run_pb2, run_service_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from devtools.stack import MTLS_SERVICES, STACK_IDENTITY, pki_dir
+from devtools.processes import free_port, wait_http_ok
+from devtools.stack.layout import PORTS_PER_STACK, StackPorts, pki_dir, run_dir
+from devtools.stack.run import STACK_IDENTITY
+from devtools.stack.rundir import LOCK_NAME
+from devtools.stack.settings import Probe, service
 from services.control_plane.bootstrap import bootstrap
 from services.rpc.db import role_dsn
-from services.rpc.settings import METRICS_PORT_OFFSET
 from services.rpc.tls import ServiceTls
+from tests.harness import Client
+from tests.integration.helpers import new_run, new_session
 
 REPO = Path(__file__).resolve().parents[2]
 AP = Path(sys.executable).with_name("ap")
 READY = "AP stack ready on"
+BANNER_END = "Press Ctrl-C to stop."
 SERVICES = ("control_plane", "worker", "vault", "gateway")
 
-_READY_TIMEOUT_S = 30.0
+_READY_TIMEOUT_S = 60.0  # a busy shared CI machine starts five processes slowly
 _STOP_TIMEOUT_S = 15.0
 _CLI_TIMEOUT_S = 20.0
 
@@ -47,36 +57,36 @@ def _port_free(port: int) -> bool:
 
 
 def free_base_port() -> int:
-    """Pick 5 free consecutive ports (four services, the dev model) and the metrics ports."""
+    """Pick a base port whose whole block of stack ports is free."""
     rng = random.SystemRandom()
     for _ in range(200):
         # Below Linux's ephemeral range, so outgoing connections do not take them meanwhile.
-        base = rng.randrange(20000, 32000 - METRICS_PORT_OFFSET)
-        wanted = [base + offset for offset in range(5)]
-        wanted += [port + METRICS_PORT_OFFSET for port in wanted[: len(SERVICES)]]
-        if all(_port_free(port) for port in wanted):
+        base = rng.randrange(20000, 32000 - PORTS_PER_STACK)
+        if all(_port_free(port) for port in StackPorts(base).all()):
             return base
-    raise RuntimeError("no 5 free consecutive ports (and their metrics ports) found")
+    raise RuntimeError(f"no {PORTS_PER_STACK} free consecutive ports found")
 
 
 def stack_env(admin_dsn: str, config_home: Path) -> dict[str, str]:
     """Return the environment of a stack (and of `ap`) isolated from the developer's own."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("AP_")}
-    base = free_base_port()
     env.update(
         AP_DATABASE_URL=admin_dsn,
-        AP_STACK_BASE_PORT=str(base),
-        AP_DEVMODEL_PORT=str(base + 4),
+        AP_STACK_BASE_PORT=str(free_base_port()),
         AP_OWNER_NAME="E2E owner",
         XDG_CONFIG_HOME=str(config_home),
     )
     return env
 
 
+def stack_ports(env: dict[str, str]) -> StackPorts:
+    """Return the port block of a stack environment."""
+    return StackPorts(int(env["AP_STACK_BASE_PORT"]))
+
+
 def ports(env: dict[str, str]) -> list[int]:
-    """Return the four service ports of a stack environment."""
-    base = int(env["AP_STACK_BASE_PORT"])
-    return [base + offset for offset in range(len(SERVICES))]
+    """Return the service ports of a stack environment, in SERVICES order."""
+    return [stack_ports(env).service(service(name).slot) for name in SERVICES]
 
 
 def client_config(config_home: Path) -> dict[str, str]:
@@ -109,11 +119,14 @@ class StackProcess:
         return line
 
     async def wait_ready(self) -> str:
-        """Read output until the ready line and return the endpoint it names."""
+        """Read output to the end of the ready banner; return the endpoint it names."""
+        endpoint = None
         try:
             async with asyncio.timeout(_READY_TIMEOUT_S):
                 while (line := await self._readline()) is not None:
                     if line.startswith(READY):
+                        endpoint = line.removeprefix(READY).strip()
+                    if endpoint is not None and line == BANNER_END:
                         break
                 else:
                     raise AssertionError(f"the stack exited before it was ready:\n{self.output}")
@@ -121,7 +134,7 @@ class StackProcess:
             raise AssertionError(f"the stack was not ready in time:\n{self.output}") from None
         # Keep draining, or a full pipe would block the stack's logging.
         self._rest = asyncio.create_task(self._read_rest())
-        return line.removeprefix(READY).strip()
+        return endpoint
 
     async def _read_rest(self) -> None:
         while await self._readline() is not None:
@@ -144,20 +157,40 @@ class StackProcess:
         await asyncio.wait_for(self._rest, 5)
 
 
+def children_group(pid: int, base_port: int) -> int | None:
+    """Return the process group the stack `pid` recorded for its children, if it did."""
+    try:
+        data = json.loads((run_dir(base_port) / LOCK_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    group = data.get("process_group")
+    # A file left by an earlier stack on this port names a group that may be reused now.
+    return int(group) if group and data.get("pid") == pid else None
+
+
+def kill_stack(pid: int, base_port: int) -> None:
+    """SIGKILL a stack's process group and its children's."""
+    for group in (children_group(pid, base_port), pid):
+        if group is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+
+
 @pytest.fixture
-def process_groups() -> Iterator[list[int]]:
-    """Collect the process groups of the stacks a test starts; kill them all afterwards."""
-    groups: list[int] = []
-    yield groups
+def process_groups() -> Iterator[list[tuple[int, int]]]:
+    """Collect the stacks (pid, base port) a test starts; kill them all afterwards."""
+    stacks: list[tuple[int, int]] = []
+    yield stacks
     # Runs even when pytest-timeout interrupts the test before its own clean-up.
-    for group in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(group, signal.SIGKILL)
+    for pid, base_port in stacks:
+        kill_stack(pid, base_port)
 
 
 @contextlib.asynccontextmanager
-async def running_stack(env: dict[str, str], groups: list[int]) -> AsyncIterator[StackProcess]:
-    """Start a stack in its own process group; kill the whole group on the way out."""
+async def running_stack(
+    env: dict[str, str], stacks: list[tuple[int, int]]
+) -> AsyncIterator[StackProcess]:
+    """Start a stack in a session of its own; kill it and its children on the way out."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -171,16 +204,25 @@ async def running_stack(env: dict[str, str], groups: list[int]) -> AsyncIterator
         start_new_session=True,
         limit=1024 * 1024,
     )
-    groups.append(proc.pid)
+    base_port = int(env["AP_STACK_BASE_PORT"])
+    stacks.append((proc.pid, base_port))
     stack = StackProcess(proc)
     try:
         yield stack
     finally:
-        # The services share the stack's group, so this also ends any it left behind.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_stack(proc.pid, base_port)
         await proc.wait()
         await stack.finish_reading()
+
+
+async def clean_guard() -> tuple[int, str]:
+    """Run what `make clean` runs before it deletes anything; return its code and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "devtools.stack", "clean", cwd=REPO, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
 
 
 async def run_cli(env: dict[str, str], *args: str, stdin: str = "") -> tuple[int, str]:
@@ -210,10 +252,9 @@ def readme_walkthrough() -> str:
     return section.split("```sh\n", 1)[1].split("```", 1)[0]
 
 
-async def run_readme_walkthrough(env: dict[str, str], endpoint: str) -> tuple[int, str]:
-    """Run the README's grpcurl commands as written, pointed at this stack's port."""
-    script = readme_walkthrough().replace("127.0.0.1:50051", endpoint)
-    proc = await asyncio.create_subprocess_exec(
+async def start_script(script: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """Start a README shell block at the repository root, in a process group of its own."""
+    return await asyncio.create_subprocess_exec(
         "bash",
         "-euo",
         "pipefail",
@@ -221,17 +262,25 @@ async def run_readme_walkthrough(env: dict[str, str], endpoint: str) -> tuple[in
         script,
         cwd=REPO,
         env=env,
+        stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
     )
+
+
+async def run_readme_walkthrough(env: dict[str, str], endpoint: str) -> tuple[int, str]:
+    """Run the README's grpcurl commands as written, pointed at this stack's port."""
+    script = readme_walkthrough().replace("127.0.0.1:50051", endpoint)
+    proc = await start_script(script, env)
     out, _ = await asyncio.wait_for(proc.communicate(), _CLI_TIMEOUT_S)
     return proc.returncode or 0, out.decode()
 
 
 async def scrape_metrics(port: int) -> str:
-    """Return the Prometheus text a service serves on its metrics port."""
+    """Return the Prometheus text served on a metrics port."""
     async with httpx.AsyncClient(trust_env=False, timeout=5) as http:
-        reply = await http.get(f"http://127.0.0.1:{port + METRICS_PORT_OFFSET}/metrics")
+        reply = await http.get(f"http://127.0.0.1:{port}/metrics")
     reply.raise_for_status()
     return reply.text
 
@@ -288,7 +337,7 @@ async def count_workspaces(admin_dsn: str) -> int:
 
 @pytest.mark.timeout(90)
 async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
-    database: str, tmp_path: Path, process_groups: list[int]
+    database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
 ) -> None:
     """`stack run` serves `ap chat`, health and reflection, and exits 0 on SIGTERM."""
     env = stack_env(database, tmp_path)
@@ -296,6 +345,10 @@ async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
         endpoint = await stack.wait_ready()
         assert endpoint == f"127.0.0.1:{env['AP_STACK_BASE_PORT']}"
         assert "NOT a real LLM" in stack.output
+        # Every port of the block is printed, and nothing outside it is used.
+        banner = stack.output.split(READY, 1)[1]
+        for port in stack_ports(env).all():
+            assert re.search(rf"(?<![\w-]){port}(?![\w-])", banner), f"{port} not in:\n{banner}"
         config = client_config(tmp_path)
         assert config["endpoint"] == endpoint
         assert config["api_key"] in stack.output
@@ -327,13 +380,16 @@ async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
         assert code == 0, out
 
         for name, port in zip(SERVICES, ports(env), strict=True):
-            pki = pki_dir(int(env["AP_STACK_BASE_PORT"])) if name in MTLS_SERVICES else None
+            mtls = service(name).probe is Probe.GRPC_MTLS
+            pki = pki_dir(int(env["AP_STACK_BASE_PORT"])) if mtls else None
             status = await health_status(port, pki=pki)
             assert status == health_pb2.HealthCheckResponse.SERVING
         assert "agentplatform.v1.RunService" in await reflected_services(ports(env)[0])
 
         # Two runs completed (chat and the walk-through); every service serves its metrics.
-        scraped = dict(zip(SERVICES, [await scrape_metrics(p) for p in ports(env)], strict=True))
+        block = stack_ports(env)
+        metrics_ports = [block.metrics(service(name).slot) for name in SERVICES]
+        scraped = dict(zip(SERVICES, [await scrape_metrics(p) for p in metrics_ports], strict=True))
         for text in scraped.values():
             assert "# TYPE ap_grpc_requests_total counter" in text
             assert "process_resident_memory_bytes" in text
@@ -352,7 +408,7 @@ async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
 
 @pytest.mark.timeout(90)
 async def test_second_run_on_the_same_database_reuses_workspace_and_stored_key(
-    database: str, tmp_path: Path, process_groups: list[int]
+    database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
 ) -> None:
     """A second run on the same database skips the bootstrap and the stored key still works."""
     env = stack_env(database, tmp_path)
@@ -365,6 +421,10 @@ async def test_second_run_on_the_same_database_reuses_workspace_and_stored_key(
     env = stack_env(database, tmp_path)
     async with running_stack(env, process_groups) as second:
         await second.wait_ready()
+        # `make clean` refuses to delete var/ under a live stack.
+        code, err = await clean_guard()
+        assert code == 1, err
+        assert f"a stack of this clone is running (pid {second.proc.pid}" in err
         assert "bootstrap: created" not in second.output
         assert "reusing the API key" in second.output
         assert client_config(tmp_path) == {"endpoint": f"127.0.0.1:{ports(env)[0]}", "api_key": key}
@@ -376,7 +436,7 @@ async def test_second_run_on_the_same_database_reuses_workspace_and_stored_key(
 
 @pytest.mark.timeout(60)
 async def test_a_service_dying_stops_the_stack_with_exit_code_1(
-    database: str, tmp_path: Path, process_groups: list[int]
+    database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
 ) -> None:
     """When a service dies while the stack runs, the stack reports it, stops all, exits 1."""
     env = stack_env(database, tmp_path)
@@ -402,7 +462,7 @@ async def test_a_service_dying_stops_the_stack_with_exit_code_1(
 
 @pytest.mark.timeout(60)
 async def test_run_without_a_stored_key_issues_a_new_owner_key(
-    database: str, tmp_path: Path, process_groups: list[int]
+    database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
 ) -> None:
     """With a workspace but no client config, a run issues a fresh owner key that works."""
     made = await bootstrap(
@@ -421,3 +481,171 @@ async def test_run_without_a_stored_key_issues_a_new_owner_key(
         assert code == 0, out
         assert await stack.stop() == 0, stack.output
     assert await count_workspaces(database) == 1
+
+
+async def stored_run(admin_dsn: str, run: str) -> tuple[str, list[run_pb2.RunEvent]]:
+    """Return a run's stored state and events, read straight from the database."""
+    run_id = uuid.UUID(run.rsplit("/", 1)[1])
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        state: str = await conn.fetchval(
+            "SELECT state FROM control_plane.runs WHERE id = $1", run_id
+        )
+        rows = await conn.fetch(
+            "SELECT body, attempt FROM control_plane.run_events WHERE run_id = $1"
+            " ORDER BY sequence",
+            run_id,
+        )
+    finally:
+        await conn.close()
+    events = [run_pb2.RunEvent.FromString(row["body"]) for row in rows]
+    for event, row in zip(events, rows, strict=True):
+        event.attempt = row["attempt"]  # stored beside the body, not in it
+    return state, events
+
+
+@pytest.mark.timeout(90)
+async def test_ctrl_c_stops_the_worker_first_so_a_run_in_flight_is_not_lost(
+    database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
+) -> None:
+    """Ctrl-C mid-run: the worker drains it (or hands it back) before the control plane stops.
+
+    A terminal's Ctrl-C reaches its whole foreground process group, so the test sends
+    SIGINT to the stack's group, as a terminal would.
+    """
+    env = stack_env(database, tmp_path)
+    async with running_stack(env, process_groups) as stack:
+        endpoint = await stack.wait_ready()
+        key = client_config(tmp_path)["api_key"]
+        run = await wait_streaming(endpoint, key, "in flight [[tokens=40]] [[delay_ms=50]]")
+
+        os.killpg(stack.proc.pid, signal.SIGINT)
+        assert await asyncio.wait_for(stack.proc.wait(), 30) == 0, stack.output
+        await stack.finish_reading()
+    state, events = await stored_run(database, run)
+    types = [event.type for event in events]
+    drained = events[-1].type == "run.attempt_started"
+    if drained:
+        # Handed back for the next worker (the stack's next start) to claim at once.
+        assert (state, events[-1].run_attempt_started.reason) == ("queued", "WORKER_DRAINED")
+    else:
+        assert (state, types[-1]) == ("completed", "run.completed"), types
+        assert "run.attempt_started" not in types, types
+    worker_stopped = stack.output.index(
+        "worker        | ", stack.output.index("stopping the stack")
+    )
+    assert "service_stopped" in stack.output[worker_stopped:]
+
+
+async def wait_streaming(endpoint: str, api_key: str, text: str) -> str:
+    """Create a run and return its name once its model output has begun."""
+    client = Client(grpc.aio.insecure_channel(endpoint), api_key)
+    try:
+        session = await new_session(client)
+        run = await new_run(client, session.name, text)
+        call = client.runs.StreamRunEvents(
+            run_service_pb2.StreamRunEventsRequest(name=run.name), metadata=client.auth
+        )
+        async for response in call:
+            if response.event.type == "output_text.delta":
+                break
+        call.cancel()
+    finally:
+        await client.channel.close(None)
+    return run.name
+
+
+@pytest.mark.timeout(150)
+async def test_ctrl_c_past_the_grace_hands_the_run_back_and_a_watcher_notes_it_once(
+    database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
+) -> None:
+    """A run longer than the drain grace is handed back, not lost; the next stack finishes it.
+
+    `ap runs watch` follows it throughout and says once, not once per retry, that the stream
+    broke while the stack was down.
+    """
+    env = stack_env(database, tmp_path) | {"AP_SHUTDOWN_GRACE_SECONDS": "0.5"}
+    async with running_stack(env, process_groups) as stack:
+        endpoint = await stack.wait_ready()
+        key = client_config(tmp_path)["api_key"]
+        run = await wait_streaming(endpoint, key, "hand me back [[tokens=80]] [[delay_ms=50]]")
+        watcher = await asyncio.create_subprocess_exec(
+            str(AP),
+            "runs",
+            "watch",
+            run,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            os.killpg(stack.proc.pid, signal.SIGINT)
+            assert await asyncio.wait_for(stack.proc.wait(), 30) == 0, stack.output
+            await stack.finish_reading()
+            state, events = await stored_run(database, run)
+            assert (state, events[-1].run_attempt_started.reason) == ("queued", "WORKER_DRAINED")
+
+            async with running_stack(env, process_groups) as again:
+                await again.wait_ready()
+                out, err = await asyncio.wait_for(watcher.communicate(), 60)
+                assert await again.stop() == 0, again.output
+        finally:
+            if watcher.returncode is None:
+                watcher.kill()
+                await watcher.wait()
+    assert watcher.returncode == 0, (out.decode(), err.decode())
+    state, events = await stored_run(database, run)
+    assert (state, events[-1].type, events[-1].attempt) == ("completed", "run.completed", 2)
+    assert err.decode().count("[stream interrupted") == 1, err.decode()
+
+
+def readme_more_workers() -> str:
+    """Return the README's commands that attach a worker to a running stack."""
+    section = (REPO / "README.md").read_text().split("## More workers", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.timeout(120)
+async def test_an_extra_worker_attaches_with_the_readme_commands(
+    database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
+) -> None:
+    """worker.env (mode 600, never printed) lets a second worker join and take runs."""
+    # One run at a time per worker: two concurrent runs then need both workers.
+    env = stack_env(database, tmp_path) | {"AP_WORKER_CONCURRENCY": "1"}
+    async with running_stack(env, process_groups) as stack:
+        endpoint = await stack.wait_ready()
+        base = int(env["AP_STACK_BASE_PORT"])
+        worker_env = run_dir(base) / "worker.env"
+        assert f"workers      add more with {worker_env.relative_to(REPO)}" in stack.output
+        assert stat.S_IMODE(worker_env.stat().st_mode) == 0o600
+        settings = dict(
+            line.split("=", 1) for line in worker_env.read_text().splitlines() if "=" in line
+        )
+        token = settings["AP_INTERNAL_TOKEN"].strip("'")
+        assert len(token) > 20 and token not in stack.output
+
+        metrics = free_port()
+        script = readme_more_workers().replace("var/run/50051/", f"var/run/{base}/")
+        extra = await start_script(
+            script, env | {"AP_METRICS_PORT": str(metrics), "AP_WORKER_ID": "extra"}
+        )
+        try:
+            await wait_http_ok(f"http://127.0.0.1:{metrics}/metrics", timeout=30)
+            key = client_config(tmp_path)["api_key"]
+            first = await wait_streaming(endpoint, key, "one [[tokens=30]] [[delay_ms=50]]")
+            second = await wait_streaming(endpoint, key, "two [[tokens=3]]")
+            scraped = await scrape_metrics(metrics)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(extra.pid, signal.SIGTERM)
+            out, _ = await asyncio.wait_for(extra.communicate(), 30)
+        assert extra.returncode == 0, out.decode()
+        # Each worker ran one of the two: the one already busy could not take the second.
+        assert "ap_run_time_to_first_event_seconds_count 1.0" in scraped, scraped
+        assert await stack.stop() == 0, stack.output
+    for run in (first, second):
+        state, _events = await stored_run(database, run)
+        assert state == "completed", run
+    assert not worker_env.exists()
+    assert token not in out.decode()

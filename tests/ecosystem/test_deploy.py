@@ -8,8 +8,11 @@ the port the service listens on, and commands must be ones `ap-service` knows.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -21,15 +24,19 @@ from typing import Any
 
 import pytest
 import yaml
+from agentplatform.v1 import profile_service_pb2
 from pydantic_settings import BaseSettings
 
 from services.__main__ import COMMANDS
+from services.control_plane.bootstrap import build_parser as build_bootstrap_parser
 from services.control_plane.settings import ControlPlaneSettings
 from services.gateway.app import GatewaySettings
 from services.migrate import SCHEMAS
+from services.rpc.db import role_dsn
 from services.rpc.settings import HostedModelSettings, ServiceSettings
 from services.vault.settings import VaultSettings
 from services.worker.settings import WorkerSettings
+from tests.harness import start_stack
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -320,6 +327,34 @@ def test_compose_gives_a_stopping_worker_time_to_drain(compose: dict[str, Any]) 
     assert int(grace[:-1]) >= settings.shutdown_grace_seconds + WORKER_RELEASE_MARGIN_S
 
 
+def test_compose_bootstraps_the_first_workspace_with_the_key_from_the_env_file(
+    compose: dict[str, Any],
+) -> None:
+    """A one-shot `bootstrap` after the migration, its owner key from deploy/.env, printed never."""
+    services = compose["services"]
+    bootstrap = services["bootstrap"]
+    assert bootstrap["image"] == services["control_plane"]["image"]
+    assert bootstrap["restart"] == "no"
+    assert bootstrap["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
+    key_env = check_bootstrap_args([interpolate(str(arg)) for arg in bootstrap["command"]])
+    env = compose_env(bootstrap)
+    assert set(env) == {"AP_DATABASE_URL", key_env}
+    assert_role_url("control_plane", env["AP_DATABASE_URL"])
+    # The key comes from deploy/.env, whose example says how to make one.
+    assert bootstrap["environment"][key_env].startswith(f"${{{key_env}:?")
+    assert f"\n{key_env}=" in (DEPLOY / ".env.example").read_text()
+
+
+def check_bootstrap_args(args: list[str]) -> str:
+    """Assert a deployment's bootstrap command takes its key from the environment; name it."""
+    assert args[0] == "bootstrap"
+    parsed = build_bootstrap_parser().parse_args(args[1:])
+    assert parsed.api_key_env, "without --api-key-env the key would be printed into a log"
+    assert parsed.exists_ok, "the one-shot runs on every deploy; a second run must succeed"
+    key_env: str = parsed.api_key_env
+    return key_env
+
+
 # ── Kubernetes ──────────────────────────────────────────────────────────────────────────────
 
 
@@ -462,10 +497,18 @@ def test_kubernetes_workers_reach_the_control_plane_service(cluster: Cluster) ->
     assert address == f"control-plane:{grpc['port']}"
 
 
+def job_container(cluster: Cluster, command: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return the Job whose one container runs `ap-service COMMAND`, and that container."""
+    for job in cluster.of_kind("Job").values():
+        (container,) = pod_spec(job)["containers"]
+        if container["args"][0] == command:
+            return job, container
+    raise AssertionError(f"no Job runs {command}")
+
+
 def test_kubernetes_migration_job_has_what_migrate_reads(cluster: Cluster) -> None:
     """The Job runs `migrate` with the admin URL and every role's password."""
-    (job,) = cluster.of_kind("Job").values()
-    (container,) = pod_spec(job)["containers"]
+    job, container = job_container(cluster, "migrate")
     assert container["args"] == ["migrate"]
     assert set(container_env(cluster, container)) == MIGRATE_ENV
     assert pod_spec(job)["restartPolicy"] in ("OnFailure", "Never")
@@ -556,3 +599,63 @@ def test_kubernetes_secret_references_resolve(cluster: Cluster) -> None:
     for generator in cluster.kustomization["secretGenerator"]:
         for env_file in generator.get("envs", []):
             assert f"{Path(env_file).name}.example" in examples
+
+
+def test_kubernetes_bootstraps_the_first_workspace_with_a_key_from_the_secret(
+    cluster: Cluster,
+) -> None:
+    """A bootstrap Job, as the control plane's role, takes the owner key from ap-credentials."""
+    job, container = job_container(cluster, "bootstrap")
+    key_env = check_bootstrap_args(container["args"])
+    env = container_env(cluster, container)
+    assert set(env) == {"AP_DATABASE_URL", key_env}
+    assert_role_url("control_plane", env["AP_DATABASE_URL"])
+    assert secret_ref(container, key_env)["name"] == "ap-credentials"
+    assert pod_spec(job)["restartPolicy"] == "OnFailure"  # retried until the migration ran
+    assert pod_spec(job)["securityContext"]["runAsUser"] == image_user()
+
+
+async def run_bootstrap(args: list[str], env: Mapping[str, str]) -> tuple[int, str, str]:
+    """Run `ap-service ARGS` as the image would; return its code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services",
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_deployments_bootstrap_stores_the_given_key_and_prints_none(
+    cluster: Cluster, database: str
+) -> None:
+    """The Job's command makes a working owner key of the secret, once, and never shows it."""
+    _job, container = job_container(cluster, "bootstrap")
+    key_env = check_bootstrap_args(container["args"])
+    key = f"ap_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+    env = {"AP_DATABASE_URL": role_dsn(database, "ap_control_plane"), key_env: key}
+
+    code, out, err = await run_bootstrap(container["args"], {**env, key_env: "ap_weak_key"})
+    assert code == 2 and key_env in err, err
+    code, out, err = await run_bootstrap(container["args"], env)
+    assert code == 0, err
+    assert key not in out + err and "api_key" not in json.loads(out)
+    code, again, err = await run_bootstrap(container["args"], env)
+    assert (code, again) == (0, ""), err
+    assert "already bootstrapped" in err
+
+    async with start_stack(
+        database, internal_token=secrets.token_urlsafe(16), with_worker=False
+    ) as stack:
+        client = stack.client(key)
+        profile = await client.profiles.GetProfile(
+            profile_service_pb2.GetProfileRequest(name="users/me/profile"),
+            metadata=client.auth,
+            timeout=10,
+        )
+    assert (profile.role, profile.workspace) == ("owner", json.loads(out)["workspace"])

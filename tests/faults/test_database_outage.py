@@ -12,11 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import shutil
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -101,19 +98,11 @@ def non_json_lines(services: list[Service]) -> list[str]:
     return bad
 
 
-@pytest.fixture
-def pg_dir() -> Iterator[Path]:
-    """A data directory of our own: pytest's tmp_path is private to root under /tmp."""
-    path = Path(tempfile.mkdtemp(prefix="ap-outage-pg-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 async def test_a_postgres_restart_under_load_costs_no_attempt(
-    pg_dir: Path, devmodel: DevModel
+    pg_data_dir: Path, devmodel: DevModel
 ) -> None:
     """Runs in flight during a restart all complete as attempt 1; no call answers INTERNAL."""
-    server = EmbeddedPostgres(pg_dir, fast_unsafe=True)
+    server = EmbeddedPostgres(pg_data_dir, fast_unsafe=True)
     admin = await asyncio.to_thread(server.start)
     try:
         await migrate_all(admin)
