@@ -9,7 +9,13 @@ from agentplatform import APError, RunEventStream
 from agentplatform.v1 import run_pb2, session_pb2
 
 from ap_cli.context import Context
-from ap_cli.format import format_seconds, format_table, format_time, seconds_between
+from ap_cli.format import (
+    format_fields,
+    format_seconds,
+    format_table,
+    format_time,
+    seconds_between,
+)
 from ap_cli.names import session_of
 from ap_cli.render import EventRenderer, format_usage
 
@@ -22,17 +28,6 @@ def state_name(state: run_pb2.Run.State.ValueType) -> str:
         return run_pb2.Run.State.Name(state)
     except ValueError:
         return str(int(state))
-
-
-def _fields(pairs: list[tuple[str, str]]) -> str:
-    """Lay out `label: value` lines with the values aligned; multi-line values are indented."""
-    width = max(len(label) for label, _ in pairs) + 2
-    lines = []
-    for label, value in pairs:
-        first, *rest = value.splitlines() or [""]
-        lines.append(f"{label + ':':<{width}}{first}")
-        lines.extend(" " * width + line for line in rest)
-    return "\n".join(lines)
 
 
 def print_messages(ctx: Context, messages: Iterable[session_pb2.Message]) -> None:
@@ -90,7 +85,7 @@ def sessions_show(ctx: Context, args: argparse.Namespace) -> int:
         pairs.append(
             ("metadata", ", ".join(f"{k}={v}" for k, v in sorted(session.metadata.items())))
         )
-    ctx.say(_fields(pairs))
+    ctx.say(format_fields(pairs))
     ctx.say()
     if not messages:
         ctx.say("(no messages yet)")
@@ -181,7 +176,7 @@ def runs_show(ctx: Context, args: argparse.Namespace) -> int:
     pairs.append(
         ("ended", format_time(run.end_time) + (f" ({', '.join(timing)})" if timing else ""))
     )
-    ctx.say(_fields(pairs))
+    ctx.say(format_fields(pairs))
     return 0
 
 

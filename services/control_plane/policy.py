@@ -53,6 +53,7 @@ POLICY: Final[dict[str, str]] = {
     f"{_V1}MasterKeyService/RotateMasterKey": "owner",
     # Tools: everyone sees them and the calls runs made, admins register and remove them.
     f"{_V1}ToolService/CreateTool": "admin",
+    f"{_V1}ToolService/GetTool": "viewer",
     f"{_V1}ToolService/ListTools": "viewer",
     f"{_V1}ToolService/DeleteTool": "admin",
     f"{_V1}ToolService/CreateMcpServer": "admin",

@@ -468,6 +468,11 @@ def _list_tools(*, page_size: int = 0) -> tool_service_pb2.ListToolsRequest:
     return tool_service_pb2.ListToolsRequest(page_size=page_size)
 
 
+def _get_tool(name: str) -> tool_service_pb2.GetToolRequest:
+    """Get a tool, "tools/{tool}"; an MCP server's tools are "tools/{server}__{tool}"."""
+    return tool_service_pb2.GetToolRequest(name=name)
+
+
 def _delete_tool(name: str) -> tool_service_pb2.DeleteToolRequest:
     """Remove an HTTP tool, "tools/{tool}"."""
     return tool_service_pb2.DeleteToolRequest(name=name)
@@ -686,6 +691,9 @@ class Methods:
         _list_tools,
         lambda p: p.tools,
         of=tool_pb2.Tool,
+    )
+    get_tool = unary(
+        rpc(_TOOLS, lambda s: s.GetTool, retryable=True), _get_tool, returns=tool_pb2.Tool
     )
     delete_tool = deleting(rpc(_TOOLS, lambda s: s.DeleteTool, retryable=False), _delete_tool)
     create_mcp_server = unary(
