@@ -51,7 +51,7 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 class LeaseLostError(Exception):
-    """The control plane refused a call because another worker holds the run now."""
+    """The control plane refused a call: another worker holds the run now, or it was deleted."""
 
 
 async def call_fenced(call: Callable[[], Awaitable[T]], *, give_up_after: float) -> T:
@@ -65,7 +65,8 @@ async def call_fenced(call: Callable[[], Awaitable[T]], *, give_up_after: float)
         try:
             return await call()
         except grpc.aio.AioRpcError as err:
-            if reason_of(err) == "LEASE_LOST":
+            # NOT_FOUND: the run was deleted with its session; nobody may write to it any more.
+            if reason_of(err) == "LEASE_LOST" or err.code() == grpc.StatusCode.NOT_FOUND:
                 raise LeaseLostError() from None
             if err.code() not in _RETRYABLE or time.monotonic() + backoff > deadline:
                 raise

@@ -307,6 +307,40 @@ def _list_sessions(*, page_size: int = 0) -> session_service_pb2.ListSessionsReq
     return session_service_pb2.ListSessionsRequest(page_size=page_size)
 
 
+def _update_session(
+    name: str,
+    *,
+    title: str | None = None,
+    instructions: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> session_service_pb2.UpdateSessionRequest:
+    """Change a session's title, instructions or metadata and return it.
+
+    Only the fields given change; "" (or {} for `metadata`) clears one, and `metadata`
+    replaces the whole map.
+    """
+    return session_service_pb2.UpdateSessionRequest(
+        session=session_pb2.Session(
+            name=name, title=title or "", instructions=instructions or "", metadata=metadata
+        ),
+        update_mask=_mask(title=title, instructions=instructions, metadata=metadata),
+    )
+
+
+def _delete_session(
+    name: str, *, force: bool = False, allow_missing: bool = False
+) -> session_service_pb2.DeleteSessionRequest:
+    """Delete a session for good, with its messages, runs, run events and tool call records.
+
+    While a run of it is queued or running this raises `RunAlreadyActive` naming the run,
+    unless `force` cancels its runs first. With `allow_missing`, a session that does not
+    exist (or was deleted already) is no error.
+    """
+    return session_service_pb2.DeleteSessionRequest(
+        name=name, force=force, allow_missing=allow_missing
+    )
+
+
 def _list_messages(session: str, *, page_size: int = 0) -> session_service_pb2.ListMessagesRequest:
     """Iterate a session's transcript, oldest message first, across every page."""
     return session_service_pb2.ListMessagesRequest(parent=session, page_size=page_size)
@@ -640,6 +674,14 @@ class Methods:
         _list_sessions,
         lambda p: p.sessions,
         of=session_pb2.Session,
+    )
+    update_session = unary(
+        rpc(_SESSIONS, lambda s: s.UpdateSession, retryable=True),
+        _update_session,
+        returns=session_pb2.Session,
+    )
+    delete_session = deleting(
+        rpc(_SESSIONS, lambda s: s.DeleteSession, retryable=False), _delete_session
     )
     list_messages = paged(
         rpc(_SESSIONS, lambda s: s.ListMessages, retryable=True),
