@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 
-from agentplatform import APError, RunEventStream
+from agentplatform import APError, RunAlreadyActive, RunEventStream
 from agentplatform.v1 import run_pb2, session_pb2
 
 from ap_cli.context import Context
@@ -61,6 +61,27 @@ def sessions_list(ctx: Context, args: argparse.Namespace) -> int:
         return 0
     rows = [(s.name, s.title or "-", format_time(s.create_time)) for s in sessions]
     ctx.say(format_table(("NAME", "TITLE", "CREATED"), rows) if rows else "no sessions")
+    return 0
+
+
+def sessions_rename(ctx: Context, args: argparse.Namespace) -> int:
+    """Give a session a new title."""
+    session = ctx.client.update_session(args.session, title=args.title)
+    ctx.say(f"{session.name} is now titled {session.title!r}")
+    return 0
+
+
+def sessions_rm(ctx: Context, args: argparse.Namespace) -> int:
+    """Delete a session with its transcript, runs and events; say how to force it if refused."""
+    try:
+        ctx.client.delete_session(args.session, force=args.force)
+    except RunAlreadyActive as refused:
+        ctx.error(refused)
+        ctx.note(
+            f"to cancel its runs and delete it anyway: {ctx.ap} sessions rm {args.session} --force"
+        )
+        return 1
+    ctx.say(f"deleted {args.session}")
     return 0
 
 
