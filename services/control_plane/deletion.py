@@ -37,7 +37,7 @@ from services.rpc.names import run_name
 
 log = structlog.get_logger(service="control_plane")
 
-ACTIVE_STATES = ("waiting", "queued", "running")
+_ACTIVE = ("waiting", "queued", "running")
 # How long a forced delete waits for running runs to end, in heartbeats: a worker hears of the
 # cancel on its next append reply or heartbeat and then makes one FinishRun call.
 _FORCE_WAIT_HEARTBEATS = 3
@@ -70,7 +70,7 @@ def session_has_active_run(active_run: str) -> ApiError:
 
 
 def runs_kept_starting(active_run: str | None) -> ApiError:
-    """Build the answer of a forced delete that runs starting in the session kept beating."""
+    """Build the answer of a delete that runs starting in the session kept racing."""
     return ApiError(
         grpc.StatusCode.ABORTED,
         Reason.RUN_ALREADY_ACTIVE,
@@ -128,7 +128,7 @@ class SessionDeletion:
             if found is None:
                 return None
             runs += await store.run_lock_others_nowait(conn, session_id, [r["id"] for r in runs])
-            active = [r for r in runs if r["state"] in ACTIVE_STATES]
+            active = [r for r in runs if r["state"] in _ACTIVE]
             if active and not force:
                 first = next((r for r in active if r["state"] != "waiting"), active[0])
                 raise session_has_active_run(run_name(session_id, first["id"]))
