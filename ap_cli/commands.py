@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 
-from agentplatform import RunEventStream
+from agentplatform import RunAlreadyActive, RunEventStream
 from agentplatform.v1 import run_pb2, session_pb2
 
 from ap_cli.context import Context
-from ap_cli.format import format_seconds, format_table, format_time, seconds_between
+from ap_cli.format import (
+    format_fields,
+    format_seconds,
+    format_table,
+    format_time,
+    seconds_between,
+)
 from ap_cli.names import session_of
 from ap_cli.render import EventRenderer, format_usage
 
@@ -22,17 +28,6 @@ def state_name(state: run_pb2.Run.State.ValueType) -> str:
         return run_pb2.Run.State.Name(state)
     except ValueError:
         return str(int(state))
-
-
-def _fields(pairs: list[tuple[str, str]]) -> str:
-    """Lay out `label: value` lines with the values aligned; multi-line values are indented."""
-    width = max(len(label) for label, _ in pairs) + 2
-    lines = []
-    for label, value in pairs:
-        first, *rest = value.splitlines() or [""]
-        lines.append(f"{label + ':':<{width}}{first}")
-        lines.extend(" " * width + line for line in rest)
-    return "\n".join(lines)
 
 
 def print_messages(ctx: Context, messages: Iterable[session_pb2.Message]) -> None:
@@ -69,6 +64,27 @@ def sessions_list(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def sessions_rename(ctx: Context, args: argparse.Namespace) -> int:
+    """Give a session a new title."""
+    session = ctx.client.update_session(args.session, title=args.title)
+    ctx.say(f"{session.name} is now titled {session.title!r}")
+    return 0
+
+
+def sessions_rm(ctx: Context, args: argparse.Namespace) -> int:
+    """Delete a session with its transcript, runs and events; say how to force it if refused."""
+    try:
+        ctx.client.delete_session(args.session, force=args.force)
+    except RunAlreadyActive as refused:
+        ctx.error(refused)
+        ctx.note(
+            f"to cancel its runs and delete it anyway: {ctx.ap} sessions rm {args.session} --force"
+        )
+        return 1
+    ctx.say(f"deleted {args.session}")
+    return 0
+
+
 def sessions_show(ctx: Context, args: argparse.Namespace) -> int:
     """Print a session and its whole transcript."""
     session = ctx.client.get_session(args.session)
@@ -90,7 +106,7 @@ def sessions_show(ctx: Context, args: argparse.Namespace) -> int:
         pairs.append(
             ("metadata", ", ".join(f"{k}={v}" for k, v in sorted(session.metadata.items())))
         )
-    ctx.say(_fields(pairs))
+    ctx.say(format_fields(pairs))
     ctx.say()
     if not messages:
         ctx.say("(no messages yet)")
@@ -181,7 +197,7 @@ def runs_show(ctx: Context, args: argparse.Namespace) -> int:
     pairs.append(
         ("ended", format_time(run.end_time) + (f" ({', '.join(timing)})" if timing else ""))
     )
-    ctx.say(_fields(pairs))
+    ctx.say(format_fields(pairs))
     return 0
 
 

@@ -48,3 +48,14 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         for row in [list(headers), *rows]
     ]
     return "\n".join(lines)
+
+
+def format_fields(pairs: list[tuple[str, str]]) -> str:
+    """Lay out `label: value` lines with the values aligned; multi-line values are indented."""
+    width = max(len(label) for label, _ in pairs) + 2
+    lines = []
+    for label, value in pairs:
+        first, *rest = value.splitlines() or [""]
+        lines.append(f"{label + ':':<{width}}{first}")
+        lines.extend(" " * width + line for line in rest)
+    return "\n".join(lines)

@@ -52,19 +52,12 @@ def version_line() -> str:
     return f"ap {cli} (agentplatform-sdk {sdk_version})"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser of every command."""
-    parser = argparse.ArgumentParser(
-        prog="ap",
-        description="Talk to an Agent Platform control plane.",
-        epilog="Configuration: AP_ENDPOINT and AP_API_KEY, or the JSON file $AP_CLIENT_CONFIG "
-        "(default ~/.config/agentplatform/client.json, written by `make run`).",
-    )
-    parser.add_argument("--version", action="version", version=version_line())
-    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
-    json_flag = json_option()
-
-    sessions = groups.add_parser("sessions", help="create, list and show sessions")
+def _add_session_commands(
+    groups: argparse._SubParsersAction,  # type: ignore[type-arg]
+    json_flag: argparse.ArgumentParser,
+) -> None:
+    """Add the `sessions` command group to the parser."""
+    sessions = groups.add_parser("sessions", help="create, list, show, rename and delete sessions")
     session_cmds = sessions.add_subparsers(dest="command", required=True, metavar="COMMAND")
     create = session_cmds.add_parser(
         "create", parents=[json_flag], help="create a session and print its name"
@@ -84,6 +77,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("session", type=session_name, help="sessions/{id} or the bare id")
     show.set_defaults(handler=commands.sessions_show)
+    rename = session_cmds.add_parser("rename", help="give a session a new title")
+    rename.add_argument("session", type=session_name, help="sessions/{id} or the bare id")
+    rename.add_argument("title", help="the new title (an empty one clears it)")
+    rename.set_defaults(handler=commands.sessions_rename)
+    rm = session_cmds.add_parser(
+        "rm", help="delete a session for good, with its transcript, runs and events"
+    )
+    rm.add_argument("session", type=session_name, help="sessions/{id} or the bare id")
+    rm.add_argument("--force", action="store_true", help="cancel its queued and running runs first")
+    rm.set_defaults(handler=commands.sessions_rm)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of every command."""
+    parser = argparse.ArgumentParser(
+        prog="ap",
+        description="Talk to an Agent Platform control plane.",
+        epilog="Configuration: AP_ENDPOINT and AP_API_KEY, or the JSON file $AP_CLIENT_CONFIG "
+        "(default ~/.config/agentplatform/client.json, written by `make run`).",
+    )
+    parser.add_argument("--version", action="version", version=version_line())
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    json_flag = json_option()
+
+    _add_session_commands(groups, json_flag)
 
     runs = groups.add_parser("runs", help="list, show and watch runs")
     run_cmds = runs.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -1,4 +1,4 @@
-"""Implement `ap tools add-http|add-mcp|list|rm|calls`."""
+"""Implement `ap tools add-http|add-mcp|list|show|rm|calls`."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import re
 import urllib.parse
 
 from agentplatform.v1 import tool_pb2
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from ap_cli.context import Context, json_option
-from ap_cli.format import format_table, format_time
+from ap_cli.format import format_fields, format_table, format_time
 from ap_cli.names import run_name
 
 TIMEOUT_S = 150.0  # registering an MCP server connects to it and lists its tools
@@ -96,6 +96,37 @@ def tools_list(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def tool_name(value: str) -> str:
+    """Return `tools/{name}` for a full tool name or a bare one."""
+    return value if value.startswith("tools/") else f"tools/{value}"
+
+
+def tools_show(ctx: Context, args: argparse.Namespace) -> int:
+    """Print one tool: its endpoint, credential, timeout and parameter schema."""
+    tool = ctx.client.get_tool(args.name)
+    if ctx.json:
+        ctx.emit(tool)
+        return 0
+    if tool.mcp_server:
+        endpoint = f"MCP server {tool.mcp_server}"
+    else:
+        endpoint = f"{tool.http.method} {tool.http.url_template}"
+    credential = "-"
+    if tool.http.credential:
+        credential = f"{tool.http.credential} ({tool.http.credential_injection or 'bearer'})"
+    pairs = [
+        ("name", tool.name),
+        ("description", tool.description or "-"),
+        ("endpoint", endpoint),
+        ("credential", credential),
+        ("timeout", f"{tool.timeout_ms} ms" if tool.timeout_ms else "the platform's default"),
+        ("registered", format_time(tool.create_time)),
+        ("parameters", json.dumps(json_format.MessageToDict(tool.parameters), indent=2)),
+    ]
+    ctx.say(format_fields(pairs))
+    return 0
+
+
 def tools_rm(ctx: Context, args: argparse.Namespace) -> int:
     """Remove an HTTP tool, or an MCP server with all its tools."""
     name: str = args.name
@@ -159,6 +190,11 @@ def add_commands(groups: argparse._SubParsersAction) -> None:  # type: ignore[ty
     mcp.set_defaults(handler=tools_add_mcp)
     listing = cmds.add_parser("list", parents=[json_flag], help="list the workspace's tools")
     listing.set_defaults(handler=tools_list)
+    show = cmds.add_parser(
+        "show", parents=[json_flag], help="show a tool: endpoint, credential, parameter schema"
+    )
+    show.add_argument("name", type=tool_name, help="tools/NAME or the bare NAME")
+    show.set_defaults(handler=tools_show)
     rm = cmds.add_parser("rm", help="remove tools/NAME, or mcpServers/ID with its tools")
     rm.add_argument("name")
     rm.set_defaults(handler=tools_rm)

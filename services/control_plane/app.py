@@ -128,7 +128,7 @@ class ControlPlane:
                 ServiceBinding(
                     _full_name(session_service_pb2, "SessionService"),
                     lambda s: session_service_pb2_grpc.add_SessionServiceServicer_to_server(
-                        SessionService(runtime), s
+                        SessionService(runtime, lifecycle), s
                     ),
                 ),
                 ServiceBinding(

@@ -94,6 +94,10 @@ def shutting_down() -> ApiError:
     )
 
 
+class LogDeletedError(Exception):
+    """The run or session whose log a stream follows was deleted (DeleteSession)."""
+
+
 Position = Callable[[run_pb2.RunEvent], int]
 
 
@@ -116,6 +120,7 @@ class LogChannel:
         self.subscribers = 0
         self.known = 0
         self.terminal: int | None = None
+        self.deleted = False
         self._events: dict[int, run_pb2.RunEvent] = {}
         self._changed = asyncio.Event()
         self.last_change = asyncio.get_running_loop().time()
@@ -141,6 +146,11 @@ class LogChannel:
                 self.terminal = at
         while len(self._events) > _CHANNEL_BUFFER:
             del self._events[min(self._events)]
+        self.wake()
+
+    def delete(self) -> None:
+        """End every subscriber's stream: the log is gone."""
+        self.deleted = True
         self.wake()
 
     def observe(self, position: int) -> None:
@@ -201,6 +211,13 @@ class EventBus:
             run.add(events)
         if (session := self._sessions.get(session_id)) is not None:
             session.add(events)
+
+    def end_deleted(self, session_id: uuid.UUID, run_ids: Iterable[uuid.UUID]) -> None:
+        """End the local streams of a session deleted with these runs (peers: by the poller)."""
+        channels = [self._sessions.get(session_id), *(self._runs.get(r) for r in run_ids)]
+        for channel in channels:
+            if channel is not None:
+                channel.delete()
 
     def hint(
         self, run_id: uuid.UUID, sequence: int, session_id: uuid.UUID, session_sequence: int
@@ -271,6 +288,10 @@ class EventBus:
             channel = channels.get(row["id"])
             if channel is not None and row["last_event_sequence"] > channel.known:
                 self._refresh(kind, channel)
+        # A log that has no row any more was deleted, perhaps through another replica.
+        for key in set(quiet) - {row["id"] for row in rows}:
+            if (channel := channels.get(key)) is not None:
+                channel.delete()
 
     async def stream_run(
         self, run_id: uuid.UUID, after_sequence: int, *, terminal_sequence: int | None
@@ -336,6 +357,9 @@ class EventBus:
                 if channel.position is run_position and is_terminal(event):
                     return
             if not batch:
+                # What was stored before the delete has been sent; nothing more will come.
+                if channel.deleted:
+                    raise LogDeletedError()
                 await changed.wait()
 
 

@@ -33,6 +33,9 @@ POLICY: Final[dict[str, str]] = {
     f"{_V1}SessionService/GetSession": "viewer",
     f"{_V1}SessionService/ListSessions": "viewer",
     f"{_V1}SessionService/ListMessages": "viewer",
+    # Members rename any session but delete only their own (sessions.py); admins delete any.
+    f"{_V1}SessionService/UpdateSession": "member",
+    f"{_V1}SessionService/DeleteSession": "member",
     f"{_V1}RunService/CreateRun": "member",
     f"{_V1}RunService/GetRun": "viewer",
     f"{_V1}RunService/ListRuns": "viewer",
@@ -53,6 +56,7 @@ POLICY: Final[dict[str, str]] = {
     f"{_V1}MasterKeyService/RotateMasterKey": "owner",
     # Tools: everyone sees them and the calls runs made, admins register and remove them.
     f"{_V1}ToolService/CreateTool": "admin",
+    f"{_V1}ToolService/GetTool": "viewer",
     f"{_V1}ToolService/ListTools": "viewer",
     f"{_V1}ToolService/DeleteTool": "admin",
     f"{_V1}ToolService/CreateMcpServer": "admin",

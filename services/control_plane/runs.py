@@ -12,7 +12,7 @@ from services.control_plane import store
 from services.control_plane.admission import Admission, Concurrency, NewRun
 from services.control_plane.auth import Principal
 from services.control_plane.convert import run_to_proto
-from services.control_plane.events import event_from_row
+from services.control_plane.events import LogDeletedError, event_from_row
 from services.control_plane.lifecycle import RunLifecycle
 from services.control_plane.ratelimit import KeyRateLimiter
 from services.control_plane.runtime import Runtime
@@ -141,12 +141,15 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             raise invalid_argument("after_sequence", "after_sequence must not be negative.")
         row = await self._run_row(principal, request.name, "name")
         finished = row["state"] in ("completed", "failed", "cancelled")
-        async for event in self._rt.bus.stream_run(
-            row["id"],
-            request.after_sequence,
-            terminal_sequence=row["last_event_sequence"] if finished else None,
-        ):
-            yield run_service_pb2.StreamRunEventsResponse(event=event)
+        try:
+            async for event in self._rt.bus.stream_run(
+                row["id"],
+                request.after_sequence,
+                terminal_sequence=row["last_event_sequence"] if finished else None,
+            ):
+                yield run_service_pb2.StreamRunEventsResponse(event=event)
+        except LogDeletedError:
+            raise not_found(request.name) from None
 
     async def StreamSessionEvents(
         self, request: run_service_pb2.StreamSessionEventsRequest, context: Context
@@ -160,5 +163,10 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         async with self._rt.pool.acquire() as conn:
             if not await store.session_exists(conn, principal.workspace_id, session_id):
                 raise not_found(request.name)
-        async for event in self._rt.bus.stream_session(session_id, request.after_session_sequence):
-            yield run_service_pb2.StreamSessionEventsResponse(event=event)
+        try:
+            async for event in self._rt.bus.stream_session(
+                session_id, request.after_session_sequence
+            ):
+                yield run_service_pb2.StreamSessionEventsResponse(event=event)
+        except LogDeletedError:
+            raise not_found(request.name) from None

@@ -1,15 +1,19 @@
-"""SessionService: create, read and list sessions and their transcripts."""
+"""SessionService: create, read, list, change and delete sessions; read their transcripts."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any
 
 import grpc
 from agentplatform.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
+from google.protobuf import empty_pb2
 
 from services.control_plane import store
 from services.control_plane.auth import Principal
 from services.control_plane.convert import message_to_proto, session_to_proto
+from services.control_plane.deletion import SessionDeletion
+from services.control_plane.lifecycle import RunLifecycle
 from services.control_plane.runtime import Runtime
 from services.rpc import validate
 from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
@@ -23,6 +27,27 @@ TITLE_MAX = 200
 INSTRUCTIONS_MAX = 16 * 1024
 METADATA_MAX_KEYS = 32
 RUN_TIMEOUT_MAX_SECONDS = 24 * 3600
+
+# The fields a caller writes, each with its check, as CreateSession and UpdateSession apply
+# them; run_timeout is set on create only, the rest is output only.
+_WRITABLE: dict[str, Callable[[session_pb2.Session], object]] = {
+    "title": lambda s: validate.text_field("session.title", s.title, max_chars=TITLE_MAX),
+    "instructions": lambda s: validate.text_field(
+        "session.instructions", s.instructions, max_chars=INSTRUCTIONS_MAX
+    ),
+    "metadata": lambda s: validate.metadata_map(
+        "session.metadata",
+        s.metadata,
+        max_keys=METADATA_MAX_KEYS,
+        max_key_chars=64,
+        max_value_chars=1024,
+    ),
+}
+
+
+def checked_fields(spec: session_pb2.Session, fields: Collection[str]) -> dict[str, Any]:
+    """Check the named writable fields of a session as given; return their values."""
+    return {field: _WRITABLE[field](spec) for field in fields}
 
 
 def hosted_model_unavailable() -> ApiError:
@@ -38,25 +63,16 @@ def hosted_model_unavailable() -> ApiError:
 class SessionService(session_service_pb2_grpc.SessionServiceServicer):
     """Serve sessions of the caller's workspace."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, lifecycle: RunLifecycle) -> None:
         self._rt = runtime
+        self._deletion = SessionDeletion(runtime, lifecycle)
 
     async def CreateSession(
         self, request: session_service_pb2.CreateSessionRequest, context: Context
     ) -> session_pb2.Session:
         principal: Principal = current_principal()
         spec = request.session
-        title = validate.text_field("session.title", spec.title, max_chars=TITLE_MAX)
-        instructions = validate.text_field(
-            "session.instructions", spec.instructions, max_chars=INSTRUCTIONS_MAX
-        )
-        metadata = validate.metadata_map(
-            "session.metadata",
-            spec.metadata,
-            max_keys=METADATA_MAX_KEYS,
-            max_key_chars=64,
-            max_value_chars=1024,
-        )
+        values = checked_fields(spec, _WRITABLE)
         request_id = validate.request_id(request.request_id)
         run_timeout = None
         if spec.HasField("run_timeout"):
@@ -75,9 +91,9 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                 conn,
                 workspace_id=principal.workspace_id,
                 created_by=principal.user_id,
-                title=title,
-                instructions=instructions,
-                metadata=metadata,
+                title=values["title"],
+                instructions=values["instructions"],
+                metadata=values["metadata"],
                 model=self._rt.model.name,
                 request_id=request_id,
                 run_timeout_seconds=run_timeout,
@@ -110,6 +126,34 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         return session_service_pb2.ListSessionsResponse(
             sessions=[session_to_proto(r) for r in rows], next_page_token=token
         )
+
+    async def UpdateSession(
+        self, request: session_service_pb2.UpdateSessionRequest, context: Context
+    ) -> session_pb2.Session:
+        principal: Principal = current_principal()
+        session_id = parse_session_name(request.session.name, "session.name")
+        fields = validate.update_paths(request.update_mask, request.session, updatable=_WRITABLE)
+        values = checked_fields(request.session, fields)
+        async with self._rt.pool.acquire() as conn:
+            if fields:
+                row = await store.session_update(
+                    conn, principal.workspace_id, session_id, fields=fields, **values
+                )
+            else:
+                row = await store.session_get(conn, principal.workspace_id, session_id)
+        if row is None:
+            raise not_found(request.session.name)
+        return session_to_proto(row)
+
+    async def DeleteSession(
+        self, request: session_service_pb2.DeleteSessionRequest, context: Context
+    ) -> empty_pb2.Empty:
+        principal: Principal = current_principal()
+        session_id = parse_session_name(request.name)
+        deleted = await self._deletion.delete(principal, session_id, force=request.force)
+        if not deleted and not request.allow_missing:
+            raise not_found(request.name)
+        return empty_pb2.Empty()
 
     async def ListMessages(
         self, request: session_service_pb2.ListMessagesRequest, context: Context

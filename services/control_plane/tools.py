@@ -239,6 +239,16 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
             tools=[_public_tool(t) for t in listed.tools], next_page_token=listed.next_page_token
         )
 
+    async def GetTool(
+        self, request: tool_service_pb2.GetToolRequest, context: Context
+    ) -> tool_pb2.Tool:
+        principal: Principal = current_principal()
+        name = workspace_tool_name(principal.workspace_id, parse_tool_name(request.name))
+        found = await self._call(
+            request.name, self._gw().stub.GetTool, gw.GetToolRequest(name=name)
+        )
+        return _public_tool(found)
+
     async def DeleteTool(
         self, request: tool_service_pb2.DeleteToolRequest, context: Context
     ) -> empty_pb2.Empty:

@@ -116,6 +116,14 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
             tools=[tool_proto(workspace_id, r) for r in rows], next_page_token=token
         )
 
+    async def GetTool(self, request: pb.GetToolRequest, context: Context) -> pb.Tool:
+        workspace_id, tool_id = parse_workspace_tool_name(request.name)
+        async with self._pool.acquire() as conn:
+            row = await store.tool_get(conn, workspace_id, tool_id)
+        if row is None:
+            raise not_found(request.name)
+        return tool_proto(workspace_id, row)
+
     async def DeleteTool(self, request: pb.DeleteToolRequest, context: Context) -> empty_pb2.Empty:
         workspace_id, tool_id = parse_workspace_tool_name(request.name)
         async with self._pool.acquire() as conn:

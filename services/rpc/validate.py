@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
-from services.rpc.errors import invalid_argument, limit_exceeded
+import grpc
+from google.protobuf import field_mask_pb2, message
+
+from services.rpc.errors import ApiError, Reason, invalid_argument, limit_exceeded
 
 REQUEST_ID_MAX = 128
 
@@ -43,3 +46,41 @@ def metadata_map(
         text_field(f"{field} key", key, max_chars=max_key_chars)
         text_field(f"{field}[{key!r}]", item, max_chars=max_value_chars)
     return dict(value)
+
+
+def update_paths(
+    mask: field_mask_pb2.FieldMask, resource: message.Message, *, updatable: Collection[str]
+) -> frozenset[str]:
+    """Resolve an update request's mask (AIP-134) into the fields to change.
+
+    "*" names every updatable field; an empty mask names the updatable fields set in
+    `resource` (non-empty), so clearing a field takes its path. A path that is no field of
+    the resource, or one that cannot change (output only, immutable), is INVALID_ARGUMENT
+    naming it in the message and in the metadata ("path").
+    """
+    paths = list(mask.paths)
+    if not paths:
+        return frozenset(f.name for f, _ in resource.ListFields() if f.name in updatable)
+    if "*" in paths:
+        if len(paths) > 1:
+            raise _bad_path("*", '"*" must be the only path of update_mask.')
+        return frozenset(updatable)
+    kind = resource.DESCRIPTOR.name
+    can = ", ".join(updatable)
+    for path in paths:
+        if path in updatable:
+            continue
+        if path in resource.DESCRIPTOR.fields_by_name:
+            raise _bad_path(path, f"{kind}.{path} cannot be changed; update_mask may name {can}.")
+        raise _bad_path(path, f"{path!r} is not a field of {kind}; update_mask may name {can}.")
+    return frozenset(paths)
+
+
+def _bad_path(path: str, message: str) -> ApiError:
+    return ApiError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.INVALID_ARGUMENT,
+        message,
+        field="update_mask",
+        metadata={"path": path},
+    )

@@ -10,6 +10,7 @@ the next entry, and a fenced call is tried again:
               │ UNAVAILABLE / DATABASE_UNAVAILABLE: the database is away ─► same replica
               ├─► back off, call again: until the run's lease would expire
               └ LEASE_LOST ─► LeaseLostError: another worker holds the run now
+              └ NOT_FOUND ──► LeaseLostError: the run was deleted with its session
 
 Trying again is safe: a fenced write (append, heartbeat, finish, release) that was applied is
 accepted again unchanged, and the fencing token refuses a worker whose lease was taken over,
@@ -49,7 +50,7 @@ _CHANNEL_OPTIONS = (("grpc.lb_policy_name", "round_robin"),)
 
 
 class LeaseLostError(Exception):
-    """The control plane refused a call because another worker holds the run now."""
+    """The control plane refused a call: another worker holds the run now, or it was deleted."""
 
 
 def is_transient(err: grpc.aio.AioRpcError) -> bool:
@@ -109,7 +110,8 @@ class ControlPlane:
         try:
             return await rpc(self._stubs[index])
         except grpc.aio.AioRpcError as err:
-            if has_reason(err, Reason.LEASE_LOST):
+            # NOT_FOUND: the run was deleted with its session; nobody may write to it any more.
+            if has_reason(err, Reason.LEASE_LOST) or err.code() == grpc.StatusCode.NOT_FOUND:
                 raise LeaseLostError() from None
             # A replica that answers that its database is away is healthy, and the others
             # share that database: stay, and let the caller try again.

@@ -128,6 +128,8 @@ async def test_read_commands_print_canonical_json_lines(
 
 # Commands that change something (or converse) rather than read; every other one has --json.
 WRITES = {
+    "sessions rename",
+    "sessions rm",
     "runs cancel",
     "chat",
     "secrets put",
@@ -169,6 +171,25 @@ def test_every_read_command_takes_json() -> None:
         name for name, options in commands.items() if name not in WRITES and "--json" not in options
     ]
     assert not missing, f"read commands without --json: {missing}"
+
+
+async def test_sessions_are_renamed_and_removed(workspace: tuple[Ap, AsyncClient]) -> None:
+    """rename changes the title; rm refuses an active run with a hint, --force deletes it."""
+    ap, client = workspace
+    session = await client.create_session(title="Before")
+    renamed = await ap("sessions", "rename", session.name.removeprefix("sessions/"), "After")
+    assert (renamed.code, renamed.out.strip()) == (0, f"{session.name} is now titled 'After'")
+    assert (await client.get_session(session.name)).title == "After"
+    run = await client.create_run(session.name, LONG)
+    refused = await ap("sessions", "rm", session.name)
+    assert refused.code == 1 and refused.out == ""
+    assert run.name in refused.err and "RUN_ALREADY_ACTIVE" in refused.err
+    assert f"ap sessions rm {session.name} --force" in refused.err
+    forced = await ap("sessions", "rm", session.name, "--force")
+    assert (forced.code, forced.out.strip()) == (0, f"deleted {session.name}")
+    assert [s.name async for s in client.list_sessions()] == []
+    again = await ap("sessions", "rm", session.name)
+    assert again.code == 1 and "NOT_FOUND" in again.err
 
 
 async def test_chat_titles_a_new_session_after_its_first_message(

@@ -207,6 +207,40 @@ async def test_enqueue_runs_a_second_message_after_the_active_one(stack: Stack) 
     assert done_first.end_time.ToNanoseconds() <= events[1].create_time.ToNanoseconds()
 
 
+async def test_sessions_are_renamed_and_deleted_through_both_clients(stack: Stack) -> None:
+    """update_session changes only what it is given; delete_session refuses an active run."""
+    async with AsyncClient(stack.address, stack.owner.api_key) as client:
+        session = await client.create_session(title="old", instructions="keep", metadata={"a": "1"})
+        renamed = await client.update_session(session.name, title="new")
+        cleared = await client.update_session(session.name, metadata={})
+        active = await client.create_run(session.name, SLOW)
+        with pytest.raises(RunAlreadyActive) as refused:
+            await client.delete_session(session.name)
+        await client.delete_session(session.name, force=True)
+        with pytest.raises(NotFound):
+            await client.get_session(session.name)
+        with pytest.raises(ValueError, match="nothing to update"):
+            await client.update_session(session.name)
+
+    def sync_calls() -> tuple[str, bool]:
+        with Client(stack.address, stack.owner.api_key) as blocking_client:
+            made = blocking_client.create_session(title="blocking")
+            title = blocking_client.update_session(made.name, title="renamed").title
+            blocking_client.delete_session(made.name)
+            blocking_client.delete_session(made.name, allow_missing=True)
+            gone = made.name not in {s.name for s in blocking_client.list_sessions()}
+            return title, gone
+
+    assert (renamed.title, renamed.instructions, dict(renamed.metadata)) == (
+        "new",
+        "keep",
+        {"a": "1"},
+    )
+    assert (cleared.title, dict(cleared.metadata)) == ("new", {})
+    assert refused.value.active_run == active.name
+    assert await blocking(sync_calls) == ("renamed", True)
+
+
 async def test_create_run_with_a_request_id_returns_the_first_run(stack: Stack) -> None:
     """A repeated request_id answers with the run the first call created."""
     async with AsyncClient(stack.address, stack.owner.api_key) as client:

@@ -7,6 +7,7 @@ import json
 
 import grpc
 import pytest
+from agentplatform.gateway.v1 import gateway_service_pb2 as gw
 from agentplatform.v1 import (
     run_service_pb2,
     secret_service_pb2,
@@ -18,7 +19,7 @@ from agentplatform.v1 import (
 )
 
 from tests.gateway.helpers import GatewayStack
-from tests.harness import expect_error
+from tests.harness import Client, expect_error
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(60)]
 
@@ -30,11 +31,14 @@ ITEM_SCHEMA = {
 }
 
 
-async def _put_secret(gw_stack: GatewayStack, name: str, value: bytes) -> None:
-    stub = secret_service_pb2_grpc.SecretServiceStub(gw_stack.owner.channel)
+async def _put_secret(
+    gw_stack: GatewayStack, name: str, value: bytes, client: Client | None = None
+) -> None:
+    client = client or gw_stack.owner
+    stub = secret_service_pb2_grpc.SecretServiceStub(client.channel)
     await stub.PutSecret(
         secret_service_pb2.PutSecretRequest(name=f"secrets/{name}", value=value),
-        metadata=gw_stack.owner.auth,
+        metadata=client.auth,
         timeout=10,
     )
 
@@ -279,3 +283,75 @@ async def test_runs_see_registry_changes_at_once(gw_stack: GatewayStack) -> None
     )
     await gw_stack.run(client, "one left [[tokens=1]]")
     assert offered() == ["second"]
+
+
+async def test_get_tool_answers_what_list_tools_lists(gw_stack: GatewayStack) -> None:
+    """GetTool returns one HTTP or MCP tool by name; unknown and foreign names are NOT_FOUND."""
+    client = await gw_stack.stack.new_workspace("Getter")
+    api = gw_stack.tool_api(client)
+    value = gw_stack.guard.plant("getter")
+    await _put_secret(gw_stack, "getter_token", value, client)
+    created = await gw_stack.add_http_tool(
+        client,
+        "fetch",
+        gw_stack.tools.base + "/echo/{item}",
+        parameters=ITEM_SCHEMA,
+        credential="secrets/getter_token",
+        injection="bearer",
+        timeout_ms=1500,
+    )
+    server = await api.CreateMcpServer(
+        tool_service_pb2.CreateMcpServerRequest(
+            mcp_server_id="maths", mcp_server=tool_pb2.McpServer(url=gw_stack.mcp.url)
+        ),
+        metadata=client.auth,
+        timeout=20,
+    )
+    listed = await api.ListTools(tool_service_pb2.ListToolsRequest(), metadata=client.auth)
+    assert len(listed.tools) == 3
+    for tool in listed.tools:
+        got = await api.GetTool(
+            tool_service_pb2.GetToolRequest(name=tool.name), metadata=client.auth
+        )
+        assert got == tool
+    fetched = await api.GetTool(
+        tool_service_pb2.GetToolRequest(name="tools/fetch"), metadata=client.auth
+    )
+    assert fetched == created
+    assert fetched.http.credential == "secrets/getter_token"
+    assert server.tools[0] == await api.GetTool(
+        tool_service_pb2.GetToolRequest(name=server.tools[0].name), metadata=client.auth
+    )
+    assert "workspaces/" not in str(fetched), "the gateway's internal names stay inside"
+
+    info = await expect_error(
+        api.GetTool(tool_service_pb2.GetToolRequest(name="tools/nope"), metadata=client.auth),
+        grpc.StatusCode.NOT_FOUND,
+        "NOT_FOUND",
+    )
+    assert dict(info.metadata) == {"resource": "tools/nope"}
+    await expect_error(
+        gw_stack.tool_api(gw_stack.owner).GetTool(
+            tool_service_pb2.GetToolRequest(name="tools/fetch"), metadata=gw_stack.owner.auth
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "NOT_FOUND",
+    )
+    await expect_error(
+        api.GetTool(tool_service_pb2.GetToolRequest(name="tools/"), metadata=client.auth),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+
+
+async def test_workers_may_not_read_the_registry_with_get_tool(gw_stack: GatewayStack) -> None:
+    """The gateway's GetTool is the control plane's, like the rest of the administration."""
+    await expect_error(
+        gw_stack.gateway_stub().GetTool(
+            gw.GetToolRequest(name=f"{gw_stack.owner.workspace}/tools/anything"),
+            metadata=gw_stack.as_worker(),
+            timeout=10,
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "SERVICE_NOT_ALLOWED",
+    )

@@ -55,8 +55,10 @@ def _expected_allowed(rpc: Rpc, names: list[str], foreign: Tenant | None) -> grp
     return grpc.StatusCode.NOT_FOUND if foreign_names & set(names) else OK
 
 
-async def _request(world: World, rpc: Rpc, target: Tenant, foreign: bool) -> message.Message:
-    """Build the RPC's request naming resources of `target`, fresh ones for a change."""
+async def _request(
+    world: World, rpc: Rpc, target: Tenant, foreign: bool, role: str = "owner"
+) -> message.Message:
+    """Build the RPC's request naming resources of `target`, fresh ones (by `role`) for a change."""
     kinds: dict[str, str] = {}
 
     def remember(kind: str) -> str:
@@ -70,7 +72,7 @@ async def _request(world: World, rpc: Rpc, target: Tenant, foreign: bool) -> mes
         elif rpc.reads or foreign:
             kinds[kind] = target.names[kind]
         else:
-            kinds[kind] = await world.fresh(target, kind)
+            kinds[kind] = await world.fresh(target, kind, role)
     return build_request(rpc, kinds.__getitem__)
 
 
@@ -85,7 +87,7 @@ async def cells(world: World, served: set[str], rpc: Rpc) -> AsyncIterator[Cell]
     for place, target in (("own", world.own), ("foreign", world.foreign)):
         foreign = place == "foreign"
         for role in ROLES:
-            request = await _request(world, rpc, target, foreign)
+            request = await _request(world, rpc, target, foreign, role)
             if rpc.service.full_name not in served:
                 expected = grpc.StatusCode.UNIMPLEMENTED
             elif not at_least(role, needed):

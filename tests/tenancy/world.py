@@ -10,7 +10,7 @@ import asyncpg
 
 from services.control_plane import store
 from services.control_plane.auth import new_api_key
-from services.control_plane.policy import ROLES
+from services.control_plane.policy import ROLES, at_least
 from services.rpc.db import role_dsn
 from services.rpc.names import (
     api_key_name,
@@ -41,10 +41,14 @@ class World:
     foreign: Tenant
     revoked_key: str
 
-    async def fresh(self, tenant: Tenant, kind: str) -> str:
-        """Make a new resource of `kind` in the tenant (for a call that changes or ends it)."""
+    async def fresh(self, tenant: Tenant, kind: str, role: str = "owner") -> str:
+        """Make a new resource of `kind` in the tenant (for a call that changes or ends it).
+
+        A session is made by the calling `role` when it may create one, since members may
+        delete only their own sessions; otherwise by the owner.
+        """
         make: dict[str, Callable[[Tenant], Awaitable[str]]] = {
-            "session": self._session,
+            "session": lambda t: self._session(t, role),
             "run": self._run,
             "member": self._member,
             "api_key": self._api_key,
@@ -52,8 +56,9 @@ class World:
         maker = make.get(kind)
         return await maker(tenant) if maker is not None else tenant.names[kind]
 
-    async def _session(self, tenant: Tenant) -> str:
-        return (await new_session(tenant.clients["owner"])).name
+    async def _session(self, tenant: Tenant, role: str = "owner") -> str:
+        maker = role if at_least(role, "member") else "owner"
+        return (await new_session(tenant.clients[maker])).name
 
     async def _run(self, tenant: Tenant) -> str:
         session = await self._session(tenant)

@@ -66,6 +66,44 @@ async def test_a_session_and_run_round_trip_as_canonical_json(
     assert len(listed.json()["sessions"]) == 1 and listed.json()["nextPageToken"]
 
 
+async def test_a_session_is_patched_by_its_mask_and_deleted_over_http(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """PATCH takes updateMask from the query; DELETE takes force; an active run is 400 named."""
+    auth = bearer(stack.owner.api_key)
+    session = (
+        await http.post("/v1/sessions", json={"title": "t", "instructions": "i"}, headers=auth)
+    ).json()
+    name = session["name"]
+    patched = await http.patch(
+        f"/v1/{name}",
+        json={"title": "ignored", "instructions": ""},
+        params={"updateMask": "instructions"},
+        headers=auth,
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["title"] == "t" and "instructions" not in patched.json()
+    bad = await http.patch(f"/v1/{name}", json={}, params={"updateMask": "model"}, headers=auth)
+    assert _error(bad, 400, "INVALID_ARGUMENT", "INVALID_ARGUMENT")["details"][0]["metadata"] == {
+        "field": "update_mask",
+        "path": "model",
+    }
+    run = (await http.post(f"/v1/{name}/runs", json={"inputText": "[[hang]]"}, headers=auth)).json()
+    refused = _error(
+        await http.delete(f"/v1/{name}", headers=auth),
+        400,
+        "FAILED_PRECONDITION",
+        "RUN_ALREADY_ACTIVE",
+    )
+    assert refused["details"][0]["metadata"] == {"active_run": run["name"]}
+    deleted = await http.delete(f"/v1/{name}", params={"force": "true"}, headers=auth)
+    assert deleted.status_code == 200, deleted.text
+    _error(await http.get(f"/v1/{name}", headers=auth), 404, "NOT_FOUND", "NOT_FOUND")
+    _error(await http.delete(f"/v1/{name}", headers=auth), 404, "NOT_FOUND", "NOT_FOUND")
+    gone = await http.delete(f"/v1/{name}", params={"allowMissing": "true"}, headers=auth)
+    assert gone.status_code == 200, gone.text
+
+
 async def test_the_control_planes_errors_pass_through_with_their_details(
     stack: Stack, http: httpx.AsyncClient
 ) -> None:

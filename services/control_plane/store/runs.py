@@ -404,6 +404,32 @@ async def run_pending_list(conn: Connection, session_id: uuid.UUID) -> list[Reco
     return await conn.fetch(_RUN_PENDING_LIST, session_id)
 
 
+_RUN_LOCK_ALL = """
+SELECT id, state FROM runs WHERE session_id = $1 ORDER BY create_time, id FOR UPDATE
+"""
+
+
+async def run_lock_all(conn: Connection, session_id: uuid.UUID) -> list[Record]:
+    """Lock every run of a session (id, state) for the transaction, oldest first."""
+    return await conn.fetch(_RUN_LOCK_ALL, session_id)
+
+
+_RUN_LOCK_OTHERS_NOWAIT = """
+SELECT id, state FROM runs WHERE session_id = $1 AND NOT id = ANY($2::uuid[])
+ORDER BY create_time, id FOR UPDATE NOWAIT
+"""
+
+
+async def run_lock_others_nowait(
+    conn: Connection, session_id: uuid.UUID, locked: Sequence[uuid.UUID]
+) -> list[Record]:
+    """Lock the session's runs other than `locked` (id, state), or fail at once.
+
+    Raises asyncpg.LockNotAvailableError when another transaction holds one of them.
+    """
+    return await conn.fetch(_RUN_LOCK_OTHERS_NOWAIT, session_id, list(locked))
+
+
 _RUN_PROMOTE_NEXT = """
 UPDATE runs SET state = 'queued'
 WHERE id = (SELECT id FROM runs WHERE session_id = $1 AND state = 'waiting'

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -91,6 +91,68 @@ async def session_lock(conn: Connection, workspace_id: uuid.UUID, session_id: uu
         workspace_id,
     )
     return found is not None
+
+
+_SESSION_CREATOR = "SELECT created_by FROM sessions WHERE workspace_id = $1 AND id = $2"
+_SESSION_CREATOR_LOCK = f"{_SESSION_CREATOR} FOR UPDATE"
+
+
+async def session_creator(
+    conn: Connection, workspace_id: uuid.UUID, session_id: uuid.UUID, *, lock: bool = False
+) -> uuid.UUID | None:
+    """Return the user who created a session of the workspace; None if it has no such session.
+
+    With `lock`, the session row is locked for the transaction.
+    """
+    creator: uuid.UUID | None = await conn.fetchval(
+        _SESSION_CREATOR_LOCK if lock else _SESSION_CREATOR, workspace_id, session_id
+    )
+    return creator
+
+
+_SESSION_UPDATE = f"""
+UPDATE sessions s SET
+  title = CASE WHEN 'title' = ANY($3::text[]) THEN $4::text ELSE s.title END,
+  instructions = CASE WHEN 'instructions' = ANY($3::text[]) THEN $5::text ELSE s.instructions END,
+  metadata = CASE WHEN 'metadata' = ANY($3::text[]) THEN $6::jsonb ELSE s.metadata END,
+  update_time = now()
+WHERE s.workspace_id = $1 AND s.id = $2
+RETURNING {_SESSION_COLUMNS}
+"""
+
+
+async def session_update(
+    conn: Connection,
+    workspace_id: uuid.UUID,
+    session_id: uuid.UUID,
+    *,
+    fields: Collection[str],
+    title: str = "",
+    instructions: str = "",
+    metadata: dict[str, str] | None = None,
+) -> Record | None:
+    """Set the named fields (title, instructions, metadata) of a session of the workspace.
+
+    Returns the session as it is now, None if the workspace has no such session.
+    """
+    return await conn.fetchrow(
+        _SESSION_UPDATE,
+        workspace_id,
+        session_id,
+        list(fields),
+        title,
+        instructions,
+        metadata or {},
+    )
+
+
+async def session_delete(conn: Connection, session_id: uuid.UUID) -> None:
+    """Delete a session with its messages, runs, run events and tool call records.
+
+    The foreign keys cascade. The caller's transaction holds the locks (deletion.py says
+    which, and in what order).
+    """
+    await conn.execute("DELETE FROM sessions WHERE id = $1", session_id)
 
 
 _SESSION_LIST = f"""

@@ -307,6 +307,40 @@ def _list_sessions(*, page_size: int = 0) -> session_service_pb2.ListSessionsReq
     return session_service_pb2.ListSessionsRequest(page_size=page_size)
 
 
+def _update_session(
+    name: str,
+    *,
+    title: str | None = None,
+    instructions: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> session_service_pb2.UpdateSessionRequest:
+    """Change a session's title, instructions or metadata and return it.
+
+    Only the fields given change; "" (or {} for `metadata`) clears one, and `metadata`
+    replaces the whole map.
+    """
+    return session_service_pb2.UpdateSessionRequest(
+        session=session_pb2.Session(
+            name=name, title=title or "", instructions=instructions or "", metadata=metadata
+        ),
+        update_mask=_mask(title=title, instructions=instructions, metadata=metadata),
+    )
+
+
+def _delete_session(
+    name: str, *, force: bool = False, allow_missing: bool = False
+) -> session_service_pb2.DeleteSessionRequest:
+    """Delete a session for good, with its messages, runs, run events and tool call records.
+
+    While a run of it is queued or running this raises `RunAlreadyActive` naming the run,
+    unless `force` cancels its runs first. With `allow_missing`, a session that does not
+    exist (or was deleted already) is no error.
+    """
+    return session_service_pb2.DeleteSessionRequest(
+        name=name, force=force, allow_missing=allow_missing
+    )
+
+
 def _list_messages(session: str, *, page_size: int = 0) -> session_service_pb2.ListMessagesRequest:
     """Iterate a session's transcript, oldest message first, across every page."""
     return session_service_pb2.ListMessagesRequest(parent=session, page_size=page_size)
@@ -466,6 +500,11 @@ def _create_tool(tool_id: str, tool: tool_pb2.Tool) -> tool_service_pb2.CreateTo
 def _list_tools(*, page_size: int = 0) -> tool_service_pb2.ListToolsRequest:
     """Iterate the workspace's tools, HTTP and MCP alike, ordered by name."""
     return tool_service_pb2.ListToolsRequest(page_size=page_size)
+
+
+def _get_tool(name: str) -> tool_service_pb2.GetToolRequest:
+    """Get a tool, "tools/{tool}"; an MCP server's tools are "tools/{server}__{tool}"."""
+    return tool_service_pb2.GetToolRequest(name=name)
 
 
 def _delete_tool(name: str) -> tool_service_pb2.DeleteToolRequest:
@@ -636,6 +675,14 @@ class Methods:
         lambda p: p.sessions,
         of=session_pb2.Session,
     )
+    update_session = unary(
+        rpc(_SESSIONS, lambda s: s.UpdateSession, retryable=True),
+        _update_session,
+        returns=session_pb2.Session,
+    )
+    delete_session = deleting(
+        rpc(_SESSIONS, lambda s: s.DeleteSession, retryable=False), _delete_session
+    )
     list_messages = paged(
         rpc(_SESSIONS, lambda s: s.ListMessages, retryable=True),
         _list_messages,
@@ -686,6 +733,9 @@ class Methods:
         _list_tools,
         lambda p: p.tools,
         of=tool_pb2.Tool,
+    )
+    get_tool = unary(
+        rpc(_TOOLS, lambda s: s.GetTool, retryable=True), _get_tool, returns=tool_pb2.Tool
     )
     delete_tool = deleting(rpc(_TOOLS, lambda s: s.DeleteTool, retryable=False), _delete_tool)
     create_mcp_server = unary(
