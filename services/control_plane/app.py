@@ -9,6 +9,8 @@ from agentplatform.dispatch.v1 import dispatch_service_pb2, dispatch_service_pb2
 from agentplatform.v1 import (
     api_key_service_pb2,
     api_key_service_pb2_grpc,
+    invitation_service_pb2,
+    invitation_service_pb2_grpc,
     profile_service_pb2,
     profile_service_pb2_grpc,
     run_service_pb2,
@@ -24,6 +26,7 @@ from services.control_plane.api_keys import ApiKeyService
 from services.control_plane.auth import Authenticator
 from services.control_plane.dispatch import DispatchService
 from services.control_plane.events import ClaimWaiters, EventBus, Listener, Notifier
+from services.control_plane.invitations import InvitationService
 from services.control_plane.lifecycle import RunLifecycle
 from services.control_plane.profiles import ProfileService
 from services.control_plane.runs import RunService
@@ -153,6 +156,12 @@ class ControlPlane:
                     _full_name(api_key_service_pb2, "ApiKeyService"),
                     lambda s: api_key_service_pb2_grpc.add_ApiKeyServiceServicer_to_server(
                         ApiKeyService(runtime), s
+                    ),
+                ),
+                ServiceBinding(
+                    _full_name(invitation_service_pb2, "InvitationService"),
+                    lambda s: invitation_service_pb2_grpc.add_InvitationServiceServicer_to_server(
+                        InvitationService(runtime), s
                     ),
                 ),
                 ServiceBinding(

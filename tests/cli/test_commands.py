@@ -141,6 +141,9 @@ WRITES = {
     "members add",
     "members set-role",
     "members remove",
+    "members invite",
+    "invitations revoke",
+    "invitations accept",
     "completion",
 }
 
