@@ -2,7 +2,7 @@
 
 The services' own logging chain (services/rpc/logging.py, redaction included) is configured
 once at debug level; each line goes to pytest's captured stdout, as before, and to a file.
-At the end of the session the file must hold no API key and no internal token.
+At the end of the session the file must hold no API key, invitation token or internal token.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any, TextIO
 
 # A full API key, "ap_<12 hex>_<secret>"; the prefix alone is public and may be logged.
 API_KEY = re.compile(r"ap_[0-9a-f]{12}_[A-Za-z0-9_-]{16,}")
+# An invitation token, "apinv_<secret>": as good as a membership until it is used.
+INVITATION_TOKEN = re.compile(r"apinv_[A-Za-z0-9_-]{32,}")
 # Internal tokens of the stacks the tests start (harness.py registers them).
 INTERNAL_TOKENS: set[str] = set()
 
@@ -44,9 +46,13 @@ class TeeLoggerFactory:
 
 
 def leaks(path: Path) -> list[str]:
-    """Return the captured lines that contain an API key or a registered internal token."""
+    """Return the captured lines holding an API key, an invitation token or an internal token."""
     found = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if API_KEY.search(line) or any(token in line for token in INTERNAL_TOKENS):
+        if (
+            API_KEY.search(line)
+            or INVITATION_TOKEN.search(line)
+            or any(token in line for token in INTERNAL_TOKENS)
+        ):
             found.append(line[:300])
     return found

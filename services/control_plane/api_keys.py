@@ -1,4 +1,9 @@
-"""ApiKeyService: mint, list and revoke the API keys of the caller's workspace."""
+"""ApiKeyService: mint, list and revoke the API keys of the caller's workspace.
+
+A key made for someone else is delegated: it acts in this workspace and never for its user
+beyond it. Only a personal key making a key for its own user makes another personal one, so
+no chain of keys an owner made turns into a key that speaks for someone.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +48,8 @@ class ApiKeyService(api_key_service_pb2_grpc.ApiKeyServiceServicer):
         user_id = parse_user_name(spec.user, "api_key.user") if spec.user else principal.user_id
         key = new_api_key()
         async with self._rt.pool.acquire() as conn, conn.transaction():
-            # Membership, not mere existence: a key for a non-member would be a way in.
+            # Membership, not mere existence: a key for a non-member would be a way in, and
+            # any user this workspace does not share reads the same.
             if await store.member_get(conn, principal.workspace_id, user_id) is None:
                 raise not_found(spec.user)
             key_id = await store.api_key_create(
@@ -53,6 +59,7 @@ class ApiKeyService(api_key_service_pb2_grpc.ApiKeyServiceServicer):
                 name=display_name,
                 prefix=key.prefix,
                 secret_sha256=key.secret_sha256,
+                personal=principal.personal and user_id == principal.user_id,
             )
             row = await store.api_key_get(conn, principal.workspace_id, key_id)
         assert row is not None
@@ -80,6 +87,7 @@ class ApiKeyService(api_key_service_pb2_grpc.ApiKeyServiceServicer):
         principal: Principal = current_principal()
         key_id = parse_api_key_name(request.name)
         async with self._rt.pool.acquire() as conn:
+            # The revocation notifies every replica, which ends the key's open streams.
             if not await store.api_key_revoke(conn, principal.workspace_id, key_id):
                 raise not_found(request.name)
         return empty_pb2.Empty()

@@ -9,6 +9,8 @@ from agentplatform.dispatch.v1 import dispatch_service_pb2, dispatch_service_pb2
 from agentplatform.v1 import (
     api_key_service_pb2,
     api_key_service_pb2_grpc,
+    invitation_service_pb2,
+    invitation_service_pb2_grpc,
     profile_service_pb2,
     profile_service_pb2_grpc,
     run_service_pb2,
@@ -24,8 +26,10 @@ from services.control_plane.api_keys import ApiKeyService
 from services.control_plane.auth import Authenticator
 from services.control_plane.dispatch import DispatchService
 from services.control_plane.events import ClaimWaiters, EventBus, Listener, Notifier
+from services.control_plane.invitations import InvitationService
 from services.control_plane.lifecycle import RunLifecycle
 from services.control_plane.profiles import ProfileService
+from services.control_plane.revocation import Revocations
 from services.control_plane.runs import RunService
 from services.control_plane.runtime import Runtime
 from services.control_plane.secrets import VaultClient, secret_bindings
@@ -94,15 +98,24 @@ class ControlPlane:
         )
         bus = EventBus(pool, poll_interval=settings.poll_interval_seconds)
         waiters = ClaimWaiters()
-        runtime = Runtime(settings, self.model, pool, bus, Notifier(pool), waiters)
+        revocations = Revocations(pool)
+        runtime = Runtime(settings, self.model, pool, bus, Notifier(pool), waiters, revocations)
         self._runtime = runtime
         lifecycle = RunLifecycle(runtime)
         self._lifecycle = lifecycle
+
+        def listening_again() -> None:
+            # Whatever was notified while the listener was away is read from the database.
+            bus.refresh_all()
+            revocations.listening()
+
         self._listener = Listener(
             settings.database_url,
             on_events=bus.hint,
             on_queued=waiters.wake_one,
-            on_reconnect=bus.refresh_all,
+            on_principal=revocations.hear,
+            on_reconnect=listening_again,
+            on_lost=revocations.deaf,
         )
         bus.start()
         runtime.notifier.start()
@@ -156,6 +169,12 @@ class ControlPlane:
                     ),
                 ),
                 ServiceBinding(
+                    _full_name(invitation_service_pb2, "InvitationService"),
+                    lambda s: invitation_service_pb2_grpc.add_InvitationServiceServicer_to_server(
+                        InvitationService(runtime), s
+                    ),
+                ),
+                ServiceBinding(
                     _full_name(dispatch_service_pb2, "DispatchService"),
                     lambda s: dispatch_service_pb2_grpc.add_DispatchServiceServicer_to_server(
                         DispatchService(runtime, lifecycle), s
@@ -186,5 +205,6 @@ class ControlPlane:
             self._unwatch_queue()
         if self._runtime is not None:
             await self._runtime.bus.stop()
+            await self._runtime.revocations.stop()
             await self._runtime.notifier.stop()
             await self._runtime.pool.close()

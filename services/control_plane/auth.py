@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -12,10 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import grpc
 
 from services.control_plane import store
 from services.control_plane.policy import INTERNAL, at_least, permission_denied, required_role
-from services.rpc.errors import unauthenticated
+from services.rpc.errors import ApiError, Reason, unauthenticated
 from services.rpc.internal_auth import InternalTokenAuthenticator
 
 KEY_PREFIX = "ap_"
@@ -26,13 +28,33 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated end user acting in one workspace."""
+    """An authenticated end user acting in one workspace.
+
+    `personal`: the key is one the user holds alone (migration 0006), so it speaks for the
+    user beyond the workspace; a delegated key acts in its workspace only.
+    `authenticated_at`: the loop time before the key was read, so a stream can tell whether
+    a revocation it hears of may have raced its authentication (streams.py).
+    """
 
     workspace_id: uuid.UUID
     user_id: uuid.UUID
     role: str
     display_name: str
     api_key_id: uuid.UUID | None = None
+    personal: bool = False
+    authenticated_at: float = 0.0
+
+
+def require_personal_key(principal: Principal, action: str) -> None:
+    """Refuse a delegated key an action that speaks for its user beyond its workspace."""
+    if not principal.personal:
+        raise ApiError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            Reason.PERMISSION_DENIED,
+            f"Only a personal API key can {action}; this key was made for you by an owner "
+            "of its workspace, so it acts in that workspace only.",
+            metadata={"api_key": "delegated", "required_api_key": "personal"},
+        )
 
 
 @dataclass(frozen=True)
@@ -124,6 +146,7 @@ class Authenticator:
             raise unauthenticated("Malformed API key; expected 'Bearer ap_…'.")
         prefix, secret = parts
         digest = hashlib.sha256(secret.encode()).digest()
+        authenticated_at = asyncio.get_running_loop().time()
         async with self._pool.acquire() as conn:
             row = await store.api_key_principal(conn, prefix)
             if row is None or not hmac.compare_digest(digest, row["secret_sha256"]):
@@ -137,4 +160,6 @@ class Authenticator:
             role=row["role"],
             display_name=row["display_name"],
             api_key_id=row["id"],
+            personal=row["personal"],
+            authenticated_at=authenticated_at,
         )

@@ -89,6 +89,8 @@ async def issue_owner_key(dsn: str, *, key_name: str = "dev") -> Bootstrapped | 
             name=key_name,
             prefix=key.prefix,
             secret_sha256=key.secret_sha256,
+            # The operator issues it to the owner straight in the database, as at bootstrap.
+            personal=True,
         )
         return Bootstrapped(workspace_name(row["workspace_id"]), user_name(row["user_id"]), key.key)
     finally:

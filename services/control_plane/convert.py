@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-from agentplatform.v1 import api_key_pb2, run_pb2, session_pb2, workspace_pb2
+from agentplatform.v1 import api_key_pb2, invitation_pb2, run_pb2, session_pb2, workspace_pb2
 
 from services.control_plane import store
 from services.rpc.names import (
     api_key_name,
+    invitation_name,
     member_name,
     message_name,
     run_name,
@@ -116,8 +117,22 @@ def api_key_to_proto(row: store.Record) -> api_key_pb2.ApiKey:
         user=user_name(row["user_id"]),
         prefix=f"ap_{row['prefix']}",
         role=row["role"],
+        personal=row["personal"],
     )
     key.create_time.FromDatetime(row["create_time"])
     if row["last_used_time"] is not None:
         key.last_use_time.FromDatetime(row["last_used_time"])
     return key
+
+
+def invitation_to_proto(row: store.Record) -> invitation_pb2.Invitation:
+    """Build an Invitation from its row; the token itself is never stored."""
+    invitation = invitation_pb2.Invitation(
+        name=invitation_name(row["id"]),
+        role=row["role"],
+        display_name=row["display_name"],
+        inviter=user_name(row["created_by"]),
+    )
+    invitation.create_time.FromDatetime(row["create_time"])
+    invitation.expire_time.FromDatetime(row["expire_time"])
+    return invitation

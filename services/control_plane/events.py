@@ -7,6 +7,8 @@
 The database is the source of truth: a subscriber replays from it, the in-memory channel only
 saves reads, and a per-process poller re-checks runs whose channels have gone quiet so that a
 lost notification costs latency, never an event. No subscriber holds a database connection.
+A stream runs as a principal (revocation.Watch) and ends when that principal loses the right
+to it; the Listener also carries those changes (ap_principals) to revocation.Revocations.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from agentplatform.events import event_type, is_terminal
 from agentplatform.v1 import run_pb2
 
 from services.control_plane import metrics, store
+from services.control_plane.revocation import Watch
 from services.rpc.errors import DATABASE_ERRORS, ApiError, Reason
 from services.rpc.names import run_event_name
 
@@ -133,6 +136,10 @@ class LogChannel:
     def wake(self) -> None:
         """Wake every subscriber to look again."""
         self.last_change = asyncio.get_running_loop().time()
+        self.interrupt()
+
+    def interrupt(self) -> None:
+        """Wake every subscriber without counting it as a change of the log (a stream ended)."""
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
@@ -294,11 +301,17 @@ class EventBus:
                 channel.delete()
 
     async def stream_run(
-        self, run_id: uuid.UUID, after_sequence: int, *, terminal_sequence: int | None
+        self,
+        run_id: uuid.UUID,
+        after_sequence: int,
+        *,
+        terminal_sequence: int | None,
+        watch: Watch | None = None,
     ) -> AsyncIterator[run_pb2.RunEvent]:
         """Yield the run's events after the cursor, stored ones then live ones, to the terminal.
 
-        A cursor at or past the terminal event ends the stream with nothing to send.
+        A cursor at or past the terminal event ends the stream with nothing to send; a
+        `watch` that ends raises its error.
         """
         channel = self._runs.get(run_id)
         if channel is None:
@@ -306,21 +319,26 @@ class EventBus:
         if terminal_sequence is not None and channel.terminal is None:
             channel.terminal = terminal_sequence
         try:
-            async for event in self._follow(channel, after_sequence, self._reader("run", run_id)):
+            reader = self._reader("run", run_id)
+            async for event in self._follow(channel, after_sequence, reader, watch):
                 yield event
         finally:
             self._release(self._runs, channel)
 
     async def stream_session(
-        self, session_id: uuid.UUID, after_session_sequence: int
+        self, session_id: uuid.UUID, after_session_sequence: int, *, watch: Watch | None = None
     ) -> AsyncIterator[run_pb2.RunEvent]:
-        """Yield the events of every run of the session after the cursor; never ends by itself."""
+        """Yield the events of every run of the session after the cursor.
+
+        It never ends by itself: only when the client leaves, the server stops, or a `watch`
+        ends (raising its error).
+        """
         channel = self._sessions.get(session_id)
         if channel is None:
             channel = self._sessions[session_id] = LogChannel(session_id, session_position)
         reader = self._reader("session", session_id)
         try:
-            async for event in self._follow(channel, after_session_sequence, reader):
+            async for event in self._follow(channel, after_session_sequence, reader, watch):
                 yield event
         finally:
             self._release(self._sessions, channel)
@@ -332,15 +350,19 @@ class EventBus:
             del channels[channel.key]
 
     async def _follow(
-        self, channel: LogChannel, cursor: int, read: Reader
+        self, channel: LogChannel, cursor: int, read: Reader, watch: Watch | None
     ) -> AsyncIterator[run_pb2.RunEvent]:
         # The subscription opens before the replay, so an event committed in between is seen.
         channel.subscribers += 1
         metrics.STREAM_SUBSCRIBERS.inc()
+        if watch is not None:
+            watch.on_end = channel.interrupt
         must_read = True
         while True:
             if self._closing:
                 raise shutting_down()
+            if watch is not None and watch.ended is not None:
+                raise watch.ended
             if channel.terminal is not None and cursor >= channel.terminal:
                 return
             changed = channel.changed
@@ -352,6 +374,8 @@ class EventBus:
                 if batch:
                     channel.observe(channel.position(batch[-1]))
             for event in batch:
+                if watch is not None and watch.ended is not None:
+                    raise watch.ended
                 yield event
                 cursor = channel.position(event)
                 if channel.position is run_position and is_terminal(event):
@@ -436,12 +460,16 @@ class Listener:
         *,
         on_events: Callable[[uuid.UUID, int, uuid.UUID, int], None],
         on_queued: Callable[[], None],
+        on_principal: Callable[[str], None],
         on_reconnect: Callable[[], None],
+        on_lost: Callable[[], None],
     ) -> None:
         self._dsn = dsn
         self._on_events = on_events
         self._on_queued = on_queued
+        self._on_principal = on_principal
         self._on_reconnect = on_reconnect
+        self._on_lost = on_lost
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.reconnects = 0
@@ -467,6 +495,9 @@ class Listener:
         if channel == QUEUE_CHANNEL:
             self._on_queued()
             return
+        if channel == store.PRINCIPALS_CHANNEL:
+            self._on_principal(str(payload))
+            return
         for item in str(payload).split(","):
             try:
                 run_id, seq, session_id, session_seq = item.split(":")
@@ -488,6 +519,7 @@ class Listener:
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(EVENTS_CHANNEL, self._handle)
                 await conn.add_listener(QUEUE_CHANNEL, self._handle)
+                await conn.add_listener(store.PRINCIPALS_CHANNEL, self._handle)
                 self.connected.set()
                 self.reconnects += 1
                 self._reconnected.set()
@@ -501,6 +533,8 @@ class Listener:
             except DATABASE_ERRORS as err:
                 log.warning("listener_connect_failed", error=str(err))
             finally:
+                if self.connected.is_set():
+                    self._on_lost()
                 self.connected.clear()
                 if conn is not None and not conn.is_closed():
                     conn.terminate()

@@ -73,6 +73,13 @@ POLICY: Final[dict[str, str]] = {
     f"{_V1}WorkspaceService/ListMembers": "viewer",
     f"{_V1}WorkspaceService/UpdateMember": "admin",
     f"{_V1}WorkspaceService/DeleteMember": "admin",
+    # Invitations: admins invite below owner (the servicer leaves owner invitations to
+    # owners); anyone accepts one they were given (the servicer requires a personal key).
+    f"{_V1}InvitationService/CreateInvitation": "admin",
+    f"{_V1}InvitationService/GetInvitation": "admin",
+    f"{_V1}InvitationService/ListInvitations": "admin",
+    f"{_V1}InvitationService/DeleteInvitation": "admin",
+    f"{_V1}InvitationService/AcceptInvitation": "viewer",
     # API keys act as their user: only owners mint, list and revoke them.
     f"{_V1}ApiKeyService/CreateApiKey": "owner",
     f"{_V1}ApiKeyService/ListApiKeys": "owner",

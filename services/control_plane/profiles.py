@@ -1,4 +1,9 @@
-"""ProfileService: the caller's own profile."""
+"""ProfileService: the caller's own profile.
+
+A user has one profile, seen in every workspace they belong to, so only a personal key
+changes it: a key an owner made for the user (delegated) must not let that workspace rename
+them in the others.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import grpc
 from agentplatform.v1 import profile_pb2, profile_service_pb2, profile_service_pb2_grpc
 
 from services.control_plane import store
-from services.control_plane.auth import Principal
+from services.control_plane.auth import Principal, require_personal_key
 from services.control_plane.runtime import Runtime
 from services.rpc import validate
 from services.rpc.errors import invalid_argument, not_found
@@ -55,6 +60,7 @@ class ProfileService(profile_service_pb2_grpc.ProfileServiceServicer):
     ) -> profile_pb2.Profile:
         principal: Principal = current_principal()
         self._own(principal, request.profile.name, "profile.name")
+        require_personal_key(principal, "change your profile, which all your workspaces see")
         paths = set(request.update_mask.paths) or {"display_name"}
         if paths - {"display_name"}:
             raise invalid_argument(

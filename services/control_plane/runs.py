@@ -14,6 +14,7 @@ from services.control_plane.auth import Principal
 from services.control_plane.convert import run_to_proto
 from services.control_plane.events import LogDeletedError, event_from_row
 from services.control_plane.lifecycle import RunLifecycle
+from services.control_plane.policy import required_role
 from services.control_plane.ratelimit import KeyRateLimiter
 from services.control_plane.runtime import Runtime
 from services.rpc import validate
@@ -27,6 +28,10 @@ from services.rpc.names import (
 from services.rpc.pagination import KEYSET, POSITION, Page
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+# A stream ends when its caller's role falls below what the policy table asks of it.
+_STREAM_RUN_EVENTS = "/agentplatform.v1.RunService/StreamRunEvents"
+_STREAM_SESSION_EVENTS = "/agentplatform.v1.RunService/StreamSessionEvents"
 
 
 _POLICIES = {
@@ -141,13 +146,16 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             raise invalid_argument("after_sequence", "after_sequence must not be negative.")
         row = await self._run_row(principal, request.name, "name")
         finished = row["state"] in ("completed", "failed", "cancelled")
+        needed = required_role(_STREAM_RUN_EVENTS)
         try:
-            async for event in self._rt.bus.stream_run(
-                row["id"],
-                request.after_sequence,
-                terminal_sequence=row["last_event_sequence"] if finished else None,
-            ):
-                yield run_service_pb2.StreamRunEventsResponse(event=event)
+            with self._rt.revocations.watch(principal, needed) as watch:
+                async for event in self._rt.bus.stream_run(
+                    row["id"],
+                    request.after_sequence,
+                    terminal_sequence=row["last_event_sequence"] if finished else None,
+                    watch=watch,
+                ):
+                    yield run_service_pb2.StreamRunEventsResponse(event=event)
         except LogDeletedError:
             raise not_found(request.name) from None
 
@@ -163,10 +171,12 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         async with self._rt.pool.acquire() as conn:
             if not await store.session_exists(conn, principal.workspace_id, session_id):
                 raise not_found(request.name)
+        needed = required_role(_STREAM_SESSION_EVENTS)
         try:
-            async for event in self._rt.bus.stream_session(
-                session_id, request.after_session_sequence
-            ):
-                yield run_service_pb2.StreamSessionEventsResponse(event=event)
+            with self._rt.revocations.watch(principal, needed) as watch:
+                async for event in self._rt.bus.stream_session(
+                    session_id, request.after_session_sequence, watch=watch
+                ):
+                    yield run_service_pb2.StreamSessionEventsResponse(event=event)
         except LogDeletedError:
             raise not_found(request.name) from None

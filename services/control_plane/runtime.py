@@ -10,13 +10,14 @@ from agentplatform.v1 import run_pb2
 
 from services.control_plane import metrics, store
 from services.control_plane.events import ClaimWaiters, EventBus, Notifier, place
+from services.control_plane.revocation import Revocations
 from services.control_plane.settings import ControlPlaneSettings
 from services.rpc.settings import HostedModelSettings
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """The pool, the event fan-out, dispatch waiters and settings of one control plane."""
+    """The pool, the event fan-out, open streams' principals, dispatch waiters and settings."""
 
     settings: ControlPlaneSettings
     model: HostedModelSettings
@@ -24,6 +25,7 @@ class Runtime:
     bus: EventBus
     notifier: Notifier
     claim_waiters: ClaimWaiters
+    revocations: Revocations
 
     def announce(self, stored: store.Record, events: Sequence[run_pb2.RunEvent]) -> None:
         """Publish the events one statement just stored, exactly as a replay will show them.

@@ -1,8 +1,10 @@
 """WorkspaceService: the caller's workspace, the workspaces of their user, and members.
 
 Who may call what is the policy table's business (policy.py); this module adds the rules
-that depend on the data: admins manage members below owner only, and no change may leave a
-workspace without an owner.
+that depend on the data: admins manage members below owner only, no change may leave a
+workspace without an owner, and a workspace never reaches a user it does not share —
+CreateMember only creates new users (people with a user elsewhere join by invitation,
+invitations.py), and only a personal key lists its user's other workspaces.
 """
 
 from __future__ import annotations
@@ -25,9 +27,7 @@ from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
 from services.rpc.interceptors import current_principal
 from services.rpc.names import (
     parse_member_name,
-    parse_user_name,
     parse_workspace_name,
-    user_name,
 )
 from services.rpc.pagination import KEYSET, Page
 
@@ -88,11 +88,20 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         self, request: workspace_service_pb2.ListWorkspacesRequest, context: Context
     ) -> workspace_service_pb2.ListWorkspacesResponse:
         principal: Principal = current_principal()
-        page = Page.of(request, f"workspaces:{principal.user_id}", KEYSET, default=50, maximum=1000)
+        # Tokens are bound to the key, not the user: a delegated key's page is not a personal one's.
+        page = Page.of(
+            request, f"workspaces:{principal.api_key_id}", KEYSET, default=50, maximum=1000
+        )
         async with self._rt.pool.acquire() as conn:
-            rows = await store.workspace_list(
-                conn, principal.user_id, after=page.after, limit=page.fetch
-            )
+            if principal.personal:
+                rows = await store.workspace_list(
+                    conn, principal.user_id, after=page.after, limit=page.fetch
+                )
+            else:
+                # A delegated key must not tell its workspace where else its user is; its
+                # one row never fills a page, so there is no second page to ask for.
+                own = await store.workspace_get(conn, principal.workspace_id, principal.user_id)
+                rows = [own] if own is not None else []
         rows, token = page.cut(rows, lambda r: (r["create_time"], r["id"]))
         return workspace_service_pb2.ListWorkspacesResponse(
             workspaces=[workspace_to_proto(r) for r in rows], next_page_token=token
@@ -126,28 +135,24 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         spec = request.member
         role = check_role("member.role", spec.role)
         check_member_change(principal.role, None, role)
-        user_id = parse_user_name(spec.user, "member.user") if spec.user else None
-        display_name = ""
-        if user_id is None:
-            display_name = validate.text_field(
-                "member.display_name",
-                spec.display_name.strip(),
-                max_chars=DISPLAY_NAME_MAX,
-                required=True,
+        if spec.user:
+            # The same answer for any id, without a lookup: whether a user exists elsewhere
+            # is not this workspace's to learn.
+            raise invalid_argument(
+                "member.user",
+                "member.user is output only: CreateMember creates a new user. To add someone "
+                "who has a user already, create an invitation (CreateInvitation) for them.",
             )
+        display_name = validate.text_field(
+            "member.display_name",
+            spec.display_name.strip(),
+            max_chars=DISPLAY_NAME_MAX,
+            required=True,
+        )
         async with self._rt.pool.acquire() as conn, conn.transaction():
-            if user_id is None:
-                user_id = await store.user_create(conn, display_name)
-            elif not await store.user_exists(conn, user_id):
-                raise not_found(spec.user)
+            user_id = await store.user_create(conn, display_name)
             row = await store.member_add(conn, principal.workspace_id, user_id, role)
-        if row is None:
-            raise ApiError(
-                grpc.StatusCode.ALREADY_EXISTS,
-                Reason.ALREADY_EXISTS,
-                f"{user_name(user_id)} is a member of this workspace already.",
-                metadata={"resource": user_name(user_id)},
-            )
+        assert row is not None  # a user made just now is nobody's member yet
         return member_to_proto(row)
 
     async def GetMember(

@@ -195,6 +195,17 @@ def parse_api_key_name(name: str, field: str = "name") -> uuid.UUID:
     return _parse_id(key, field, "API key")
 
 
+def invitation_name(invitation_id: uuid.UUID) -> str:
+    """Format an invitation's public resource name (the workspace is the caller's)."""
+    return f"invitations/{invitation_id}"
+
+
+def parse_invitation_name(name: str, field: str = "name") -> uuid.UUID:
+    """Parse "invitations/{invitation}"."""
+    (invitation,) = _segments(name, field, ("invitations",))
+    return _parse_id(invitation, field, "invitation")
+
+
 def _plain_id(segment: str, field: str, what: str) -> str:
     # The owning service checks an id's grammar when it is created; here one segment suffices.
     if not segment:

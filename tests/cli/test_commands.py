@@ -143,6 +143,9 @@ WRITES = {
     "members add",
     "members set-role",
     "members remove",
+    "members invite",
+    "invitations revoke",
+    "invitations accept",
     "completion",
 }
 

@@ -26,6 +26,9 @@ OWN_OUTCOME = {
     "ToolService": grpc.StatusCode.UNIMPLEMENTED,
     # Tool call records live in the control plane's own tables.
     "ToolService/ListToolCalls": OK,
+    # The matrix has no real token to spend on every cell (tests/tenancy/test_invitations.py
+    # accepts real ones); every caller the policy lets through is answered for the token.
+    "InvitationService/AcceptInvitation": grpc.StatusCode.NOT_FOUND,
 }
 # Kinds whose names carry no workspace (it is the caller's), so "foreign" names read the same.
 WORKSPACE_IMPLIED = {"secret", "tool", "mcp_server"}

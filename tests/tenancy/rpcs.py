@@ -32,10 +32,11 @@ KIND_OF_TYPE = {
     "Secret": "secret",
     "Tool": "tool",
     "McpServer": "mcp_server",
+    "Invitation": "invitation",
 }
 # Kinds of resource that contain what a `parent` field names, by the child's kind.
 PARENT_OF_TYPE = {"Run": "session", "Message": "session", "RunEvent": "run", "ToolCall": "run"}
-_VERB = re.compile(r"^(Get|List|Create|Update|Delete|Cancel|Stream|Put|Rotate|Revoke)")
+_VERB = re.compile(r"^(Get|List|Create|Update|Delete|Cancel|Stream|Put|Rotate|Revoke|Accept)")
 READ_VERBS = ("Get", "List", "Stream")
 
 
@@ -112,6 +113,8 @@ FIELD_DEFAULTS: Mapping[str, Any] = {
     "input_text": "hi [[tokens=1]]",
     "role": "viewer",
     "value": b"v",
+    # Well-formed but never issued: an accept reaches the servicer, which finds nothing.
+    "invitation_token": "apinv_matrix-token-that-was-never-issued",
 }
 
 

@@ -11,6 +11,9 @@ from agentplatform.v1 import (
     api_key_pb2,
     api_key_service_pb2,
     api_key_service_pb2_grpc,
+    invitation_pb2,
+    invitation_service_pb2,
+    invitation_service_pb2_grpc,
     profile_service_pb2,
     session_service_pb2,
     workspace_pb2,
@@ -46,10 +49,10 @@ async def _create_key(client: Client, name: str, user: str = "") -> str:
     return made.key
 
 
-async def _add_member(client: Client, role: str, user: str = "") -> workspace_pb2.Member:
+async def _add_member(client: Client, role: str) -> workspace_pb2.Member:
     return await _workspaces(client).CreateMember(
         workspace_service_pb2.CreateMemberRequest(
-            member=workspace_pb2.Member(user=user, role=role, display_name=f"New {role}")
+            member=workspace_pb2.Member(role=role, display_name=f"New {role}")
         ),
         metadata=client.auth,
         timeout=10,
@@ -118,15 +121,21 @@ async def test_a_revoked_key_is_refused_by_every_replica_at_once(stack: Stack) -
 
 
 async def test_a_user_of_two_workspaces_acts_in_the_workspace_of_each_key(stack: Stack) -> None:
-    """Memberships of one user in two workspaces; each key sees only its own workspace."""
+    """One user in two workspaces (by invitation); each key acts in its own workspace only."""
     first = await stack.new_workspace("First")
     second = await stack.new_workspace("Second")
-    me = await first.profiles.GetProfile(
-        profile_service_pb2.GetProfileRequest(name="users/me/profile"), metadata=first.auth
+    invitations = invitation_service_pb2_grpc.InvitationServiceStub(first.channel)
+    made = await invitation_service_pb2_grpc.InvitationServiceStub(second.channel).CreateInvitation(
+        invitation_service_pb2.CreateInvitationRequest(
+            invitation=invitation_pb2.Invitation(role="viewer")
+        ),
+        metadata=second.auth,
     )
-    user = me.name.removesuffix("/profile")
-    await _add_member(second, "viewer", user=user)
-    viewer_key = stack.client(await _create_key(second, "second", user=user))
+    joined = await invitations.AcceptInvitation(
+        invitation_service_pb2.AcceptInvitationRequest(invitation_token=made.token),
+        metadata=first.auth,
+    )
+    viewer_key = stack.client(joined.key)
     listed = await _workspaces(viewer_key).ListWorkspaces(
         workspace_service_pb2.ListWorkspacesRequest(), metadata=viewer_key.auth
     )

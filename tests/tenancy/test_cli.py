@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
 import pytest
 
@@ -47,3 +48,39 @@ async def test_owners_manage_keys_and_members_from_the_cli(
     monkeypatch.setenv("AP_API_KEY", vic_key)
     code, _ = await _ap(capsys, "whoami")
     assert code == 1
+
+
+async def test_an_invitation_from_the_cli_is_accepted_with_a_token_on_stdin(
+    stack: Stack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`members invite` prints a token once; `invitations accept` reads it and prints a key."""
+    host = await stack.new_workspace("CLI host", "owner")
+    guest = await stack.new_workspace("CLI guest", "owner")
+    monkeypatch.setenv("AP_ENDPOINT", stack.address)
+    monkeypatch.setenv("AP_API_KEY", host.api_key)
+    code, out = await _ap(
+        capsys, "members", "invite", "member", "--label", "for Ada", "--ttl", "2h"
+    )
+    token = out.strip()
+    assert code == 0 and token.startswith("apinv_"), out
+    code, out = await _ap(capsys, "invitations", "list")
+    assert code == 0 and "for Ada" in out and token not in out
+    monkeypatch.setenv("AP_API_KEY", guest.api_key)
+    monkeypatch.setattr("sys.stdin", io.StringIO(token + "\n"))
+    code, out = await _ap(capsys, "invitations", "accept")
+    new_key = out.strip()
+    assert code == 0 and new_key.startswith("ap_"), out
+    monkeypatch.setenv("AP_API_KEY", new_key)
+    code, out = await _ap(capsys, "whoami")
+    assert code == 0 and f"member of {host.workspace}" in out
+    monkeypatch.setattr("sys.stdin", io.StringIO(token))
+    code, _ = await _ap(capsys, "invitations", "accept")
+    assert code == 1  # a token works once
+    monkeypatch.setenv("AP_API_KEY", host.api_key)
+    code, out = await _ap(capsys, "members", "invite", "viewer")
+    code, out = await _ap(capsys, "invitations", "list")
+    name = next(line.split()[0] for line in out.splitlines() if " viewer " in line)
+    code, out = await _ap(capsys, "invitations", "revoke", name)
+    assert code == 0 and f"revoked {name}" in out
+    code, out = await _ap(capsys, "invitations", "list")
+    assert code == 0 and out.strip() == "no invitations"

@@ -5,15 +5,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from services.control_plane import store
 from services.control_plane.auth import new_api_key
+from services.control_plane.invitations import new_invitation_token
 from services.control_plane.policy import ROLES, at_least
 from services.rpc.db import role_dsn
 from services.rpc.names import (
     api_key_name,
+    invitation_name,
     member_name,
     parse_workspace_name,
     user_name,
@@ -52,6 +55,7 @@ class World:
             "run": self._run,
             "member": self._member,
             "api_key": self._api_key,
+            "invitation": self._invitation,
         }
         maker = make.get(kind)
         return await maker(tenant) if maker is not None else tenant.names[kind]
@@ -83,6 +87,25 @@ class World:
             )
         return api_key_name(key_id)
 
+    async def _invitation(self, tenant: Tenant) -> str:
+        return await new_invitation(self.stack, tenant)
+
+
+async def new_invitation(stack: Stack, tenant: Tenant, role: str = "viewer") -> str:
+    """Store an invitation to the tenant's workspace (its token is thrown away)."""
+    _, digest = new_invitation_token()
+    async with _connect(stack) as conn:
+        row = await store.invitation_create(
+            conn,
+            workspace_id=tenant.workspace_id,
+            role=role,
+            display_name="matrix",
+            token_sha256=digest,
+            created_by=tenant.user_ids["owner"],
+            expire_time=datetime.now(UTC) + timedelta(days=1),
+        )
+    return invitation_name(row["id"])
+
 
 class _connect:
     """Connect to the stack's database as the control plane's role."""
@@ -101,7 +124,10 @@ class _connect:
 
 
 async def add_member(stack: Stack, workspace_id: uuid.UUID, role: str) -> tuple[uuid.UUID, str]:
-    """Add a new user of `role` to a workspace; return the user id and a new key of theirs."""
+    """Add a new user of `role` to a workspace; return the user id and a personal key of theirs.
+
+    Personal, as if they had joined by invitation: the matrix calls as the users themselves.
+    """
     async with _connect(stack) as conn:
         user_id = await store.user_create(conn, f"{role} user")
         await store.member_add(conn, workspace_id, user_id, role)
@@ -113,6 +139,7 @@ async def add_member(stack: Stack, workspace_id: uuid.UUID, role: str) -> tuple[
             name=role,
             prefix=key.prefix,
             secret_sha256=key.secret_sha256,
+            personal=True,
         )
     return user_id, key.key
 
@@ -156,6 +183,7 @@ async def tenant(stack: Stack, name: str) -> Tenant:
         "tool": "tools/matrix",
         "mcp_server": "mcpServers/matrix",
     }
+    made.names["invitation"] = await new_invitation(stack, made)
     async with _connect(stack) as conn:
         key_id = await conn.fetchval(
             "SELECT id FROM api_keys WHERE workspace_id = $1 AND user_id = $2",

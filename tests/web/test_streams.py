@@ -236,6 +236,38 @@ async def test_a_revoked_key_cannot_join_a_feed_it_opened(stack: Stack, edge: Ed
             assert joiner.json()["error"]["status"] == "UNAUTHENTICATED"
 
 
+async def test_revoking_a_key_ends_its_shared_feed_for_every_subscriber(
+    stack: Stack, edge: Edge
+) -> None:
+    """The control plane ends the upstream; each subscriber of the feed gets the error event."""
+    owner = bearer(stack.owner.api_key)
+    session = await new_session(stack.owner)
+    async with httpx.AsyncClient(base_url=edge.url, timeout=15) as http:
+        created = await http.post("/v1/apiKeys", json={"displayName": "sse"}, headers=owner)
+        assert created.status_code == 200, created.text
+        key = bearer(created.json()["key"])
+        url = f"/v1/{session.name}:streamEvents"
+        joins = _sample("ap_sse_shared_joins_total")
+        async with (
+            http.stream("GET", url, headers=key) as first,
+            http.stream("GET", url, headers=key) as second,
+        ):
+            assert _sample("ap_sse_shared_joins_total") == joins + 1  # one upstream for both
+            readers = [EventReader(first), EventReader(second)]
+            await new_run(stack.owner, session.name, "hi [[tokens=2]]")
+            for reader in readers:
+                await reader.read(until=TERMINAL)
+            revoked = await http.delete(f"/v1/{created.json()['apiKey']['name']}", headers=owner)
+            assert revoked.status_code == 200, revoked.text
+            for reader in readers:
+                async with asyncio.timeout(1.0):
+                    (*_, last) = await reader.read(until={"error"})
+                    assert await reader.read() == []  # and the response ends
+                error = last.data["error"]
+                assert (error["code"], error["status"]) == (401, "UNAUTHENTICATED")
+                assert [d["reason"] for d in error["details"]] == ["UNAUTHENTICATED"]
+
+
 async def test_a_client_that_stops_reading_is_dropped_and_resumes_exactly(stack: Stack) -> None:
     """A client whose connection accepts no more bytes is cut off; Last-Event-ID loses nothing.
 

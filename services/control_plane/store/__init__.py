@@ -2,7 +2,7 @@
 
     runs        runs and their events: create, claim, lease, append, finish, requeue, end, read
     sessions    sessions and their transcripts (messages)
-    tenancy     workspaces, users and profiles, memberships, API keys
+    tenancy     workspaces, users and profiles, memberships, API keys, invitations
     tool_calls  the records of the tool calls runs make
 
 Names are noun first, so a store's statements sort together (`run_claim`, `run_event_append`,
@@ -55,12 +55,19 @@ from services.control_plane.store.sessions import (
     session_update,
 )
 from services.control_plane.store.tenancy import (
+    PRINCIPALS_CHANNEL,
     api_key_create,
     api_key_get,
     api_key_list,
     api_key_principal,
     api_key_revoke,
+    api_key_standing,
     api_key_touch,
+    invitation_create,
+    invitation_delete,
+    invitation_get,
+    invitation_list,
+    invitation_take,
     member_add,
     member_first_owner,
     member_get,
@@ -72,7 +79,6 @@ from services.control_plane.store.tenancy import (
     profile_get,
     profile_update,
     user_create,
-    user_exists,
     workspace_count,
     workspace_create,
     workspace_get,
@@ -90,6 +96,7 @@ from services.control_plane.store.tool_calls import (
 Record = asyncpg.Record
 
 __all__ = [
+    "PRINCIPALS_CHANNEL",
     "FenceCheck",
     "NewEvent",
     "Record",
@@ -101,7 +108,13 @@ __all__ = [
     "api_key_list",
     "api_key_principal",
     "api_key_revoke",
+    "api_key_standing",
     "api_key_touch",
+    "invitation_create",
+    "invitation_delete",
+    "invitation_get",
+    "invitation_list",
+    "invitation_take",
     "member_add",
     "member_first_owner",
     "member_get",
@@ -150,7 +163,6 @@ __all__ = [
     "tool_call_list",
     "tool_call_record",
     "user_create",
-    "user_exists",
     "workspace_count",
     "workspace_create",
     "workspace_get",

@@ -1,4 +1,9 @@
-"""SQL of tenancy: workspaces, users and their profiles, memberships, API keys."""
+"""SQL of tenancy: workspaces, users and their profiles, memberships, API keys, invitations.
+
+Changes to who a principal is (a key revoked, a membership removed or its role changed)
+NOTIFY `PRINCIPALS_CHANNEL` in the statement that makes them, so the notification is sent at
+commit and never for a change that rolled back; every replica ends the affected streams.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ import asyncpg
 from services.rpc.db import Connection
 
 Record = asyncpg.Record
+
+PRINCIPALS_CHANNEL = "ap_principals"
 
 # ── workspaces ──────────────────────────────────────────────────────────────────────────────
 
@@ -24,7 +31,7 @@ async def workspace_create(
     key_secret_sha256: bytes,
     role: str = "owner",
 ) -> tuple[uuid.UUID, uuid.UUID]:
-    """Create a workspace with its first user, their profile, membership and an API key."""
+    """Create a workspace with its first user, their profile, membership and personal API key."""
     workspace_id = uuid.uuid4()
     async with conn.transaction():
         await conn.execute(
@@ -41,6 +48,7 @@ async def workspace_create(
             name=key_name,
             prefix=key_prefix,
             secret_sha256=key_secret_sha256,
+            personal=True,
         )
     return workspace_id, user_id
 
@@ -114,12 +122,6 @@ async def user_create(conn: Connection, display_name: str) -> uuid.UUID:
             "INSERT INTO profiles (user_id, display_name) VALUES ($1, $2)", user_id, display_name
         )
     return user_id
-
-
-async def user_exists(conn: Connection, user_id: uuid.UUID) -> bool:
-    """Say whether a user exists."""
-    found: bool = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)", user_id)
-    return found
 
 
 async def profile_get(conn: Connection, user_id: uuid.UUID) -> Record | None:
@@ -223,30 +225,44 @@ async def member_owner_count(conn: Connection, workspace_id: uuid.UUID) -> int:
     return len(rows)
 
 
+# A membership change's notification: "member:{workspace}:{user}:{role}", role empty on removal.
+_MEMBER_UPDATE_ROLE = f"""
+WITH changed AS (
+    UPDATE memberships SET role = $3 WHERE workspace_id = $1 AND user_id = $2
+    RETURNING workspace_id, user_id, role
+)
+SELECT pg_notify('{PRINCIPALS_CHANNEL}', format('member:%s:%s:%s', workspace_id, user_id, role))
+FROM changed
+"""
+
+
 async def member_update_role(
     conn: Connection, workspace_id: uuid.UUID, user_id: uuid.UUID, role: str
 ) -> None:
-    """Change a member's role."""
-    await conn.execute(
-        "UPDATE memberships SET role = $3 WHERE workspace_id = $1 AND user_id = $2",
-        workspace_id,
-        user_id,
-        role,
-    )
+    """Change a member's role and tell every replica (their streams may need more)."""
+    await conn.execute(_MEMBER_UPDATE_ROLE, workspace_id, user_id, role)
+
+
+_MEMBER_REMOVE = f"""
+WITH removed AS (
+    DELETE FROM memberships WHERE workspace_id = $1 AND user_id = $2
+    RETURNING workspace_id, user_id
+)
+SELECT pg_notify('{PRINCIPALS_CHANNEL}', format('member:%s:%s:', workspace_id, user_id))
+FROM removed
+"""
 
 
 async def member_remove(conn: Connection, workspace_id: uuid.UUID, user_id: uuid.UUID) -> None:
-    """Remove a member; their API keys of the workspace go with the membership."""
-    await conn.execute(
-        "DELETE FROM memberships WHERE workspace_id = $1 AND user_id = $2", workspace_id, user_id
-    )
+    """Remove a member and tell every replica; their API keys of the workspace go with it."""
+    await conn.execute(_MEMBER_REMOVE, workspace_id, user_id)
 
 
 # ── API keys ────────────────────────────────────────────────────────────────────────────────
 
 _API_KEY_CREATE = """
-INSERT INTO api_keys (id, workspace_id, user_id, name, prefix, secret_sha256)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO api_keys (id, workspace_id, user_id, name, prefix, secret_sha256, personal)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 """
 
 
@@ -258,15 +274,22 @@ async def api_key_create(
     name: str,
     prefix: str,
     secret_sha256: bytes,
+    personal: bool = False,
 ) -> uuid.UUID:
-    """Store an API key by its prefix and the hash of its secret part; return its id."""
+    """Store an API key by its prefix and the hash of its secret part; return its id.
+
+    `personal`: the key's user holds it alone (see the migration 0006); otherwise it is
+    delegated and acts in its workspace only.
+    """
     key_id = uuid.uuid4()
-    await conn.execute(_API_KEY_CREATE, key_id, workspace_id, user_id, name, prefix, secret_sha256)
+    await conn.execute(
+        _API_KEY_CREATE, key_id, workspace_id, user_id, name, prefix, secret_sha256, personal
+    )
     return key_id
 
 
 _API_KEY_PRINCIPAL = """
-SELECT k.id, k.secret_sha256, k.workspace_id, k.user_id, k.last_used_time, m.role,
+SELECT k.id, k.secret_sha256, k.workspace_id, k.user_id, k.last_used_time, k.personal, m.role,
        p.display_name
 FROM api_keys k
 JOIN memberships m USING (workspace_id, user_id)
@@ -286,7 +309,7 @@ async def api_key_touch(conn: Connection, key_id: uuid.UUID) -> None:
 
 
 _API_KEY_FROM = """
-SELECT k.id, k.name, k.prefix, k.user_id, m.role, k.create_time, k.last_used_time
+SELECT k.id, k.name, k.prefix, k.user_id, m.role, k.personal, k.create_time, k.last_used_time
 FROM api_keys k JOIN memberships m USING (workspace_id, user_id)
 """
 _API_KEY_GET = f"""
@@ -323,13 +346,133 @@ async def api_key_list(
     return await conn.fetch(_API_KEY_LIST, workspace_id, time, key_id, limit)
 
 
-_API_KEY_REVOKE = """
-UPDATE api_keys SET revoke_time = now()
-WHERE workspace_id = $1 AND id = $2 AND revoke_time IS NULL
+_API_KEY_REVOKE = f"""
+WITH revoked AS (
+    UPDATE api_keys SET revoke_time = now()
+    WHERE workspace_id = $1 AND id = $2 AND revoke_time IS NULL
+    RETURNING id
+)
+SELECT pg_notify('{PRINCIPALS_CHANNEL}', format('key:%s', id)) FROM revoked
 """
 
 
 async def api_key_revoke(conn: Connection, workspace_id: uuid.UUID, key_id: uuid.UUID) -> bool:
-    """Revoke a live API key of a workspace; say whether there was one."""
+    """Revoke a live API key of a workspace and tell every replica; say whether there was one."""
     status: str = await conn.execute(_API_KEY_REVOKE, workspace_id, key_id)
-    return status != "UPDATE 0"
+    return status != "SELECT 0"
+
+
+_API_KEY_STANDING = """
+SELECT k.id, k.revoke_time IS NOT NULL AS revoked, m.role
+FROM api_keys k LEFT JOIN memberships m USING (workspace_id, user_id)
+WHERE k.id = ANY($1::uuid[])
+"""
+
+
+async def api_key_standing(conn: Connection, key_ids: list[uuid.UUID]) -> list[Record]:
+    """Return, per key that still exists, whether it is revoked and its member's role now.
+
+    A key missing from the answer went with its membership (the member was removed).
+    """
+    return await conn.fetch(_API_KEY_STANDING, key_ids)
+
+
+# ── invitations ─────────────────────────────────────────────────────────────────────────────
+
+_INVITATION_COLUMNS = "id, role, display_name, created_by, create_time, expire_time"
+_INVITATION_CREATE = f"""
+WITH swept AS (
+    -- Expired invitations can never be accepted: each new one clears its workspace's.
+    DELETE FROM invitations WHERE workspace_id = $2 AND expire_time <= now()
+)
+INSERT INTO invitations (id, workspace_id, role, display_name, token_sha256, created_by,
+                         expire_time)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING {_INVITATION_COLUMNS}
+"""
+
+
+async def invitation_create(
+    conn: Connection,
+    *,
+    workspace_id: uuid.UUID,
+    role: str,
+    display_name: str,
+    token_sha256: bytes,
+    created_by: uuid.UUID,
+    expire_time: datetime,
+) -> Record:
+    """Store an invitation by the hash of its token; return it."""
+    row = await conn.fetchrow(
+        _INVITATION_CREATE,
+        uuid.uuid4(),
+        workspace_id,
+        role,
+        display_name,
+        token_sha256,
+        created_by,
+        expire_time,
+    )
+    assert row is not None
+    return row
+
+
+_INVITATION_GET = f"""
+SELECT {_INVITATION_COLUMNS} FROM invitations
+WHERE workspace_id = $1 AND id = $2 AND expire_time > now()
+"""
+
+
+async def invitation_get(
+    conn: Connection, workspace_id: uuid.UUID, invitation_id: uuid.UUID
+) -> Record | None:
+    """Get an invitation of a workspace that can still be accepted."""
+    return await conn.fetchrow(_INVITATION_GET, workspace_id, invitation_id)
+
+
+_INVITATION_LIST = f"""
+SELECT {_INVITATION_COLUMNS} FROM invitations
+WHERE workspace_id = $1 AND expire_time > now()
+  AND ($2::timestamptz IS NULL OR (create_time, id) < ($2, $3))
+ORDER BY create_time DESC, id DESC
+LIMIT $4
+"""
+
+
+async def invitation_list(
+    conn: Connection,
+    workspace_id: uuid.UUID,
+    *,
+    before: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Record]:
+    """List a workspace's invitations that can still be accepted, newest first."""
+    time, invitation_id = before or (None, None)
+    return await conn.fetch(_INVITATION_LIST, workspace_id, time, invitation_id, limit)
+
+
+_INVITATION_DELETE = f"""
+DELETE FROM invitations WHERE workspace_id = $1 AND id = $2 AND expire_time > now()
+RETURNING {_INVITATION_COLUMNS}
+"""
+
+
+async def invitation_delete(
+    conn: Connection, workspace_id: uuid.UUID, invitation_id: uuid.UUID
+) -> Record | None:
+    """Revoke (delete) an invitation that could still be accepted; return what it was."""
+    return await conn.fetchrow(_INVITATION_DELETE, workspace_id, invitation_id)
+
+
+_INVITATION_TAKE = f"""
+DELETE FROM invitations WHERE token_sha256 = $1 AND expire_time > now()
+RETURNING workspace_id, {_INVITATION_COLUMNS}
+"""
+
+
+async def invitation_take(conn: Connection, token_sha256: bytes) -> Record | None:
+    """Consume the live invitation with this token: delete it and return it, or None.
+
+    The delete locks the row, so of two concurrent accepts of one token only one gets it.
+    """
+    return await conn.fetchrow(_INVITATION_TAKE, token_sha256)

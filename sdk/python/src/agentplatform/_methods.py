@@ -38,6 +38,9 @@ from agentplatform.v1 import (
     api_key_pb2,
     api_key_service_pb2,
     api_key_service_pb2_grpc,
+    invitation_pb2,
+    invitation_service_pb2,
+    invitation_service_pb2_grpc,
     master_key_pb2,
     master_key_service_pb2,
     master_key_service_pb2_grpc,
@@ -547,7 +550,11 @@ def _get_workspace(name: str) -> workspace_service_pb2.GetWorkspaceRequest:
 
 
 def _list_workspaces(*, page_size: int = 0) -> workspace_service_pb2.ListWorkspacesRequest:
-    """Iterate every workspace the caller's user belongs to, with their role in each."""
+    """Iterate the caller's user's workspaces, with their role in each.
+
+    A personal key lists every one; a delegated key (one an owner made for the user) only
+    its own.
+    """
     return workspace_service_pb2.ListWorkspacesRequest(page_size=page_size)
 
 
@@ -564,10 +571,10 @@ def _update_workspace(
 def _create_member(
     role: str, *, user: str = "", display_name: str = ""
 ) -> workspace_service_pb2.CreateMemberRequest:
-    """Add a member with `role` ("owner", "admin", "member", "viewer") and return it.
+    """Create a new user named `display_name`, a member with `role`, and return the member.
 
-    `user` ("users/{user}") adds an existing user; without it a new user named
-    `display_name` is created.
+    Someone with a user already joins by invitation instead (`create_invitation`); the
+    server refuses a `user`, which is kept for compatibility only.
     """
     return workspace_service_pb2.CreateMemberRequest(
         member=workspace_pb2.Member(user=user, role=role, display_name=display_name)
@@ -595,6 +602,62 @@ def _update_member(name: str, *, role: str) -> workspace_service_pb2.UpdateMembe
 def _delete_member(name: str) -> workspace_service_pb2.DeleteMemberRequest:
     """Remove a member and revoke their API keys of this workspace at once."""
     return workspace_service_pb2.DeleteMemberRequest(name=name)
+
+
+# -- invitations ----------------------------------------------------------------------------
+
+_INVITATIONS = invitation_service_pb2_grpc.InvitationServiceStub
+
+
+def _create_invitation(
+    role: str,
+    *,
+    display_name: str = "",
+    ttl: dt.timedelta | None = None,
+    expire_time: dt.datetime | None = None,
+) -> invitation_service_pb2.CreateInvitationRequest:
+    """Invite someone to the caller's workspace with `role`; the response's `token` is shown once.
+
+    `display_name` is a label for admins; the invitation works for `ttl` or until
+    `expire_time` (at most 30 days; neither: 7 days). Never retried: a retry could not be
+    answered with the first token, which is not stored.
+    """
+    invitation = invitation_pb2.Invitation(role=role, display_name=display_name)
+    if ttl is not None and expire_time is not None:
+        raise ValueError("give ttl or expire_time, not both")
+    if ttl is not None:
+        invitation.ttl.CopyFrom(_duration(ttl))
+    if expire_time is not None:
+        invitation.expire_time.FromDatetime(expire_time)
+    return invitation_service_pb2.CreateInvitationRequest(invitation=invitation)
+
+
+def _get_invitation(name: str) -> invitation_service_pb2.GetInvitationRequest:
+    """Get an invitation that can still be accepted, "invitations/{invitation}"."""
+    return invitation_service_pb2.GetInvitationRequest(name=name)
+
+
+def _list_invitations(*, page_size: int = 0) -> invitation_service_pb2.ListInvitationsRequest:
+    """Iterate the workspace's invitations that can still be accepted, newest first."""
+    return invitation_service_pb2.ListInvitationsRequest(page_size=page_size)
+
+
+def _delete_invitation(name: str) -> invitation_service_pb2.DeleteInvitationRequest:
+    """Revoke an invitation; its token stops working at once."""
+    return invitation_service_pb2.DeleteInvitationRequest(name=name)
+
+
+def _accept_invitation(
+    token: str, *, api_key_display_name: str = ""
+) -> invitation_service_pb2.AcceptInvitationRequest:
+    """Accept an invitation with the client's (personal) key; return the workspace and a new key.
+
+    The caller's user joins the invitation's workspace; the response's `key`, a personal key
+    that acts there, is shown this once. Never retried: the token works once.
+    """
+    return invitation_service_pb2.AcceptInvitationRequest(
+        invitation_token=token, api_key_display_name=api_key_display_name
+    )
 
 
 # -- API keys and profiles ------------------------------------------------------------------
@@ -634,7 +697,7 @@ def _get_profile(name: str = "users/me/profile") -> profile_service_pb2.GetProfi
 def _update_profile(
     *, display_name: str | None = None, name: str = "users/me/profile"
 ) -> profile_service_pb2.UpdateProfileRequest:
-    """Change the caller's own profile and return it."""
+    """Change the caller's own profile and return it (a personal key only)."""
     return profile_service_pb2.UpdateProfileRequest(
         profile=profile_pb2.Profile(name=name, display_name=display_name or ""),
         update_mask=_mask(display_name=display_name),
@@ -797,6 +860,30 @@ class Methods:
     )
     delete_member = deleting(
         rpc(_WORKSPACES, lambda s: s.DeleteMember, retryable=False), _delete_member
+    )
+    create_invitation = unary(
+        rpc(_INVITATIONS, lambda s: s.CreateInvitation, retryable=False),
+        _create_invitation,
+        returns=invitation_service_pb2.CreateInvitationResponse,
+    )
+    get_invitation = unary(
+        rpc(_INVITATIONS, lambda s: s.GetInvitation, retryable=True),
+        _get_invitation,
+        returns=invitation_pb2.Invitation,
+    )
+    list_invitations = paged(
+        rpc(_INVITATIONS, lambda s: s.ListInvitations, retryable=True),
+        _list_invitations,
+        lambda p: p.invitations,
+        of=invitation_pb2.Invitation,
+    )
+    delete_invitation = deleting(
+        rpc(_INVITATIONS, lambda s: s.DeleteInvitation, retryable=False), _delete_invitation
+    )
+    accept_invitation = unary(
+        rpc(_INVITATIONS, lambda s: s.AcceptInvitation, retryable=False),
+        _accept_invitation,
+        returns=invitation_service_pb2.AcceptInvitationResponse,
     )
     create_api_key = unary(
         rpc(_API_KEYS, lambda s: s.CreateApiKey, retryable=False),
