@@ -73,6 +73,10 @@ def request_id_reused() -> ApiError:
 
 Create = Callable[..., Awaitable[store.Record | None]]
 
+# How often a create races the session's runs before it gives up (each race means another
+# run became active or ended between the create's check and its insert).
+_CREATE_RACE_RETRIES = 5
+
 
 class Admission:
     """Create runs in sessions under their concurrency policies and announce them."""
@@ -119,8 +123,9 @@ class Admission:
             raise not_found(session_name(new.session_id))
         metrics.record_run_created()
         self._rt.announce(row, [queued])
-        if row["state"] == "queued":
-            self._lifecycle.run_claimable()
+        # A create behind an active run locked the session's queued run for a moment, so a
+        # worker's claim may have skipped it: wake one to look again.
+        self._lifecycle.run_claimable()
         return row
 
     async def _create_by_policy(
@@ -129,14 +134,21 @@ class Admission:
         """Store the run as the policy says; None when the session does not exist."""
         if policy is Concurrency.INTERRUPT:
             return await self._interrupt_and_create(conn, new, create)
-        try:
-            return await create(wait_behind_active=policy is Concurrency.ENQUEUE)
-        except store.RunAlreadyActiveError as err:
-            # Between the create's check and its insert a concurrent create made a run active
-            # (enqueue: wait behind it), or the active run ended (reject: the session is free).
-            if policy is Concurrency.REJECT and err.active_run_id is not None:
-                raise
-            return await create(wait_behind_active=policy is Concurrency.ENQUEUE)
+        for _ in range(_CREATE_RACE_RETRIES):
+            try:
+                return await create(wait_behind_active=policy is Concurrency.ENQUEUE)
+            except store.RunAlreadyActiveError as err:
+                # Between the create's check and its insert a concurrent create made a run
+                # active (enqueue: wait behind it), or the active run ended (reject: the
+                # session is free now), so the create is tried again.
+                if policy is Concurrency.REJECT and err.active_run_id is not None:
+                    raise
+        # Runs kept starting and ending under this create: a retry by the client is safe.
+        raise ApiError(
+            grpc.StatusCode.ABORTED,
+            Reason.RUN_ALREADY_ACTIVE,
+            "Runs of this session started and ended while the run was created; try again.",
+        )
 
     async def _interrupt_and_create(
         self, conn: Connection, new: NewRun, create: Create
@@ -144,9 +156,11 @@ class Admission:
         """Cancel the session's pending runs and create the new one behind any still stopping."""
         ended: list[tuple[store.Record, run_pb2.RunEvent]] = []
         async with conn.transaction():
+            # Runs before their session, the order every event write locks them in.
+            pending_runs = await store.run_pending_list(conn, new.session_id)
             if not await store.session_lock(conn, new.workspace_id, new.session_id):
                 return None
-            for pending in await store.run_pending_list(conn, new.session_id):
+            for pending in pending_runs:
                 ended += await self._lifecycle.cancel_locked(
                     conn, pending, "interrupted by a new run"
                 )

@@ -85,8 +85,13 @@ def _event_args(events: Sequence[NewEvent]) -> tuple[list[str], list[bytes]]:
 
 _RUN_CREATE = _storing_events(
     f"""
-WITH s AS (
-  SELECT id FROM sessions WHERE id = $4 AND workspace_id = $3 FOR NO KEY UPDATE),
+WITH pending AS (
+  SELECT id FROM runs WHERE session_id = $4 AND state IN ('waiting', 'queued', 'running')
+  FOR UPDATE),
+s AS (
+  SELECT id FROM sessions
+  WHERE id = $4 AND workspace_id = $3 AND (SELECT count(*) FROM pending) >= 0
+  FOR NO KEY UPDATE),
 m AS (
   INSERT INTO messages (id, session_id, role, text, run_id, author_user_id)
   SELECT $7, s.id, 'user', $8, $6, $5 FROM s
@@ -122,6 +127,12 @@ async def run_create(
     The run is 'queued' (claimable) unless `wait_behind_active` and the session already has
     a run, in which case it is 'waiting' behind it. One statement: one round trip, one
     implicit transaction; the session row lock orders concurrent creates of one session.
+
+    Locks are taken in the order every event write takes them, runs before their session:
+    the session's unfinished runs first (`pending`, which `s` waits for), then the session.
+    Locking the session first deadlocked with a worker's append to the active run: the
+    append held the run and waited for the session, while the create held the session and
+    its unique-index check waited for the append's transaction.
     """
     try:
         return await conn.fetchrow(
@@ -291,7 +302,10 @@ c AS (
   UPDATE runs r
   SET state = 'running', attempt = r.attempt + 1, fencing_token = r.fencing_token + 1,
       lease_owner = $1, lease_expire_time = now() + make_interval(secs => $2),
-      start_time = coalesce(r.start_time, now())
+      -- clock_timestamp(), not now(): now() is when the statement began, which on a busy
+      -- machine can precede the snapshot that found the run queued, so a run promoted when
+      -- the one before it ended would seem to start before that end_time.
+      start_time = coalesce(r.start_time, clock_timestamp())
   FROM next WHERE r.id = next.id
   RETURNING r.id, r.session_id, r.workspace_id, r.created_by, r.input_message_id, r.attempt,
             r.fencing_token, r.lease_expire_time, r.last_event_sequence, r.start_time,
