@@ -61,7 +61,7 @@ sdk: protos ## Build the SDK wheel (generated stubs + client) into dist/
 migrate: protos ## Apply the database migrations (embedded Postgres unless AP_DATABASE_URL is set)
 	$(BIN)/python -m devtools.stack migrate
 
-run: protos ## Run the whole platform locally: Postgres, migrations, four services, dev model
+run: protos ## Run the whole platform locally: Postgres, migrations, the services, dev model
 	$(BIN)/python -m devtools.stack run
 
 test: protos browser ## Run the test suite against real Postgres, real gRPC and a real browser

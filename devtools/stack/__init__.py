@@ -7,7 +7,7 @@ One module per job; `run` composes them:
     database    the administrative database: AP_DATABASE_URL or the embedded Postgres
     owner       the first workspace's owner key and the client config file `ap` reads
     rundir      the live stack's lock, so others can tell it runs
-    workers     worker.env: what an extra worker needs to join the stack
+    replicas    worker.env, web.env: what an extra worker or HTTP edge needs to join
     banner      what is printed once the stack is up
     run         start everything, supervise it, stop it in order
     clean       what `make clean` does before it deletes var/

@@ -7,14 +7,7 @@ from pathlib import Path
 
 from devtools.stack.console import say
 from devtools.stack.database import AdminDatabase
-from devtools.stack.layout import (
-    LOG_DIR,
-    PORTS_PER_STACK,
-    SERVICE_SLOTS,
-    StackPorts,
-    host_port,
-    relative,
-)
+from devtools.stack.layout import LOG_DIR, PORTS_PER_STACK, StackPorts, host_port, relative
 from devtools.stack.settings import SERVICES, StackSettings
 
 READY_PREFIX = "AP stack ready on"
@@ -32,7 +25,7 @@ class Started:
     logs: list[str]
     ports: StackPorts
     port_lines: list[str]
-    worker_env: Path
+    join_files: list[tuple[str, Path]]
     urls: list[tuple[str, str, str]]
 
 
@@ -40,17 +33,12 @@ def port_table(settings: StackSettings, database: AdminDatabase) -> list[str]:
     """Describe every port of the stack's block, one line each, in port order."""
     ports = settings.ports
     host = settings.connect_host
-    by_slot = {spec.slot: spec for spec in SERVICES}
     lines = []
-    for slot in range(SERVICE_SLOTS):
-        port = ports.service(slot)
-        if (spec := by_slot.get(slot)) is None:
-            lines.append(
-                f"{port}  (kept free for the HTTP edge, with its metrics on {ports.metrics(slot)})"
-            )
-            continue
-        metrics = f"http://{host_port(host, ports.metrics(slot))}/metrics"
-        lines.append(f"{port}  {spec.name:<{NAME_WIDTH}}  {spec.probe.value:<16}  {metrics}")
+    for spec in sorted(SERVICES, key=lambda spec: spec.slot):
+        metrics = f"http://{host_port(host, settings.metrics_port(spec))}/metrics"
+        lines.append(
+            f"{settings.port(spec)}  {spec.name:<{NAME_WIDTH}}  {spec.probe.value:<16}  {metrics}"
+        )
     if settings.model_base_url is None:
         lines.append(
             f"{ports.devmodel}  {'devmodel':<{NAME_WIDTH}}  http://127.0.0.1:{ports.devmodel}/v1"
@@ -75,7 +63,8 @@ def print_banner(started: Started) -> None:
     say(f"  API key      {started.api_key}")
     say(f"  written to   {started.config_path}  (mode 600; `ap` reads it)")
     say(f"  model        {started.model}")
-    say(f"  workers      add more with {relative(started.worker_env)}  (mode 600; see README)")
+    for plural, path in started.join_files:
+        say(f"  {plural:<12} add more with {relative(path)}  (mode 600; see README)")
     say(f"  logs         {relative(LOG_DIR)}/{{{','.join(started.logs)}}}.log")
     block = started.ports
     say(

@@ -12,7 +12,7 @@ Ports: a stack takes ``PORTS_PER_STACK`` consecutive ports from its base port
 (``AP_STACK_BASE_PORT``), so stacks whose base ports lie that far apart never collide::
 
     base + 0 … 4     the services, by slot: control plane (the public endpoint), worker
-                     (health only), vault, gateway, and slot 4 kept for the HTTP edge
+                     (health only), vault, gateway, the HTTP edge
     base + 5 … 9     their /metrics, in the same order
     base + 10        the dev model
     base + 11        the embedded Postgres

@@ -2,8 +2,9 @@
 
 `run` (what ``make run`` does) brings up Postgres, migrates, bootstraps the first workspace,
 starts the deterministic dev model unless a hosted model is configured, starts the services
-as subprocesses, waits until each one reports SERVING over gRPC health checking, writes the
-client config file that ``ap`` reads, and serves until Ctrl-C, SIGTERM or SIGHUP.
+as subprocesses, waits until each one is ready (SERVING over gRPC health checking; the HTTP
+edge's /readyz), writes the client config file that ``ap`` reads and what extra replicas
+need, and serves until Ctrl-C, SIGTERM or SIGHUP.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ from devtools.stack.layout import (
     relative,
 )
 from devtools.stack.owner import owner_key, write_client_config
+from devtools.stack.replicas import JOINERS, write_join_file
 from devtools.stack.rundir import StackLock
-from devtools.stack.settings import SERVICES, Probe, ServiceSpec, StackSettings, service
-from devtools.stack.workers import write_worker_env
+from devtools.stack.settings import RUN_SECRETS, SERVICES, Probe, ServiceSpec, StackSettings
 from services.migrate import SCHEMAS, migrate_all
 from services.vault.keyring import new_keyring_file
 
@@ -168,8 +169,10 @@ def _report_kill(child: Service) -> None:
 def _base_env() -> dict[str, str]:
     """Return the environment every child inherits."""
     env = dict(os.environ)
-    # Children get role DSNs; the administrative URL must not leak into them.
-    env.pop("AP_DATABASE_URL", None)
+    # Children get role DSNs; the administrative URL must not leak into them. Nor may a
+    # secret of the shell's stand in for one of this run's, or reach a service not given it.
+    for name in ("AP_DATABASE_URL", *RUN_SECRETS):
+        env.pop(name, None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -179,18 +182,19 @@ def service_env(
     spec: ServiceSpec,
     settings: StackSettings,
     admin_dsn: str,
-    internal_token: str,
+    run_secrets: Mapping[str, str],
     *,
     pki: DevPki,
 ) -> dict[str, str]:
-    """Return one service's environment: its ports, identity, database and peers."""
+    """Return one service's environment: its ports, identity, secrets, database and peers."""
     env = dict(base)
-    env.update(pki.env(spec.name))
+    if spec.certificate:
+        env.update(pki.env(spec.name))
     env.setdefault("AP_LOG_FORMAT", "console")
     env["AP_GRPC_HOST"] = settings.bind_host
     env[spec.port_variable] = str(settings.port(spec))
     env["AP_METRICS_PORT"] = str(settings.metrics_port(spec))
-    env["AP_INTERNAL_TOKEN"] = internal_token
+    env.update({name: run_secrets[name] for name in spec.secrets})
     if spec.database:
         env["AP_DATABASE_URL"] = service_dsn(admin_dsn, spec.name, _ROLES[spec.name])
     for peer in SERVICES:
@@ -222,7 +226,7 @@ def prepare_vault(settings: StackSettings) -> DevPki:
         except FileExistsError:
             say(f"vault: master keys in {relative(MASTER_KEY_FILE)}")
     hosts = [] if settings.bind_host in ("0.0.0.0", "::") else [settings.bind_host]
-    names = [spec.name for spec in SERVICES] + [STACK_IDENTITY]
+    names = [spec.name for spec in SERVICES if spec.certificate] + [STACK_IDENTITY]
     # One folder per stack (they differ by port), so concurrent stacks never swap CAs.
     directory = pki_dir(settings.ports.base)
     pki = issue_dev_pki(directory, names, hosts=hosts)
@@ -268,18 +272,24 @@ async def start_stack(
     report_migrations(await migrate_all(admin_dsn))
     config_path = default_config_path()
     api_key = await owner_key(admin_dsn, settings.owner_name, config_path)
-    # A fresh token per run: nothing outside this stack can pose as one of its services.
-    internal_token = secrets.token_urlsafe(32)
+    # Fresh per run: nothing outside this stack can pose as one of its services, or seal a
+    # sign-in cookie its edge accepts.
+    run_secrets = {name: secrets.token_urlsafe(32) for name in RUN_SECRETS}
     pki = prepare_vault(settings)
     probe = pki.tls(STACK_IDENTITY)
     env = _base_env()
     model = await start_model(children, settings, env)
 
+    envs = {
+        spec.name: service_env(env, spec, settings, admin_dsn, run_secrets, pki=pki)
+        for spec in SERVICES
+    }
+
     async def launch(spec: ServiceSpec) -> None:
         child = await children.start(
             spec.name,
             [sys.executable, "-m", f"services.{spec.name}"],
-            service_env(env, spec, settings, admin_dsn, internal_token, pki=pki),
+            envs[spec.name],
             port=settings.port(spec),
         )
         try:
@@ -301,10 +311,10 @@ async def start_stack(
         await asyncio.gather(*(launch(spec) for spec in SERVICES if spec.wave == wave))
 
     write_client_config(config_path, settings.endpoint, api_key)
-    worker = service("worker")
-    worker_env = write_worker_env(
-        settings, service_env(env, worker, settings, admin_dsn, internal_token, pki=pki)
-    )
+    join_files = [
+        (joiner.plural, write_join_file(settings, joiner, envs[joiner.service]))
+        for joiner in JOINERS
+    ]
     logs = [child.name for child in children.supervisor.children]
     return Started(
         settings.endpoint,
@@ -314,11 +324,11 @@ async def start_stack(
         logs,
         settings.ports,
         port_table(settings, database),
-        worker_env,
+        join_files,
         [
-            (spec.name, f"http://{settings.address(spec)}/", spec.banner)
+            (link.label, f"http://{settings.address(spec)}{link.path}", link.description)
             for spec in SERVICES
-            if spec.banner is not None
+            for link in spec.links
         ],
     )
 
@@ -328,8 +338,8 @@ async def serve(database: AdminDatabase, settings: StackSettings, lock: StackLoc
 
     The children have a process group of their own, so a terminal's Ctrl-C reaches only
     this process, which stops them in order: the worker first, draining its runs and
-    handing back the rest while the control plane still answers, then the others. A second
-    Ctrl-C kills everything at once.
+    handing back the rest while the control plane still answers, then the HTTP edge, then
+    the others. A second Ctrl-C kills everything at once.
     """
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -365,7 +375,8 @@ async def serve(database: AdminDatabase, settings: StackSettings, lock: StackLoc
         grace = _shutdown_grace(os.environ)
         say(
             f"stopping the stack: the worker first (it finishes its runs for up to {grace:g}s, "
-            "then hands back the rest), then the other services; Ctrl-C again kills them all"
+            "then hands back the rest), then the HTTP edge, then the other services; Ctrl-C "
+            "again kills them all"
         )
         return 0
     except (StackError, OSError, asyncpg.PostgresError) as err:

@@ -3,10 +3,11 @@
     stack.json     locked (flock) by the running stack for as long as it runs: its pid, its
                    endpoint and its children's process group. `make clean` and the tests
                    read it; a lock nobody holds is a stack that is gone.
-    worker.env     what an extra worker needs to join the stack, the internal token among
-                   it (mode 600; written by `devtools.stack.run`).
+    worker.env     what an extra worker needs to join the stack, the internal token among it
+    web.env        what an extra HTTP edge needs, the cookie secret among it (both mode 600,
+                   written by `devtools.stack.replicas`)
 
-The directory goes when the stack stops: the token and certificates die with the run.
+The directory goes when the stack stops: the secrets and certificates die with the run.
 
 Standard library only: `make clean` reads it with whatever Python there is.
 """
@@ -25,7 +26,8 @@ from devtools.stack.console import StackError
 from devtools.stack.layout import RUN_DIR, run_dir
 
 LOCK_NAME = "stack.json"
-WORKER_ENV_NAME = "worker.env"
+# The files with what extra replicas need to join the stack.
+JOIN_FILES = "*.env"
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,9 @@ class StackLock:
         """Remove the stack's run directory and let go of the lock."""
         if self._fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
-            (self.path.parent / WORKER_ENV_NAME).unlink()
+        for join_file in self.path.parent.glob(JOIN_FILES):
+            with contextlib.suppress(FileNotFoundError):
+                join_file.unlink()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         with contextlib.suppress(OSError):

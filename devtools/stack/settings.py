@@ -37,6 +37,22 @@ class Probe(enum.Enum):
     HTTP = "HTTP"
 
 
+# The stack's per-run secrets, by the variable that hands each to a service: new on every
+# start, never printed or logged (`devtools.stack.run`).
+INTERNAL_TOKEN = "AP_INTERNAL_TOKEN"
+COOKIE_SECRET = "AP_COOKIE_SECRET"
+RUN_SECRETS = (INTERNAL_TOKEN, COOKIE_SECRET)
+
+
+@dataclass(frozen=True)
+class Link:
+    """A URL of a service the banner shows: `path` on its address, with a description."""
+
+    label: str
+    path: str
+    description: str
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     """One service of the stack: ``python -m services.<name>``, its port and its wiring.
@@ -45,8 +61,9 @@ class ServiceSpec:
     (it connects as that schema's role). It listens on the port of `slot`, handed over as
     `port_variable`, and is ready once `probe` succeeds (gRPC health, or a 200 from
     `ready_path`). `peers` are the services it calls, each handed over as
-    ``AP_<PEER>_ADDRESS``. Services of a later `wave` start once the earlier waves serve, and
-    stop first. With `banner` set, the banner shows its URL with that description.
+    ``AP_<PEER>_ADDRESS``. It gets the run secrets named in `secrets` and, with
+    `certificate`, a development certificate of its own (``AP_TLS_*``). Services of a later
+    `wave` start once the earlier waves serve, and stop first. The banner shows its `links`.
     """
 
     name: str
@@ -57,19 +74,36 @@ class ServiceSpec:
     peers: tuple[str, ...] = ()
     port_variable: str = "AP_GRPC_PORT"
     ready_path: str = ""
-    banner: str | None = None
+    secrets: tuple[str, ...] = (INTERNAL_TOKEN,)
+    certificate: bool = True
+    links: tuple[Link, ...] = ()
 
 
-# Slot 4 is kept for the HTTP edge, which will be one more line, e.g.
-#   ServiceSpec("web", 4, Probe.HTTP, 2, peers=("control_plane",), port_variable="AP_HTTP_PORT",
-#               ready_path="/readyz", banner="HTTP API and dashboard"),
 # The worker is in the last wave: its claim loops need the control plane, and stopping it
-# first lets it drain its runs and hand them back while the control plane still answers.
+# first lets it drain its runs and hand them back while the control plane still answers and
+# the HTTP edge still streams their events. The edge, a client of the public API like any
+# other, gets neither the internal token nor a certificate: only the secret that seals its
+# sign-in cookies.
 SERVICES = (
     ServiceSpec("control_plane", 0, Probe.GRPC, 1, database=True, peers=("vault", "gateway")),
-    ServiceSpec("worker", 1, Probe.GRPC, 2, peers=("control_plane", "gateway")),
+    ServiceSpec("worker", 1, Probe.GRPC, 3, peers=("control_plane", "gateway")),
     ServiceSpec("vault", 2, Probe.GRPC_MTLS, 1, database=True),
     ServiceSpec("gateway", 3, Probe.GRPC_MTLS, 1, database=True, peers=("vault",)),
+    ServiceSpec(
+        "web",
+        4,
+        Probe.HTTP,
+        2,
+        peers=("control_plane",),
+        port_variable="AP_HTTP_PORT",
+        ready_path="/readyz",
+        secrets=(COOKIE_SECRET,),
+        certificate=False,
+        links=(
+            Link("HTTP API", "/v1", "JSON and server-sent events, described by /openapi.json"),
+            Link("dashboard", "/", "sign in with the API key below"),
+        ),
+    ),
 )
 
 

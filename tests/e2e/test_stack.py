@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from devtools.processes import free_port, wait_http_ok
+from devtools.stack.banner import NAME_WIDTH
 from devtools.stack.layout import PORTS_PER_STACK, StackPorts, pki_dir, run_dir
 from devtools.stack.run import STACK_IDENTITY
 from devtools.stack.rundir import LOCK_NAME
@@ -39,7 +40,10 @@ REPO = Path(__file__).resolve().parents[2]
 AP = Path(sys.executable).with_name("ap")
 READY = "AP stack ready on"
 BANNER_END = "Press Ctrl-C to stop."
-SERVICES = ("control_plane", "worker", "vault", "gateway")
+GRPC_SERVICES = ("control_plane", "worker", "vault", "gateway")
+SERVICES = (*GRPC_SERVICES, "web")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 _READY_TIMEOUT_S = 60.0  # a busy shared CI machine starts five processes slowly
 _STOP_TIMEOUT_S = 15.0
@@ -86,7 +90,17 @@ def stack_ports(env: dict[str, str]) -> StackPorts:
 
 def ports(env: dict[str, str]) -> list[int]:
     """Return the service ports of a stack environment, in SERVICES order."""
-    return [stack_ports(env).service(service(name).slot) for name in SERVICES]
+    return [service_port(env, name) for name in SERVICES]
+
+
+def service_port(env: dict[str, str], name: str) -> int:
+    """Return the port of one service of a stack environment."""
+    return stack_ports(env).service(service(name).slot)
+
+
+def edge_url(env: dict[str, str]) -> str:
+    """Return the base URL of a stack's HTTP edge."""
+    return f"http://127.0.0.1:{service_port(env, 'web')}"
 
 
 def client_config(config_home: Path) -> dict[str, str]:
@@ -245,11 +259,11 @@ async def run_cli(env: dict[str, str], *args: str, stdin: str = "") -> tuple[int
     return proc.returncode, out.decode("utf-8", errors="replace")
 
 
-def readme_walkthrough() -> str:
-    """Return the README's grpcurl walk-through, the shell block under its heading."""
+def readme_block(heading: str, index: int = 0) -> str:
+    """Return a shell block of a README section, the `index`-th under its `## ` heading."""
     readme = (REPO / "README.md").read_text()
-    section = readme.split("## grpcurl walk-through", 1)[1]
-    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+    section = readme.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```sh\n")[index + 1].split("```", 1)[0]
 
 
 async def start_script(script: str, env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -269,12 +283,47 @@ async def start_script(script: str, env: dict[str, str]) -> asyncio.subprocess.P
     )
 
 
-async def run_readme_walkthrough(env: dict[str, str], endpoint: str) -> tuple[int, str]:
-    """Run the README's grpcurl commands as written, pointed at this stack's port."""
-    script = readme_walkthrough().replace("127.0.0.1:50051", endpoint)
-    proc = await start_script(script, env)
+async def run_readme_walkthrough(
+    heading: str, env: dict[str, str], default: str, actual: str
+) -> tuple[int, str]:
+    """Run a README walk-through as written, its `default` address replaced by this stack's."""
+    script = readme_block(heading)
+    assert default in script, f"{heading} does not use {default}"
+    proc = await start_script(script.replace(default, actual), env)
     out, _ = await asyncio.wait_for(proc.communicate(), _CLI_TIMEOUT_S)
     return proc.returncode or 0, out.decode()
+
+
+def event_streams(out: str) -> list[list[dict[str, str]]]:
+    """Split the output of `curl -N`s into their event streams (each opens with `retry:`)."""
+    streams: list[list[dict[str, str]]] = []
+    for block in re.split(r"\n{2,}", out.strip()):
+        lines = [line for line in block.splitlines() if not line.startswith(":")]
+        fields = dict(line.split(": ", 1) for line in lines)
+        if fields.pop("retry", None) is not None:
+            streams.append([])
+        if fields:
+            assert streams, f"an event before any stream opened:\n{out}"
+            streams[-1].append(fields)
+    return streams
+
+
+def assert_edge_stopped_between_worker_and_control_plane(output: str, after: int) -> None:
+    """The edge stops once the worker has (it streams the worker's runs), then the control plane."""
+    worker_stopped = log_line(output, "worker", "service_stopped", after)
+    edge_stopping = log_line(output, "web", "service_stopping", worker_stopped)
+    edge_stopped = log_line(output, "web", "service_stopped", edge_stopping)
+    log_line(output, "control_plane", "service_stopping", edge_stopped)
+
+
+def log_line(output: str, name: str, needle: str, after: int = 0) -> int:
+    """Return the position of the first line `name` printed with `needle`, past `after`."""
+    prefix = f"{name:<{NAME_WIDTH}} | "
+    lines = output.splitlines()
+    for number in range(after, len(lines)):
+        if lines[number].startswith(prefix) and needle in lines[number]:
+            return number
+    raise AssertionError(f"{name} printed no {needle!r} after line {after}:\n{output}")
 
 
 async def scrape_metrics(port: int) -> str:
@@ -335,11 +384,60 @@ async def count_workspaces(admin_dsn: str) -> int:
         await conn.close()
 
 
+async def check_http_edge(env: dict[str, str], api_key: str) -> None:
+    """Run the README's curl walk-through against the stack's edge; check what else it serves."""
+    edge = edge_url(env)
+    # The curl walk-through: a run's events as SSE, then resumed after event 4.
+    code, out = await run_readme_walkthrough(
+        "## curl walk-through", env, "http://127.0.0.1:50055", edge
+    )
+    assert code == 0, out
+    first, resumed = event_streams(out)
+    assert [int(event["id"]) for event in first] == list(range(1, len(first) + 1)), out
+    assert [event["event"] for event in first].count("output_text.delta") == 5
+    assert first[-1]["event"] == "run.completed"
+    for event in first:
+        data = json.loads(event["data"])
+        assert (data["sequence"], data["type"]) == (event["id"], event["event"])
+    assert resumed == first[4:]
+    async with httpx.AsyncClient(base_url=edge, trust_env=False, timeout=10) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        assert (await http.get("/readyz")).status_code == 200
+        dashboard = await http.get("/")
+        assert dashboard.status_code == 200
+        assert dashboard.headers["content-type"].startswith("text/html")
+        profile = await http.get(
+            "/v1/users/me/profile", headers={"Authorization": f"Bearer {api_key}"}
+        )
+        assert (profile.status_code, profile.json()["role"]) == (200, "owner")
+        assert (await http.get("/v1/users/me/profile")).status_code == 401
+
+
+async def check_metrics(env: dict[str, str], *, runs_completed: int) -> None:
+    """Check every service's metrics after the test's runs and the curl walk-through."""
+    block = stack_ports(env)
+    metrics_ports = [block.metrics(service(name).slot) for name in SERVICES]
+    scraped = dict(zip(SERVICES, [await scrape_metrics(p) for p in metrics_ports], strict=True))
+    for name, text in scraped.items():
+        kind = "http" if name == "web" else "grpc"
+        assert f"# TYPE ap_{kind}_requests_total counter" in text, name
+        assert "process_resident_memory_bytes" in text
+    assert (
+        f'ap_runs_finished_total{{status="completed"}} {runs_completed}.0'
+        in scraped["control_plane"]
+    )
+    assert f"ap_run_time_to_first_event_seconds_count {runs_completed}.0" in scraped["worker"]
+    for route, count in (("CreateSession", 1), ("CreateRun", 1), ("StreamRunEvents", 2)):
+        sample = f'ap_http_requests_total{{route="{route}",status="200"}} {count}.0'
+        assert sample in scraped["web"], route
+    assert "ap_sse_subscribers 0.0" in scraped["web"]
+
+
 @pytest.mark.timeout(90)
-async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
+async def test_stack_serves_the_cli_http_health_and_reflection_then_stops_on_sigterm(
     database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
 ) -> None:
-    """`stack run` serves `ap chat`, health and reflection, and exits 0 on SIGTERM."""
+    """`stack run` serves `ap chat`, HTTP, health and reflection, and exits 0 on SIGTERM."""
     env = stack_env(database, tmp_path)
     async with running_stack(env, process_groups) as stack:
         endpoint = await stack.wait_ready()
@@ -353,6 +451,9 @@ async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
         assert config["endpoint"] == endpoint
         assert config["api_key"] in stack.output
         assert (tmp_path / "agentplatform" / "client.json").stat().st_mode & 0o777 == 0o600
+        edge = edge_url(env)
+        assert f"  HTTP API     {edge}/v1  (" in banner
+        assert f"  dashboard    {edge}/  (" in banner
 
         code, out = await run_cli(env, "chat", stdin="hello from e2e [[tokens=4]]\n")
         assert code == 0, out
@@ -361,13 +462,17 @@ async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
         assert code == 0, out
         assert "sessions/" in out
 
-        code, out = await run_readme_walkthrough(env, endpoint)
+        code, out = await run_readme_walkthrough(
+            "## grpcurl walk-through", env, "127.0.0.1:50051", endpoint
+        )
         assert code == 0, out
         assert "agentplatform.v1.RunService" in out
         assert "message CreateRunRequest {" in out
         assert "string input_text = " in out
         assert '"type": "run.completed"' in out
         assert out.count('"type": "output_text.delta"') == 5
+
+        await check_http_edge(env, config["api_key"])
 
         # The control plane reaches the vault over mTLS with the certificates `stack run` made.
         code, out = await run_cli(env, "secrets", "put", "E2E_TOKEN", stdin="e2e-value\n")
@@ -379,27 +484,21 @@ async def test_stack_serves_the_cli_health_and_reflection_then_stops_on_sigterm(
         code, out = await run_cli(env, "secrets", "rm", "E2E_TOKEN")
         assert code == 0, out
 
-        for name, port in zip(SERVICES, ports(env), strict=True):
+        for name in GRPC_SERVICES:
             mtls = service(name).probe is Probe.GRPC_MTLS
             pki = pki_dir(int(env["AP_STACK_BASE_PORT"])) if mtls else None
-            status = await health_status(port, pki=pki)
-            assert status == health_pb2.HealthCheckResponse.SERVING
+            assert await health_status(service_port(env, name), pki=pki) == SERVING
         assert "agentplatform.v1.RunService" in await reflected_services(ports(env)[0])
 
-        # Two runs completed (chat and the walk-through); every service serves its metrics.
-        block = stack_ports(env)
-        metrics_ports = [block.metrics(service(name).slot) for name in SERVICES]
-        scraped = dict(zip(SERVICES, [await scrape_metrics(p) for p in metrics_ports], strict=True))
-        for text in scraped.values():
-            assert "# TYPE ap_grpc_requests_total counter" in text
-            assert "process_resident_memory_bytes" in text
-        assert 'ap_runs_finished_total{status="completed"} 2.0' in scraped["control_plane"]
-        assert "ap_run_time_to_first_event_seconds_count 2.0" in scraped["worker"]
+        # Three runs completed: chat and the two walk-throughs.
+        await check_metrics(env, runs_completed=3)
 
+        stopping = len(stack.output.splitlines())
         assert await stack.stop() == 0, stack.output
         assert "stack stopped" in stack.output
         for port in ports(env):
             assert not await answers(port), f"port {port} still answers"
+    assert_edge_stopped_between_worker_and_control_plane(stack.output, stopping)
     # The key is printed once on the terminal by design, and never written to a service log.
     secret = config["api_key"].rsplit("_", 1)[1]
     for log_file in (REPO / "var" / "logs").glob("*.log"):
@@ -600,10 +699,7 @@ async def test_ctrl_c_past_the_grace_hands_the_run_back_and_a_watcher_notes_it_o
     assert err.decode().count("[stream interrupted") == 1, err.decode()
 
 
-def readme_more_workers() -> str:
-    """Return the README's commands that attach a worker to a running stack."""
-    section = (REPO / "README.md").read_text().split("## More workers", 1)[1]
-    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+MORE_REPLICAS = "## More workers and edges"
 
 
 @pytest.mark.timeout(120)
@@ -626,7 +722,7 @@ async def test_an_extra_worker_attaches_with_the_readme_commands(
         assert len(token) > 20 and token not in stack.output
 
         metrics = free_port()
-        script = readme_more_workers().replace("var/run/50051/", f"var/run/{base}/")
+        script = readme_block(MORE_REPLICAS).replace("var/run/50051/", f"var/run/{base}/")
         extra = await start_script(
             script, env | {"AP_METRICS_PORT": str(metrics), "AP_WORKER_ID": "extra"}
         )
@@ -649,3 +745,64 @@ async def test_an_extra_worker_attaches_with_the_readme_commands(
         assert state == "completed", run
     assert not worker_env.exists()
     assert token not in out.decode()
+
+
+async def login_cookie(edge: str, api_key: str) -> str:
+    """Sign in on an edge as the dashboard does; return the session cookie's value."""
+    async with httpx.AsyncClient(base_url=edge, trust_env=False, timeout=10) as http:
+        reply = await http.post("/auth/login", json={"apiKey": api_key})
+    assert reply.status_code == 200, reply.text
+    cookie = reply.cookies.get("ap_session")
+    assert cookie, reply.headers
+    return cookie
+
+
+@pytest.mark.timeout(120)
+async def test_an_extra_edge_attaches_with_the_readme_commands_and_shares_sign_ins(
+    database: str, tmp_path: Path, process_groups: list[tuple[int, int]]
+) -> None:
+    """A second edge started from web.env accepts a sign-in made on the first.
+
+    web.env (mode 600, never printed) holds the stack's cookie secret, which seals the
+    cookie; an edge without it would refuse the cookie as invalid.
+    """
+    env = stack_env(database, tmp_path)
+    async with running_stack(env, process_groups) as stack:
+        await stack.wait_ready()
+        base = int(env["AP_STACK_BASE_PORT"])
+        web_env = run_dir(base) / "web.env"
+        assert f"edges        add more with {web_env.relative_to(REPO)}" in stack.output
+        assert stat.S_IMODE(web_env.stat().st_mode) == 0o600
+        settings = dict(
+            line.split("=", 1) for line in web_env.read_text().splitlines() if "=" in line
+        )
+        secret = settings["AP_COOKIE_SECRET"].strip("'")
+        assert len(secret) >= 32 and secret not in stack.output
+        assert "AP_INTERNAL_TOKEN" not in settings, "the edge is no internal service"
+
+        port, metrics = free_port(), free_port()
+        script = readme_block(MORE_REPLICAS, 1).replace("var/run/50051/", f"var/run/{base}/")
+        extra = await start_script(
+            script, env | {"AP_HTTP_PORT": str(port), "AP_METRICS_PORT": str(metrics)}
+        )
+        try:
+            second = f"http://127.0.0.1:{port}"
+            await wait_http_ok(f"{second}/readyz", timeout=30)
+            key = client_config(tmp_path)["api_key"]
+            cookie = await login_cookie(edge_url(env), key)
+            async with httpx.AsyncClient(
+                base_url=second, trust_env=False, timeout=10, cookies={"ap_session": cookie}
+            ) as http:
+                profile = await http.get("/v1/users/me/profile")
+                session = await http.get("/auth/session")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(extra.pid, signal.SIGTERM)
+            out, _ = await asyncio.wait_for(extra.communicate(), 30)
+        assert extra.returncode == 0, out.decode()
+        assert (profile.status_code, profile.json()["role"]) == (200, "owner"), profile.text
+        assert session.status_code == 200, session.text
+        assert await stack.stop() == 0, stack.output
+    assert not web_env.exists()
+    for text in (out.decode(), *(log.read_text() for log in (REPO / "var" / "logs").glob("*.log"))):
+        assert secret not in text

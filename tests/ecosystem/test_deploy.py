@@ -27,6 +27,7 @@ import yaml
 from agentplatform.v1 import profile_service_pb2
 from pydantic_settings import BaseSettings
 
+from devtools.processes import Service, free_port, wait_http_ok
 from services.__main__ import COMMANDS
 from services.control_plane.bootstrap import build_parser as build_bootstrap_parser
 from services.control_plane.settings import ControlPlaneSettings
@@ -35,6 +36,7 @@ from services.migrate import SCHEMAS
 from services.rpc.db import role_dsn
 from services.rpc.settings import HostedModelSettings, ServiceSettings
 from services.vault.settings import VaultSettings
+from services.web.settings import WebSettings
 from services.worker.settings import WorkerSettings
 from tests.harness import start_stack
 
@@ -42,14 +44,18 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 KUSTOMIZE = DEPLOY / "kubernetes" / "base"
 
-# What each long-running command loads; the first class is the one with the gRPC settings.
+# What each long-running command loads; the first class is the one with its port settings.
 SETTINGS: dict[str, tuple[type[BaseSettings], ...]] = {
     "control_plane": (ControlPlaneSettings, HostedModelSettings),
     "worker": (WorkerSettings, HostedModelSettings),
     "vault": (VaultSettings,),
     "gateway": (GatewaySettings,),
+    "web": (WebSettings,),
 }
-# Settings without which a service refuses to start (or, for the worker, finds nothing).
+# The HTTP edge serves HTTP (its health: /readyz and /healthz); the others serve gRPC health.
+GRPC_COMMANDS = [command for command in SETTINGS if command != "web"]
+# Settings without which a service refuses to start (or, for the worker, finds nothing; for
+# the edge, its replicas share no sign-in).
 REQUIRED = {
     "control_plane": {
         "AP_DATABASE_URL",
@@ -60,6 +66,7 @@ REQUIRED = {
     "worker": {"AP_INTERNAL_TOKEN", "AP_CONTROL_PLANE_ADDRESS"},
     "vault": {"AP_DATABASE_URL", "AP_VAULT_ADMIN_TOKEN", "AP_VAULT_RESOLVE_TOKEN"},
     "gateway": {"AP_DATABASE_URL", "AP_GATEWAY_ADMIN_TOKEN", "AP_GATEWAY_CALL_TOKEN"},
+    "web": {"AP_CONTROL_PLANE_ADDRESS", "AP_COOKIE_SECRET"},
 }
 # Settings of which a service needs exactly one.
 ONE_OF = {"vault": {"AP_VAULT_MASTER_KEY_FILE", "AP_VAULT_MASTER_KEYS"}}
@@ -101,6 +108,11 @@ def check_service_env(command: str, env: Mapping[str, str]) -> ServiceSettings:
     if command in ONE_OF:
         assert len(ONE_OF[command] & set(env)) == 1, f"{command}: set one of {ONE_OF[command]}"
     return load_settings(command, env)
+
+
+def service_port(settings: ServiceSettings) -> int:
+    """Return the port a service serves on: the edge's HTTP port, the others' gRPC port."""
+    return settings.http_port if isinstance(settings, WebSettings) else settings.grpc_port
 
 
 def assert_role_url(command: str, url: str) -> None:
@@ -156,7 +168,7 @@ def test_image_generates_stubs_with_the_repository_tool_versions() -> None:
 
 
 def test_image_exposes_every_service_port() -> None:
-    """EXPOSE lists each service's default gRPC port and metrics port."""
+    """EXPOSE lists each service's default port (gRPC, or the edge's HTTP) and metrics port."""
     exposed = {
         int(port)
         for line in dockerfile_stages()[-1]
@@ -165,7 +177,7 @@ def test_image_exposes_every_service_port() -> None:
     }
     for command in SETTINGS:
         settings = load_settings(command, {})
-        assert {settings.grpc_port, settings.metrics_port} <= exposed, command
+        assert {service_port(settings), settings.metrics_port} <= exposed, command
 
 
 def test_every_image_command_runs_a_main() -> None:
@@ -176,7 +188,7 @@ def test_every_image_command_runs_a_main() -> None:
 
 @pytest.mark.timeout(120)
 def test_service_wheel_carries_migrations_and_the_entry_point(tmp_path: Path) -> None:
-    """The wheel the image installs holds every migration and the `ap-service` script."""
+    """The wheel the image installs holds the migrations, the edge's files and `ap-service`."""
     # Built from a copy, so the build leaves nothing behind in the working tree.
     source = tmp_path / "src"
     source.mkdir()
@@ -193,6 +205,9 @@ def test_service_wheel_carries_migrations_and_the_entry_point(tmp_path: Path) ->
     for target in SCHEMAS:
         for sql in target.directory.glob("*.sql"):
             assert str(sql.relative_to(REPO)) in names
+    web = REPO / "services" / "web"
+    for served in [web / "openapi.json", *(p for p in (web / "static").rglob("*") if p.is_file())]:
+        assert str(served.relative_to(REPO)) in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert (
         "ap-service = services.__main__:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
@@ -202,14 +217,24 @@ def test_service_wheel_carries_migrations_and_the_entry_point(tmp_path: Path) ->
 # ── docker compose ──────────────────────────────────────────────────────────────────────────
 
 
+_VARIABLE = re.compile(r"\$\{(\w+)(?:(:-|:\?|-|\?)([^}]*))?\}")
+
+
+def env_example() -> dict[str, str]:
+    """Return the variables deploy/.env.example sets, with its example values."""
+    lines = (DEPLOY / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
 def interpolate(value: str) -> str:
-    """Resolve compose `${VAR:-default}` to its default and other `${VAR…}` to a stand-in."""
+    """Resolve compose `${VAR:-default}` to its default, other `${VAR…}` as .env.example has it."""
+    example = env_example()
 
     def one(match: re.Match[str]) -> str:
-        _name, default = match.group(1), match.group(3)
-        return default if match.group(2) == ":-" else "from-env-file"
+        name, default = match.group(1), match.group(3)
+        return default if match.group(2) == ":-" else example.get(name, "from-env-file")
 
-    return re.sub(r"\$\{(\w+)(?:(:-|:\?|-|\?)([^}]*))?\}", one, value)
+    return _VARIABLE.sub(one, value)
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +258,7 @@ def compose_ports(service: Mapping[str, Any]) -> set[int]:
 
 
 def test_compose_runs_every_service_from_the_image(compose: dict[str, Any]) -> None:
-    """The four services and the migration are `ap-service` commands of the one image."""
+    """The five services and the migration are `ap-service` commands of the one image."""
     services = compose["services"]
     for name in [*SETTINGS, "migrate"]:
         assert services[name]["command"] == [name]
@@ -243,7 +268,17 @@ def test_compose_runs_every_service_from_the_image(compose: dict[str, Any]) -> N
     assert services["devmodel"]["entrypoint"] == ["python", "-m", "devtools.devmodel"]
 
 
-@pytest.mark.parametrize("command", list(SETTINGS))
+def test_compose_requires_only_variables_the_env_example_sets(compose: dict[str, Any]) -> None:
+    """Every `${VAR:?…}` the compose file requires is in deploy/.env.example, to be replaced."""
+    required = {
+        match.group(1)
+        for match in _VARIABLE.finditer((DEPLOY / "compose.yaml").read_text())
+        if match.group(2) == ":?"
+    }
+    assert required <= set(env_example()), sorted(required - set(env_example()))
+
+
+@pytest.mark.parametrize("command", GRPC_COMMANDS)
 def test_compose_service_settings_ports_and_health_check_match_the_code(
     compose: dict[str, Any], command: str
 ) -> None:
@@ -267,10 +302,57 @@ def test_compose_service_settings_ports_and_health_check_match_the_code(
         assert not published, f"{command} is internal; it must not publish a port"
 
 
-def test_compose_migrates_first_and_starts_the_worker_after_the_control_plane(
+def test_compose_edge_settings_port_and_health_check_match_the_code(
     compose: dict[str, Any],
 ) -> None:
-    """Dependencies: Postgres → migrate → services; control plane → worker."""
+    """The edge publishes its HTTP port, exposes its metrics, and checks /readyz on that port."""
+    service = compose["services"]["web"]
+    settings = check_service_env("web", compose_env(service))
+    assert isinstance(settings, WebSettings)
+    assert service["ports"] == [f"{settings.http_port}:{settings.http_port}"]
+    assert settings.metrics_port in compose_ports(service)
+    check = service["healthcheck"]["test"]
+    assert check[0] == "CMD"
+    assert f"'http://127.0.0.1:{settings.http_port}/readyz'" in check[-1]
+    # The cookie secret comes from deploy/.env, never from the file in git.
+    assert service["environment"]["AP_COOKIE_SECRET"].startswith("${AP_COOKIE_SECRET:?")
+
+
+async def test_compose_edge_health_check_passes_on_a_ready_edge_only(
+    compose: dict[str, Any],
+) -> None:
+    """The health-check command, run against a real edge, exits 0 while it is ready."""
+    check = compose["services"]["web"]["healthcheck"]["test"][1:]
+    port = free_port()
+    command = [sys.executable if arg == "python" else arg for arg in check]
+    command[-1] = command[-1].replace(":8080/", f":{port}/")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AP_")}
+    edge = await Service.start(
+        "web",
+        [sys.executable, "-m", "services", "web"],
+        env | {"AP_HTTP_PORT": str(port), "AP_METRICS_PORT": "0"},
+        port=port,
+    )
+    try:
+        await wait_http_ok(f"http://127.0.0.1:{port}/healthz", service=edge)
+        assert (await run_command(command)) == 0
+    finally:
+        await edge.stop()
+    assert (await run_command(command)) != 0, "a stopped edge must fail the check"
+
+
+async def run_command(argv: list[str]) -> int:
+    """Run a command and return its exit code."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    return await proc.wait()
+
+
+def test_compose_migrates_first_and_starts_the_control_planes_clients_after_it(
+    compose: dict[str, Any],
+) -> None:
+    """Dependencies: Postgres → migrate → services; control plane → worker and edge."""
     services = compose["services"]
     assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert set(compose_env(services["migrate"])) == MIGRATE_ENV
@@ -278,11 +360,12 @@ def test_compose_migrates_first_and_starts_the_worker_after_the_control_plane(
         assert services[name]["depends_on"]["migrate"] == {
             "condition": "service_completed_successfully"
         }
-    worker = services["worker"]
-    assert worker["depends_on"]["control_plane"] == {"condition": "service_healthy"}
     control_plane = load_settings("control_plane", compose_env(services["control_plane"]))
     expected = f"control_plane:{control_plane.grpc_port}"
-    assert compose_env(worker)["AP_CONTROL_PLANE_ADDRESS"] == expected
+    for name in ("worker", "web"):
+        client = services[name]
+        assert client["depends_on"]["control_plane"] == {"condition": "service_healthy"}
+        assert compose_env(client)["AP_CONTROL_PLANE_ADDRESS"] == expected
 
 
 def test_compose_points_the_services_at_the_dev_model(compose: dict[str, Any]) -> None:
@@ -435,10 +518,10 @@ def deployments_by_command(cluster: Cluster) -> Iterator[tuple[str, dict[str, An
 
 
 def test_kubernetes_runs_each_service_as_a_deployment(cluster: Cluster) -> None:
-    """Exactly the four services run; control plane and workers with more than one replica."""
+    """Exactly the five services run; control plane, workers, edges with more than one replica."""
     by_command = dict(deployments_by_command(cluster))
     assert set(by_command) == set(SETTINGS)
-    for command in ("control_plane", "worker"):
+    for command in ("control_plane", "worker", "web"):
         assert by_command[command]["spec"]["replicas"] > 1
     for deployment in by_command.values():
         (container,) = pod_spec(deployment)["containers"]
@@ -449,7 +532,7 @@ def test_kubernetes_runs_each_service_as_a_deployment(cluster: Cluster) -> None:
     assert {i["name"] for i in cluster.kustomization["images"]} == {"agentplatform"}
 
 
-@pytest.mark.parametrize("command", list(SETTINGS))
+@pytest.mark.parametrize("command", GRPC_COMMANDS)
 def test_kubernetes_settings_ports_and_probes_match_the_code(
     cluster: Cluster, command: str
 ) -> None:
@@ -472,11 +555,35 @@ def test_kubernetes_settings_ports_and_probes_match_the_code(
         assert grace >= settings.shutdown_grace_seconds + WORKER_RELEASE_MARGIN_S
 
 
+def test_kubernetes_edge_settings_ports_probes_and_secret_match_the_code(
+    cluster: Cluster,
+) -> None:
+    """The edge's env is real settings; its HTTP probes and metrics use the ports it binds.
+
+    Its cookie secret comes from the Secret, so every replica seals cookies with the same one.
+    """
+    deployment = dict(deployments_by_command(cluster))["web"]
+    (container,) = pod_spec(deployment)["containers"]
+    settings = check_service_env("web", container_env(cluster, container))
+    assert isinstance(settings, WebSettings)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": settings.http_port, "metrics": settings.metrics_port}
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        check = container[probe]["httpGet"]
+        assert check["path"] == path, probe
+        assert ports.get(check["port"], check["port"]) == settings.http_port, probe
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(settings.metrics_port)
+    assert secret_ref(container, "AP_COOKIE_SECRET")["name"] == "ap-credentials"
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] > settings.shutdown_grace_seconds
+
+
 def test_kubernetes_services_select_their_pods_and_ports(cluster: Cluster) -> None:
-    """Each internal Service selects its Deployment's pods and targets named container ports."""
+    """Each Service selects its Deployment's pods and targets named container ports."""
     deployments = {d["metadata"]["name"]: d for d in cluster.of_kind("Deployment").values()}
     services = cluster.of_kind("Service")
-    assert set(services) == {"control-plane", "vault", "gateway"}
+    assert set(services) == {"control-plane", "vault", "gateway", "web"}
     for name, service in services.items():
         assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
         template = deployments[name]["spec"]["template"]
@@ -487,10 +594,11 @@ def test_kubernetes_services_select_their_pods_and_ports(cluster: Cluster) -> No
             assert by_name[port["targetPort"]] == port["port"], f"{name}: {port}"
 
 
-def test_kubernetes_workers_reach_the_control_plane_service(cluster: Cluster) -> None:
-    """AP_CONTROL_PLANE_ADDRESS names the control-plane Service and its gRPC port."""
-    worker = dict(deployments_by_command(cluster))["worker"]
-    (container,) = pod_spec(worker)["containers"]
+@pytest.mark.parametrize("command", ["worker", "web"])
+def test_kubernetes_clients_reach_the_control_plane_service(cluster: Cluster, command: str) -> None:
+    """Workers' and edges' AP_CONTROL_PLANE_ADDRESS names the control-plane Service's gRPC port."""
+    deployment = dict(deployments_by_command(cluster))[command]
+    (container,) = pod_spec(deployment)["containers"]
     service = cluster.of_kind("Service")["control-plane"]
     grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
     address = container_env(cluster, container)["AP_CONTROL_PLANE_ADDRESS"]
