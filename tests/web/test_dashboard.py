@@ -223,7 +223,7 @@ async def test_cancel_a_running_run_from_the_inspector(site: Site) -> None:
     await expect(page.get_by_test_id("run-output")).to_contain_text("alpha", timeout=15000)
     await page.get_by_test_id("cancel-run").click()
     await expect(page.get_by_test_id("ending")).to_contain_text("Cancelled", timeout=15000)
-    await expect(page.locator(".row .type", has_text="run.cancelled")).to_have_count(1)
+    await expect(page.locator(".filter[data-type='run.cancelled']")).to_contain_text("1")
     assert (await get_run(owner, run.name)).state == 5  # CANCELLED
     await page.close()
 
@@ -320,4 +320,22 @@ async def test_admin_pages_and_secrets_never_show_a_value(site: Site) -> None:
     await page.fill("input[aria-label='Key label']", "laptop")
     await page.get_by_role("button", name="Create").click()
     await expect(page.get_by_test_id("new-key")).to_contain_text("ap_")
+    await page.close()
+
+
+async def test_sessions_list_filters_and_shows_latest_run(site: Site) -> None:
+    """The sessions list filters by title and by the latest run's status."""
+    owner = site.gw.owner
+    done = await new_session(owner, "Quarterly filter report")
+    run = await new_run(owner, done.name, "[[tokens=3]]")
+    await owner.stream(run.name)
+    page = await site.page("/sessions")
+    await page.fill("input.search", "quarterly")
+    rows = page.locator(".sessions-table tbody tr")
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text("Completed")
+    await expect(rows.first.locator("[data-col=runs]")).to_have_text("1")
+    await page.fill("input.search", "")
+    await page.select_option("select[aria-label='Latest run status']", "CANCELLED")
+    await expect(rows.first).to_contain_text("Long one")
     await page.close()
