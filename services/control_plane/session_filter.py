@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from services.rpc import validate
 from services.rpc.errors import invalid_argument
 
 MAX_FILTER_CHARS = 1000
@@ -135,6 +136,4 @@ class _Parser:
 
 def parse_session_filter(text: str) -> SessionFilter:
     """Parse a ListSessions filter; raise INVALID_ARGUMENT for one it cannot read."""
-    if len(text) > MAX_FILTER_CHARS:
-        raise invalid_argument("filter", f"filter is longer than {MAX_FILTER_CHARS} characters.")
-    return _Parser(text).parse()
+    return _Parser(validate.text_field("filter", text, max_chars=MAX_FILTER_CHARS)).parse()

@@ -212,6 +212,12 @@ async def test_run_inspector_shows_tool_call_arguments_and_result(site: Site) ->
     assert '"tool_call.completed"' in exported
     await site.shots.take(page, "run")
     await page.close()
+    tools = await site.page("/tools")
+    row = tools.get_by_test_id("tool-stats").locator("tr[data-tool=lookup]")
+    await expect(row).to_contain_text("1")
+    assert (await row.locator("[data-col=median]").text_content()) != "—"
+    await site.shots.take(tools, "tools")
+    await tools.close()
 
 
 async def test_cancel_a_running_run_from_the_inspector(site: Site) -> None:

@@ -90,6 +90,7 @@ from services.control_plane.store.tool_calls import (
     ToolCallEnd,
     ToolCallStart,
     tool_call_list,
+    tool_call_list_workspace,
     tool_call_record,
 )
 
@@ -161,6 +162,7 @@ __all__ = [
     "session_lock",
     "session_update",
     "tool_call_list",
+    "tool_call_list_workspace",
     "tool_call_record",
     "user_create",
     "workspace_count",

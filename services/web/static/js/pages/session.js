@@ -63,6 +63,12 @@ export function render(app, [sessionId]) {
           plots)));
     await Promise.all([loadMessages(), loadRuns()]);
     if (state.destroyed) return;
+    // The stream continues after the session's cursor; a run already going has its earlier
+    // events in its own log (what both deliver is applied once: RunModel drops repeats).
+    if (session.activeRun) {
+      const earlier = await api.listAll(`/v1/${session.activeRun}/events`, "events", {pageSize: 5000});
+      for (const event of earlier) await onEvent(event);
+    }
     state.stream = new LiveStream(`/v1/${name}:streamEvents`, {
       after: Number(session.lastEventSequence || 0),
       onEvent: (_type, event) => onEvent(event),
