@@ -210,7 +210,7 @@ async def test_run_inspector_shows_tool_call_arguments_and_result(site: Site) ->
         await page.get_by_test_id("export").click()
     exported = await asyncio.to_thread(Path(await (await download.value).path()).read_text)
     assert '"tool_call.completed"' in exported
-    await site.shots.take(page, "run")
+    await site.shots.take(page, "run", full_page=True)
     await page.close()
     tools = await site.page("/tools")
     row = tools.get_by_test_id("tool-stats").locator("tr[data-tool=lookup]")

@@ -3,7 +3,7 @@
 // returns {el, destroy}; destroy closes its streams when the user navigates away.
 
 import * as api from "./api.js";
-import {clear, h, notFound} from "./dom.js";
+import {clear, h, notFound, svg} from "./dom.js";
 import {render as signin} from "./pages/signin.js";
 import {render as sessions} from "./pages/sessions.js";
 import {render as session} from "./pages/session.js";
@@ -26,15 +26,32 @@ const ROUTES = [
   {path: /^\/admin\/master-key\/?$/, page: admin.masterKey, nav: "master-key", role: "owner"},
 ];
 
+// 24×24 stroke icons, one path each.
+const ICONS = {
+  sessions: "M4 5h16v11H8l-4 4z",
+  tools: "M14 6a4 4 0 0 0-5 5l-5 5 3 3 5-5a4 4 0 0 0 5-5l-2 2-2-1-1-2z",
+  members: "M9 11a3 3 0 1 0 0-6 3 3 0 0 0 0 6zm-6 9c0-3 3-5 6-5s6 2 6 5M16 5a3 3 0 0 1 0 6m2 4c2 .5 3 2 3 5",
+  registry: "M4 4h7v7H4zM13 4h7v7h-7zM4 13h7v7H4zM13 13h7v7h-7z",
+  secrets: "M6 11h12v9H6zM8 11V8a4 4 0 0 1 8 0v3",
+  keys: "M8 15a4 4 0 1 1 3-3l8 0v3h-2v2h-3v-2h-3",
+  "master-key": "M12 3l8 3v6c0 5-4 8-8 9-4-1-8-4-8-9V6z",
+};
+
+function icon(id) {
+  return svg("svg", {viewBox: "0 0 24 24", width: 18, height: 18, fill: "none", stroke: "currentColor",
+    "stroke-width": 1.8, "stroke-linecap": "round", "stroke-linejoin": "round", "aria-hidden": "true",
+    class: "nav-icon"}, svg("path", {d: ICONS[id]}));
+}
+
 const NAV = [
-  {id: "sessions", href: "/sessions", label: "Sessions", icon: "▤"},
-  {id: "tools", href: "/tools", label: "Tool calls", icon: "⚙"},
+  {id: "sessions", href: "/sessions", label: "Sessions"},
+  {id: "tools", href: "/tools", label: "Tool calls"},
   {heading: "Workspace"},
-  {id: "members", href: "/admin/members", label: "Members", icon: "☺"},
-  {id: "registry", href: "/admin/registry", label: "Tools & MCP", icon: "⌘"},
-  {id: "secrets", href: "/admin/secrets", label: "Secrets", icon: "⚿", role: "member"},
-  {id: "keys", href: "/admin/keys", label: "API keys", icon: "⚷", role: "owner"},
-  {id: "master-key", href: "/admin/master-key", label: "Master key", icon: "⛨", role: "owner"},
+  {id: "members", href: "/admin/members", label: "Members"},
+  {id: "registry", href: "/admin/registry", label: "Tools & MCP"},
+  {id: "secrets", href: "/admin/secrets", label: "Secrets", role: "member"},
+  {id: "keys", href: "/admin/keys", label: "API keys", role: "owner"},
+  {id: "master-key", href: "/admin/master-key", label: "Master key", role: "owner"},
 ];
 
 const app = {
@@ -100,7 +117,7 @@ function shell() {
       item.heading
         ? h("div.nav-heading", item.heading)
         : h("a.nav-link", {href: item.href, dataset: {nav: item.id}},
-          h("span.nav-icon", {"aria-hidden": "true"}, item.icon), h("span", item.label))));
+          icon(item.id), h("span", item.label))));
   const switcher = workspaceSwitcher();
   live = h("span.live", {role: "status", "aria-live": "polite"});
   main = h("main.main", {id: "main", tabindex: "-1"});

@@ -107,7 +107,8 @@ export function render(app, [sessionId]) {
     const user = m.role === "USER";
     return h(`li.message.${user ? "user" : "assistant"}`, {dataset: {message: idOf(m.name)}},
       h("div.message-head",
-        h("span.author", m.authorDisplayName || (user ? "User" : "Assistant")),
+        h("span.author", user ? m.authorDisplayName || "User"
+          : (!m.authorDisplayName || m.authorDisplayName === "assistant" ? "Assistant" : m.authorDisplayName)),
         h("time.muted", {datetime: m.createTime, title: m.createTime}, ago(m.createTime)),
         m.run ? h("a.muted.small", {href: `/${m.run}`}, "run ›") : null),
       h("div.message-text", m.text));
