@@ -17,6 +17,7 @@ from agentplatform._config import ClientConfig, ConfigError, default_config_path
 from agentplatform._errors import (
     AlreadyExists,
     APError,
+    ConcurrentUpdate,
     DeadlineExceeded,
     FailedPrecondition,
     HostedModelUnavailable,
@@ -50,6 +51,7 @@ __all__ = [
     "Client",
     "ClientConfig",
     "ConcurrencyPolicy",
+    "ConcurrentUpdate",
     "ConfigError",
     "DeadlineExceeded",
     "FailedPrecondition",

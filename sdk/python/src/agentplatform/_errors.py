@@ -18,6 +18,7 @@ Every error status of the platform carries a `google.rpc.ErrorInfo` whose reason
      ├── RateLimited               RATE_LIMITED                           .retry_after
      ├── Unavailable               UNAVAILABLE without a reason, SERVER_SHUTTING_DOWN,
      │                             DATABASE_UNAVAILABLE, SERVICE_UNAVAILABLE, ...
+     ├── ConcurrentUpdate          CONCURRENT_UPDATE (nothing applied; safe to repeat)
      ├── DeadlineExceeded          the call's timeout passed
      ├── Unimplemented             NOT_IMPLEMENTED
      ├── InternalError             INTERNAL_ERROR
@@ -173,6 +174,13 @@ class Unavailable(APError):
     """
 
 
+class ConcurrentUpdate(APError):
+    """A concurrent change conflicted with the call and nothing was applied; repeat it.
+
+    Idempotent calls were already retried with backoff before this was raised.
+    """
+
+
 class DeadlineExceeded(APError):
     """The call did not finish within its timeout."""
 
@@ -231,6 +239,7 @@ REASON_ERRORS: Mapping[int, type[APError]] = {
     _R.AUDIT_UNAVAILABLE: Unavailable,
     _R.CREDENTIAL_UNAVAILABLE: Unavailable,
     _R.TOOL_SERVER_UNAVAILABLE: Unavailable,
+    _R.CONCURRENT_UPDATE: ConcurrentUpdate,
     _R.NOT_IMPLEMENTED: Unimplemented,
     _R.INTERNAL_ERROR: InternalError,
     _R.MODEL_ERROR: RunFailed,
@@ -290,6 +299,11 @@ def run_error(run: str, event_reason: str, message: str, *, cancelled: bool) -> 
         return RunCancelled(message or "the run was cancelled", reason="RUN_CANCELLED", run=run)
     reason = event_reason or "UNKNOWN"
     return RunFailed(message or "the run failed", reason=reason, run=run)
+
+
+def reason_of(err: grpc.Call | grpc.aio.AioRpcError) -> str:
+    """Return the `ErrorInfo` reason of a failed call, "" when it carries none."""
+    return _details(err)[0]
 
 
 def _details(err: grpc.Call | grpc.aio.AioRpcError) -> tuple[str, dict[str, str], float | None]:
