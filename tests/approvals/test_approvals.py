@@ -6,6 +6,7 @@ import json
 
 import grpc
 import pytest
+from agentplatform import AsyncClient, ToolCallNotPending
 from agentplatform.v1 import (
     run_pb2,
     run_service_pb2,
@@ -16,6 +17,7 @@ from agentplatform.v1 import (
 
 from services.rpc.names import parse_workspace_name
 from tests.approvals.helpers import (
+    ITEM,
     add_tool,
     approve,
     decide,
@@ -278,3 +280,20 @@ async def test_a_run_waits_across_restarts_of_control_plane_and_workers(
     events = await owner.stream(run)
     assert events[-1].type == "run.completed" and _received(gw_stack, "rs") == 1
     assert "Tool ask_restart returned:" in reply(events)
+
+
+async def test_the_sdk_decides_with_typed_methods_and_errors(gw_stack: GatewayStack) -> None:
+    """AsyncClient.update_tool and submit_tool_approvals; a repeat raises ToolCallNotPending."""
+    await gw_stack.add_http_tool(
+        gw_stack.owner, "sdk_tool", gw_stack.tools.base + "/echo/{item}", parameters=ITEM
+    )
+    async with AsyncClient(gw_stack.stack.address, gw_stack.owner.api_key) as client:
+        tool = await client.update_tool("tools/sdk_tool", approval_policy="always_ask")
+        assert tool.approval_policy == tool_pb2.ALWAYS_ASK
+        run, (call,) = await _waiting(gw_stack, 'SDK [[tool=sdk_tool args={"item": "sdk"}]]')
+        await client.submit_tool_approvals(run, deny={call: "use the other one"})
+        with pytest.raises(ToolCallNotPending) as raised:
+            await client.submit_tool_approvals(run, approve=[call])
+        assert raised.value.call_id == call and raised.value.run == run
+    events = await gw_stack.owner.stream(run)
+    assert "use the other one" in reply(events)
