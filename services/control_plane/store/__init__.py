@@ -4,6 +4,7 @@
     sessions    sessions and their transcripts (messages)
     tenancy     workspaces, users and profiles, memberships, API keys, invitations
     tool_calls  the records of the tool calls runs make
+    usage       usage rollups of ended runs, month-to-date totals, monthly budgets
 
 Names are noun first, so a store's statements sort together (`run_claim`, `run_event_append`,
 `session_get`, `member_update_role`); each statement is written once, as a module constant
@@ -13,9 +14,11 @@ or in the one call that uses it, and callers reach them all as `store.<name>`.
 import asyncpg
 
 from services.control_plane.store.runs import (
+    EventFacts,
     FenceCheck,
     NewEvent,
     RunAlreadyActiveError,
+    RunUsage,
     run_active_id,
     run_attempt,
     run_claim,
@@ -92,15 +95,18 @@ from services.control_plane.store.tool_calls import (
     tool_call_list,
     tool_call_record,
 )
+from services.control_plane.store.usage import budget_get, budget_set, usage_query
 
 Record = asyncpg.Record
 
 __all__ = [
     "PRINCIPALS_CHANNEL",
+    "EventFacts",
     "FenceCheck",
     "NewEvent",
     "Record",
     "RunAlreadyActiveError",
+    "RunUsage",
     "ToolCallEnd",
     "ToolCallStart",
     "api_key_create",
@@ -110,6 +116,8 @@ __all__ = [
     "api_key_revoke",
     "api_key_standing",
     "api_key_touch",
+    "budget_get",
+    "budget_set",
     "invitation_create",
     "invitation_delete",
     "invitation_get",
@@ -162,6 +170,7 @@ __all__ = [
     "session_update",
     "tool_call_list",
     "tool_call_record",
+    "usage_query",
     "user_create",
     "workspace_count",
     "workspace_create",
