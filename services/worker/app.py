@@ -81,6 +81,11 @@ class Worker:
         await self._server.start()
         log.info("worker_started", control_plane=self.settings.control_plane_addresses)
 
+    @property
+    def runs_in_flight(self) -> int:
+        """Return how many runs this worker holds now (each one a claim loop's slot)."""
+        return len(self._executing)
+
     async def _claim_forever(self, control_plane: ControlPlane, model: HostedModel | None) -> None:
         wait = Duration()
         wait.FromMilliseconds(int(self.settings.claim_wait_seconds * 1000))
