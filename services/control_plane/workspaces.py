@@ -37,7 +37,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 DISPLAY_NAME_MAX = 100
 # What UpdateWorkspace changes; an empty update_mask means the display name only, so a
 # rename never clears a budget.
-_UPDATABLE = frozenset({"display_name", "budget"})
+_TOKEN_LIMIT = "budget.monthly_token_limit"
+_COST_LIMIT = "budget.monthly_cost_limit_micros"
+_UPDATABLE = frozenset({"display_name", "budget", _TOKEN_LIMIT, _COST_LIMIT})
 
 
 def check_role(field: str, role: str) -> str:
@@ -123,7 +125,8 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         if paths - _UPDATABLE:
             raise invalid_argument(
                 "update_mask",
-                "Only display_name and budget can be updated; other fields are output only.",
+                "Only display_name and budget (or its two limits) can be updated; other fields "
+                "are output only.",
             )
         display_name = (
             validate.text_field(
@@ -135,14 +138,21 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
             if "display_name" in paths
             else None
         )
-        limits = budget_limits(request.workspace.budget) if "budget" in paths else None
+        set_tokens = bool(paths & {"budget", _TOKEN_LIMIT})
+        set_cost = bool(paths & {"budget", _COST_LIMIT})
+        limits = budget_limits(request.workspace.budget) if set_tokens or set_cost else None
         async with self._rt.pool.acquire() as conn, conn.transaction():
             if display_name is not None:
                 await store.workspace_rename(conn, principal.workspace_id, display_name)
             if limits is not None:
                 tokens, cost_micros = limits
                 await store.budget_set(
-                    conn, principal.workspace_id, tokens=tokens, cost_micros=cost_micros
+                    conn,
+                    principal.workspace_id,
+                    tokens=tokens,
+                    cost_micros=cost_micros,
+                    set_tokens=set_tokens,
+                    set_cost=set_cost,
                 )
             row = await store.workspace_get(conn, principal.workspace_id, principal.user_id)
             budget = await store.budget_get(conn, principal.workspace_id)

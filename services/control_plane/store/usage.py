@@ -49,17 +49,25 @@ async def budget_get(conn: Connection, workspace_id: uuid.UUID) -> Record | None
     return await conn.fetchrow(_BUDGET_GET, workspace_id)
 
 
+_BUDGET_SET = """
+UPDATE workspaces
+SET budget_monthly_tokens = CASE WHEN $4 THEN $2 ELSE budget_monthly_tokens END,
+    budget_monthly_cost_micros = CASE WHEN $5 THEN $3 ELSE budget_monthly_cost_micros END
+WHERE id = $1
+"""
+
+
 async def budget_set(
-    conn: Connection, workspace_id: uuid.UUID, *, tokens: int | None, cost_micros: int | None
+    conn: Connection,
+    workspace_id: uuid.UUID,
+    *,
+    tokens: int | None,
+    cost_micros: int | None,
+    set_tokens: bool = True,
+    set_cost: bool = True,
 ) -> None:
-    """Set a workspace's monthly limits; None removes one."""
-    await conn.execute(
-        "UPDATE workspaces SET budget_monthly_tokens = $2, budget_monthly_cost_micros = $3 "
-        "WHERE id = $1",
-        workspace_id,
-        tokens,
-        cost_micros,
-    )
+    """Set a workspace's monthly limits (those flagged); None removes one."""
+    await conn.execute(_BUDGET_SET, workspace_id, tokens, cost_micros, set_tokens, set_cost)
 
 
 _USAGE_QUERY = """
