@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings
 from devtools.stack.layout import relative, run_dir
 from devtools.stack.owner import write_private_file
 from devtools.stack.settings import StackSettings
-from services.rpc.settings import HostedModelSettings
+from services.rpc.hosted_models import HostedModelSettings
 from services.web.settings import WebSettings
 from services.worker.settings import WorkerSettings
 

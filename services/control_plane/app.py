@@ -38,8 +38,9 @@ from services.control_plane.settings import ControlPlaneSettings
 from services.control_plane.tools import GatewayClient, tool_bindings
 from services.control_plane.workspaces import WorkspaceService
 from services.rpc.db import create_pool
+from services.rpc.hosted_models import HostedModelSettings
 from services.rpc.server import GrpcServer, ServiceBinding
-from services.rpc.settings import HostedModelSettings, SettingsError
+from services.rpc.settings import SettingsError
 
 log = structlog.get_logger(service="control_plane")
 

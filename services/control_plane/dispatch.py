@@ -140,6 +140,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             input_text=row["input_text"],
             deadline=deadline,
             tools_version=row["tools_version"],
+            model=row["model"],
         )
 
     async def _store_with_tool_calls(

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -39,6 +39,7 @@ from services.worker.model import (
     ToolCallRequest,
     UsageReport,
 )
+from services.worker.model_calls import add_usage, call_with_retries, fit_context
 from services.worker.prompt import conversation, system_prompt, tool_specs
 from services.worker.tools import RunTools
 
@@ -102,8 +103,24 @@ class StopReason(enum.Enum):
 HOSTED_MODEL_UNAVAILABLE = Failed(
     Reason.HOSTED_MODEL_UNAVAILABLE,
     "No hosted model is configured for this platform; the operator must set "
-    "AP_MODEL_BASE_URL and AP_MODEL_NAME. Integration secrets do not affect this.",
+    "AP_MODEL_BASE_URL and AP_MODEL_NAME (or AP_MODELS). Integration secrets do not affect this.",
 )
+
+
+def choose_model(models: Mapping[str, HostedModel], claim: pb.RunClaim) -> HostedModel | Failed:
+    """Return the session's model among those this worker offers (the default if it names none)."""
+    if not models:
+        return HOSTED_MODEL_UNAVAILABLE
+    if not claim.model:
+        return next(iter(models.values()))
+    model = models.get(claim.model)
+    if model is None:
+        return Failed(
+            Reason.HOSTED_MODEL_UNAVAILABLE,
+            f"The session's model {claim.model!r} is not offered by this platform any more "
+            f"(offered: {', '.join(models)}); start a new session.",
+        )
+    return model
 
 
 class EventSink:
@@ -180,14 +197,14 @@ class RunExecution:
         self,
         control_plane: ControlPlane,
         claim: pb.RunClaim,
-        model: HostedModel | None,
+        models: Mapping[str, HostedModel],
         *,
         tools: RunTools | None = None,
         max_steps: int = 8,
     ) -> None:
         self._control_plane = control_plane
         self._claim = claim
-        self._model = model
+        self._models = models
         self._tools = tools
         self._max_steps = max_steps
         self._lease = Lease(claim.lease_expire_time)
@@ -274,22 +291,43 @@ class RunExecution:
             log.info("run_released")
 
     async def _produce_events(self, sink: EventSink) -> Outcome:
-        model = self._model
-        if model is None:
-            return HOSTED_MODEL_UNAVAILABLE
-        sink.emit(run_pb2.RunEvent(run_started=run_pb2.RunStarted(model=model.settings.model)))
+        model = choose_model(self._models, self._claim)
+        if isinstance(model, Failed):
+            return model
+        sink.emit(run_pb2.RunEvent(run_started=run_pb2.RunStarted(model=model.config.id)))
         offered = tool_specs(await self._tools.offered(self._claim)) if self._tools else []
         offered_names = [tool.name for tool in offered]
         system = system_prompt(self._claim, offered_names)
         messages: list[Message] = conversation(self._claim)
         reply: list[str] = []
         usage = run_pb2.Usage()
+        omitted = 0
+
+        def retrying(retry: run_pb2.ModelRetry) -> None:
+            log.info("model_call_retry", retry=retry.retry, delay_ms=retry.delay_ms)
+            sink.emit(run_pb2.RunEvent(model_retry=retry))
+
         try:
             for _step in range(self._max_steps):
                 step_text: list[str] = []
                 calls: list[ToolCallRequest] = []
-                request = ModelRequest(system, tuple(messages), model.settings, offered)
-                async for item in model.client.stream(request):
+                fitted = fit_context(
+                    ModelRequest(system, tuple(messages), model.settings, offered),
+                    model.config.context_window,
+                )
+                if fitted.omitted > omitted:
+                    omitted = fitted.omitted
+                    sink.emit(
+                        run_pb2.RunEvent(
+                            transcript_compacted=run_pb2.TranscriptCompacted(
+                                omitted_messages=omitted,
+                                kept_messages=len(fitted.request.messages),
+                                estimated_tokens=fitted.estimated_tokens,
+                                context_window=model.config.context_window or 0,
+                            )
+                        )
+                    )
+                async for item in call_with_retries(model, fitted.request, retrying):
                     match item:
                         case TextDelta(text=text):
                             step_text.append(text)
@@ -303,10 +341,10 @@ class RunExecution:
                                 )
                             )
                         case UsageReport():
-                            usage.input_tokens += item.input_tokens
-                            usage.output_tokens += item.output_tokens
-                            usage.reasoning_tokens += item.reasoning_tokens
-                            sink.emit(run_pb2.RunEvent(usage=usage))
+                            call_usage = run_pb2.Usage()
+                            add_usage(call_usage, item, model.config.prices)
+                            add_usage(usage, item, model.config.prices)
+                            sink.emit(run_pb2.RunEvent(usage=call_usage))
                         case ToolCallRequest():
                             calls.append(item)
                 reply += step_text

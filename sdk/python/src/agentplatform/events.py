@@ -11,6 +11,8 @@ renderer in `ap_cli/render.py`.
     lifecycle   run_queued                 run.queued
                 run_started                run.started
                 run_attempt_started        run.attempt_started
+                model_retry                model.retry
+                transcript_compacted       transcript.compacted
     text        reasoning_summary_delta    reasoning.summary.delta
                 output_text_delta          output_text.delta
     tool        tool_call_started          tool_call.started
@@ -56,6 +58,8 @@ KINDS: Mapping[str, EventKind] = {
         EventKind("run_queued", "run.queued", Category.LIFECYCLE),
         EventKind("run_started", "run.started", Category.LIFECYCLE),
         EventKind("run_attempt_started", "run.attempt_started", Category.LIFECYCLE),
+        EventKind("model_retry", "model.retry", Category.LIFECYCLE),
+        EventKind("transcript_compacted", "transcript.compacted", Category.LIFECYCLE),
         EventKind("reasoning_summary_delta", "reasoning.summary.delta", Category.TEXT),
         EventKind("output_text_delta", "output_text.delta", Category.TEXT),
         EventKind("tool_call_started", "tool_call.started", Category.TOOL),
