@@ -20,9 +20,13 @@ from services.worker.settings import WorkerSettings
 def _setting_names(*settings: type[BaseSettings]) -> frozenset[str]:
     """Return the environment variables settings classes read."""
     return frozenset(
-        f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+        (
+            info.validation_alias
+            if isinstance(info.validation_alias, str)
+            else f"{cls.model_config.get('env_prefix', '')}{field}"
+        ).upper()
         for cls in settings
-        for field in cls.model_fields
+        for field, info in cls.model_fields.items()
     )
 
 
