@@ -73,6 +73,9 @@ class HostedModelConfig(BaseModel):
     base_url: str = Field(min_length=1, description="e.g. https://api.openai.com/v1")
     model: str = Field(min_length=1, description="The model id sent to the endpoint.")
     api_key: SecretStr | None = None
+    key_variable: str = Field(
+        default="AP_MODEL_API_KEY", description="Where the key comes from, for messages."
+    )
     context_window: int | None = Field(
         default=None, gt=0, description="Tokens the model reads at most; unset: never trimmed."
     )
@@ -231,6 +234,7 @@ class HostedModelSettings(BaseSettings):
                     base_url=entry.base_url,
                     model=entry.model,
                     api_key=key,
+                    key_variable=entry.api_key_env or f"AP_MODELS[{index}].api_key_env",
                     context_window=entry.context_window,
                     max_output_tokens=entry.max_output_tokens,
                     prices=entry.prices,

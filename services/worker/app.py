@@ -18,6 +18,7 @@ from services.rpc.internal_auth import INTERNAL_TOKEN_HEADER, internal_channel
 from services.rpc.server import GrpcServer
 from services.rpc.settings import SettingsError
 from services.worker.dispatch import ControlPlane
+from services.worker.doctor import check_models
 from services.worker.execution import RunExecution, StopReason
 from services.worker.model import HostedModel
 from services.worker.providers import open_hosted_models
@@ -43,6 +44,7 @@ class Worker:
         self._gateway_channel: grpc.aio.Channel | None = None
         self._tools: RunTools | None = None
         self._http: httpx.AsyncClient | None = None
+        self._checks: asyncio.Task[None] | None = None
         self._server = GrpcServer(
             host=settings.grpc_host,
             port=settings.grpc_port,
@@ -70,6 +72,9 @@ class Worker:
             limits=httpx.Limits(max_connections=self.settings.worker_concurrency * 2),
         )
         models = open_hosted_models(self.model, self._http)
+        # Say at once, in the log, whether each model answers; the worker starts either way
+        # (a model that is down now may be up by the first run).
+        self._checks = asyncio.create_task(self._check_models())
         if self.settings.gateway_address:
             token = self.settings.gateway_call_token
             self._gateway_channel, gateway_metadata = internal_channel(
@@ -89,6 +94,14 @@ class Worker:
         ]
         await self._server.start()
         log.info("worker_started", control_plane=self.settings.control_plane_addresses)
+
+    async def _check_models(self) -> None:
+        assert self._http is not None
+        for check in await check_models(self.model, self._http):
+            if check.ok:
+                log.info("hosted_model_check", model=check.model.id, detail=check.message)
+            else:
+                log.error("hosted_model_check_failed", model=check.model.id, detail=check.message)
 
     async def _claim_forever(
         self, control_plane: ControlPlane, models: Mapping[str, HostedModel]
@@ -154,6 +167,10 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._server.stop(0)
+        if self._checks is not None:
+            self._checks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checks
         if self._http is not None:
             await self._http.aclose()
         if self._control_plane is not None:
