@@ -25,7 +25,7 @@ from agentplatform.v1 import run_pb2
 
 from services.control_plane import metrics, store
 from services.control_plane.events import to_store
-from services.control_plane.lifecycle import RunLifecycle
+from services.control_plane.lifecycle import Announcement, RunLifecycle
 from services.control_plane.runtime import Runtime
 from services.rpc.db import Connection
 from services.rpc.errors import ApiError, Reason, not_found
@@ -154,7 +154,7 @@ class Admission:
         self, conn: Connection, new: NewRun, create: Create
     ) -> store.Record | None:
         """Cancel the session's pending runs and create the new one behind any still stopping."""
-        ended: list[tuple[store.Record, run_pb2.RunEvent]] = []
+        ended: list[Announcement] = []
         async with conn.transaction():
             # Runs before their session, the order every event write locks them in.
             pending_runs = await store.run_pending_list(conn, new.session_id)
@@ -162,11 +162,11 @@ class Admission:
                 return None
             for pending in pending_runs:
                 ended += await self._lifecycle.cancel_locked(
-                    conn, pending, "interrupted by a new run"
+                    conn, pending, "interrupted by a new run", new.created_by
                 )
             row = await create(wait_behind_active=True)
-        for stored, event in ended:
-            self._rt.announce(stored, [event])
+        for stored, events in ended:
+            self._rt.announce(stored, events)
         return row
 
 

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -18,8 +19,10 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.control_plane import metrics, store
+from services.control_plane.convert import APPROVAL_POLICIES
 from services.control_plane.events import to_store
 from services.control_plane.lifecycle import RunLifecycle
+from services.control_plane.policy import roles_allowed
 from services.control_plane.runtime import Runtime
 from services.rpc.db import Connection
 from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
@@ -28,6 +31,11 @@ from services.rpc.names import message_name, parse_run_name, run_name, user_name
 Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_EVENTS_PER_APPEND = 1000
+_SUBMIT_APPROVALS = "/agentplatform.v1.RunService/SubmitToolApprovals"
+
+
+def _user(user_id: uuid.UUID | None) -> str:
+    return user_name(user_id) if user_id else ""
 
 
 def lease_lost(run: str) -> ApiError:
@@ -140,6 +148,11 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             input_text=row["input_text"],
             deadline=deadline,
             tools_version=row["tools_version"],
+            tool_approval_overrides={
+                tool: APPROVAL_POLICIES[policy]
+                for tool, policy in row["tool_approval_overrides"].items()
+            },
+            events=[run_pb2.RunEvent.FromString(body) for body in row["run_events"] or ()],
             model=row["model"],
         )
 
@@ -222,6 +235,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         return pb.AppendRunEventsResponse(
             last_event_sequence=row["last_event_sequence"],
             cancel_requested=row["cancel_requested"],
+            cancel_requested_by=_user(row["cancel_requested_by"]),
         )
 
     async def HeartbeatRun(
@@ -237,7 +251,10 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             )
         if row is None:
             raise lease_lost(request.run)
-        response = pb.HeartbeatRunResponse(cancel_requested=row["cancel_requested"])
+        response = pb.HeartbeatRunResponse(
+            cancel_requested=row["cancel_requested"],
+            cancel_requested_by=_user(row["cancel_requested_by"]),
+        )
         response.lease_expire_time.FromDatetime(row["lease_expire_time"])
         return response
 
@@ -282,6 +299,55 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         self._rt.announce(row, all_events)
         await self._lifecycle.promote(name.session_id)
         return pb.FinishRunResponse(terminal_sequence=terminal.sequence)
+
+    async def SuspendRun(
+        self, request: pb.SuspendRunRequest, context: Context
+    ) -> pb.SuspendRunResponse:
+        name = parse_run_name(request.run, "run")
+        events = list(request.events)
+        if not events:
+            raise invalid_argument("events", "At least one event is required.")
+        _check_worker_events(events)
+        asked = [
+            e.tool_call_approval_requested
+            for e in events
+            if e.HasField("tool_call_approval_requested")
+        ]
+        if not asked:
+            raise invalid_argument(
+                "events", "A suspended run needs at least one tool_call.approval_requested."
+            )
+        expire = datetime.now(UTC) + timedelta(seconds=self._rt.settings.approval_timeout_seconds)
+        approvers = roles_allowed(_SUBMIT_APPROVALS)
+        for request_event in asked:
+            request_event.expire_time.FromDatetime(expire)
+            request_event.ClearField("approver_roles")
+            request_event.approver_roles.extend(approvers)
+        row = await self._store_with_tool_calls(
+            name.run_id,
+            events,
+            functools.partial(
+                store.run_suspend,
+                run_id=name.run_id,
+                fencing_token=request.fencing_token,
+                last_sequence=events[-1].sequence,
+                events=to_store(events),
+                calls=[(a.call_id, a.tool) for a in asked],
+                expire_time=expire,
+            ),
+        )
+        if row is None:
+            last = await self._explain_refusal(
+                request.run, name.run_id, request.fencing_token, events[-1].sequence
+            )
+            return pb.SuspendRunResponse(last_event_sequence=last)
+        self._rt.announce(row, events)
+        if row["cancel_requested"]:
+            # Cancelled while the worker was parking it: the cancel takes effect now.
+            await self._lifecycle.cancel(
+                row["workspace_id"], name.session_id, name.run_id, row["cancel_requested_by"]
+            )
+        return pb.SuspendRunResponse(last_event_sequence=row["last_event_sequence"])
 
     async def ReleaseRun(
         self, request: pb.ReleaseRunRequest, context: Context

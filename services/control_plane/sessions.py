@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection
 from typing import Any
 
 import grpc
-from agentplatform.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
+from agentplatform.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc, tool_pb2
 from google.protobuf import empty_pb2
 
 from services.control_plane import store
@@ -29,6 +30,31 @@ INSTRUCTIONS_MAX = 16 * 1024
 METADATA_MAX_KEYS = 32
 RUN_TIMEOUT_MAX_SECONDS = 24 * 3600
 
+OVERRIDES_MAX_KEYS = 256
+_TOOL_KEY = re.compile(r"^(\*|[a-zA-Z0-9_-]{1,64})$")
+# A session may only tighten a tool's policy, so these are the values an override can take.
+_OVERRIDES = {tool_pb2.ALWAYS_ASK: "always_ask", tool_pb2.NEVER: "never"}
+
+
+def approval_overrides(spec: session_pb2.Session) -> dict[str, str]:
+    """Check a session's approval overrides; return them in their stored form."""
+    field = "session.tool_approval_overrides"
+    if len(spec.tool_approval_overrides) > OVERRIDES_MAX_KEYS:
+        raise invalid_argument(field, f"At most {OVERRIDES_MAX_KEYS} tools.")
+    stored = {}
+    for tool, policy in spec.tool_approval_overrides.items():
+        if not _TOOL_KEY.match(tool):
+            raise invalid_argument(field, f'{tool!r} is not a tool name (or "*").')
+        if policy not in _OVERRIDES:
+            raise invalid_argument(
+                field,
+                f"{tool}: a session can only tighten a tool's approval policy, to ALWAYS_ASK or "
+                "NEVER.",
+            )
+        stored[tool] = _OVERRIDES[policy]
+    return stored
+
+
 # The fields a caller writes, each with its check, as CreateSession and UpdateSession apply
 # them; run_timeout is set on create only, the rest is output only.
 _WRITABLE: dict[str, Callable[[session_pb2.Session], object]] = {
@@ -43,6 +69,7 @@ _WRITABLE: dict[str, Callable[[session_pb2.Session], object]] = {
         max_key_chars=64,
         max_value_chars=1024,
     ),
+    "tool_approval_overrides": approval_overrides,
 }
 
 
@@ -111,6 +138,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                 title=values["title"],
                 instructions=values["instructions"],
                 metadata=values["metadata"],
+                tool_approval_overrides=values["tool_approval_overrides"],
                 model=model,
                 request_id=request_id,
                 run_timeout_seconds=run_timeout,

@@ -95,6 +95,11 @@ class Worker:
         await self._server.start()
         log.info("worker_started", control_plane=self.settings.control_plane_addresses)
 
+    @property
+    def runs_in_flight(self) -> int:
+        """Return how many runs this worker holds now (each one a claim loop's slot)."""
+        return len(self._executing)
+
     async def _check_models(self) -> None:
         assert self._http is not None
         for check in await check_models(self.model, self._http):

@@ -166,6 +166,13 @@ class ControlPlane:
             lease,
         )
 
+    async def suspend(self, request: pb.SuspendRunRequest, lease: Lease) -> pb.SuspendRunResponse:
+        """Park a run until people decide its pending tool calls; the lease ends with it."""
+        return await self._fenced(
+            lambda stub: stub.SuspendRun(request, metadata=self._metadata, timeout=RPC_TIMEOUT),
+            lease,
+        )
+
     async def release(self, request: pb.ReleaseRunRequest, lease: Lease) -> None:
         """Hand a run back so that another worker can claim it now."""
         await self._fenced(

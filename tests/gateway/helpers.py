@@ -284,6 +284,7 @@ async def start_gateway_stack(
     guard: LeakGuard | None = None,
     resolve: Resolver = system_resolve,
     model_settings: dict[str, Any] | None = None,
+    control_plane_settings: dict[str, Any] | None = None,
     **gateway_settings: Any,
 ) -> AsyncIterator[GatewayStack]:
     """Start tool servers, a vault, a gateway allowlisting exactly those servers, and a stack."""
@@ -336,6 +337,7 @@ async def start_gateway_stack(
                     "max_steps": 3,
                     "tool_progress_seconds": 0.2,
                 },
+                **(control_plane_settings or {}),
             ) as stack:
                 yield GatewayStack(stack, gateway, tools, mcp, guard, tokens)
         finally:

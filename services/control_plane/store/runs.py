@@ -86,7 +86,8 @@ def _event_args(events: Sequence[NewEvent]) -> tuple[list[str], list[bytes]]:
 _RUN_CREATE = _storing_events(
     f"""
 WITH pending AS (
-  SELECT id FROM runs WHERE session_id = $4 AND state IN ('waiting', 'queued', 'running')
+  SELECT id FROM runs WHERE session_id = $4
+    AND state IN ('waiting', 'queued', 'running', 'requires_action')
   FOR UPDATE),
 s AS (
   SELECT id FROM sessions
@@ -101,7 +102,8 @@ run AS (
                     last_event_sequence, request_id)
   SELECT $6, $4, $3, $5, m.id,
          CASE WHEN $10 AND EXISTS (SELECT 1 FROM runs x WHERE x.session_id = $4
-                                   AND x.state IN ('waiting', 'queued', 'running'))
+                                   AND x.state IN ('waiting', 'queued', 'running',
+                                                   'requires_action'))
               THEN 'waiting' ELSE 'queued' END,
          cardinality($1::text[]), $9
   FROM m
@@ -160,7 +162,7 @@ WITH run AS (
   WHERE id = $3 AND fencing_token = $4 AND state = 'running'
     AND last_event_sequence = $5 - cardinality($1::text[])
   RETURNING id, session_id, state, attempt, last_event_sequence, create_time, cancel_requested,
-            false AS touches_session)"""
+            cancel_requested_by, false AS touches_session)"""
 )
 
 
@@ -279,17 +281,92 @@ async def run_end_now(
     *,
     run_id: uuid.UUID,
     state: str,
-    event: NewEvent,
+    events: Sequence[NewEvent],
     error_reason: str | None,
     error_message: str | None,
 ) -> Record | None:
-    """End a run no worker holds (waiting, queued, or rescued) with its terminal event.
+    """End a run no worker holds (waiting, queued, waiting for approval, or rescued).
 
-    The fence moves on, so a worker still holding the old token is refused from now on.
+    `events` end with the terminal one. The fence moves on, so a worker still holding the old
+    token is refused from now on.
     """
     return await conn.fetchrow(
-        _RUN_END_NOW, *_event_args([event]), run_id, state, error_reason, error_message
+        _RUN_END_NOW, *_event_args(events), run_id, state, error_reason, error_message
     )
+
+
+_RUN_SUSPEND = _storing_events(
+    """
+WITH run AS (
+  UPDATE runs
+  SET state = 'requires_action', fencing_token = fencing_token + 1, last_event_sequence = $5,
+      lease_owner = NULL, lease_expire_time = NULL, awaited_approval = true,
+      suspend_time = now()
+  WHERE id = $3 AND fencing_token = $4 AND state = 'running'
+    AND last_event_sequence = $5 - cardinality($1::text[])
+  RETURNING id, session_id, workspace_id, state, attempt, last_event_sequence, create_time,
+            cancel_requested, cancel_requested_by, false AS touches_session),
+asked AS (
+  INSERT INTO tool_approvals (run_id, call_id, session_id, tool, expire_time, request_time)
+  SELECT run.id, a.call_id, run.session_id, a.tool, $8, now()
+  FROM run, unnest($6::text[], $7::text[]) AS a(call_id, tool)
+  ON CONFLICT DO NOTHING)"""
+)
+
+
+async def run_suspend(
+    conn: Connection,
+    *,
+    run_id: uuid.UUID,
+    fencing_token: int,
+    last_sequence: int,
+    events: Sequence[NewEvent],
+    calls: Sequence[tuple[str, str]],
+    expire_time: datetime,
+) -> Record | None:
+    """Park a leased run in 'requires_action' with its last events and pending `calls`.
+
+    `calls` are (call id, tool) of the approval requests among the events, each pending until
+    `expire_time`. The lease ends and the fence moves on, so nothing is held while people
+    decide; None when the fence or the sequence does not hold (as for an append).
+    """
+    return await conn.fetchrow(
+        _RUN_SUSPEND,
+        *_event_args(events),
+        run_id,
+        fencing_token,
+        last_sequence,
+        [c[0] for c in calls],
+        [c[1] for c in calls],
+        expire_time,
+    )
+
+
+_RUN_ACTION_RECORD = _storing_events(
+    """
+WITH run AS (
+  UPDATE runs
+  SET last_event_sequence = last_event_sequence + cardinality($1::text[]),
+      state = CASE WHEN $4 THEN 'queued' ELSE state END,
+      resume_pending = resume_pending OR $4,
+      waited_seconds = waited_seconds + CASE WHEN $4
+          THEN extract(epoch FROM now() - coalesce(suspend_time, now())) ELSE 0 END,
+      suspend_time = CASE WHEN $4 THEN NULL ELSE suspend_time END
+  WHERE id = $3 AND state = 'requires_action'
+  RETURNING id, session_id, state, attempt, last_event_sequence, create_time,
+            false AS touches_session)"""
+)
+
+
+async def run_action_record(
+    conn: Connection, *, run_id: uuid.UUID, events: Sequence[NewEvent], resume: bool
+) -> Record | None:
+    """Store people's decisions on a run waiting for approval; with `resume`, queue it again.
+
+    The claim after a resume continues the attempt (no new attempt, no run.attempt_started),
+    and the time spent waiting is added to the run's deadline.
+    """
+    return await conn.fetchrow(_RUN_ACTION_RECORD, *_event_args(events), run_id, resume)
 
 
 # ── the queue and leases ────────────────────────────────────────────────────────────────────
@@ -300,7 +377,10 @@ WITH next AS (
   LIMIT 1 FOR UPDATE SKIP LOCKED),
 c AS (
   UPDATE runs r
-  SET state = 'running', attempt = r.attempt + 1, fencing_token = r.fencing_token + 1,
+  SET state = 'running', fencing_token = r.fencing_token + 1,
+      -- After approvals the claim continues the attempt that asked for them.
+      attempt = r.attempt + CASE WHEN r.resume_pending THEN 0 ELSE 1 END,
+      resume_pending = false,
       lease_owner = $1, lease_expire_time = now() + make_interval(secs => $2),
       -- clock_timestamp(), not now(): now() is when the statement began, which on a busy
       -- machine can precede the snapshot that found the run queued, so a run promoted when
@@ -309,9 +389,14 @@ c AS (
   FROM next WHERE r.id = next.id
   RETURNING r.id, r.session_id, r.workspace_id, r.created_by, r.input_message_id, r.attempt,
             r.fencing_token, r.lease_expire_time, r.last_event_sequence, r.start_time,
-            r.create_time)
+            r.create_time, r.awaited_approval, r.waited_seconds)
 SELECT c.*, w.display_name AS workspace_display_name, w.tools_version,
-       c.start_time + make_interval(secs => coalesce(s.run_timeout_seconds, $3)) AS deadline,
+       c.start_time + make_interval(secs => coalesce(s.run_timeout_seconds, $3)
+                                            + c.waited_seconds) AS deadline,
+       s.tool_approval_overrides,
+       CASE WHEN c.awaited_approval THEN
+         (SELECT array_agg(e.body ORDER BY e.sequence) FROM run_events e WHERE e.run_id = c.id)
+       END AS run_events,
        coalesce(p.display_name, '') AS caller_display_name,
        coalesce(m.role, '') AS caller_role, s.instructions, s.model, i.text AS input_text,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(t.role, t.text) ORDER BY t.position),
@@ -341,7 +426,7 @@ async def run_claim(
 _RUN_HEARTBEAT = """
 UPDATE runs SET lease_expire_time = now() + make_interval(secs => $3)
 WHERE id = $1 AND fencing_token = $2 AND state = 'running'
-RETURNING lease_expire_time, cancel_requested
+RETURNING lease_expire_time, cancel_requested, cancel_requested_by
 """
 
 
@@ -381,7 +466,10 @@ async def run_queued_count(conn: Connection) -> int:
 
 
 _RUN_EXPIRED_LIST = """
-SELECT id, session_id, attempt, cancel_requested FROM runs
+SELECT id, session_id, attempt, cancel_requested, cancel_requested_by,
+       EXISTS (SELECT 1 FROM run_events e WHERE e.run_id = runs.id
+               AND e.type = 'run.cancel_requested') AS cancel_logged
+FROM runs
 WHERE state = 'running' AND lease_expire_time < now()
 ORDER BY lease_expire_time LIMIT $1
 FOR UPDATE SKIP LOCKED
@@ -397,9 +485,10 @@ async def run_expired_list(conn: Connection, limit: int) -> list[Record]:
 
 
 async def run_active_id(conn: Connection, session_id: uuid.UUID) -> uuid.UUID | None:
-    """Return the session's queued or running run, if any."""
+    """Return the session's queued, running or approval-waiting run, if any."""
     active: uuid.UUID | None = await conn.fetchval(
-        "SELECT id FROM runs WHERE session_id = $1 AND state IN ('queued', 'running')",
+        "SELECT id FROM runs WHERE session_id = $1"
+        " AND state IN ('queued', 'running', 'requires_action')",
         session_id,
     )
     return active
@@ -407,14 +496,14 @@ async def run_active_id(conn: Connection, session_id: uuid.UUID) -> uuid.UUID | 
 
 _RUN_PENDING_LIST = f"""
 SELECT {_RUN_COLUMNS}, cancel_requested FROM runs
-WHERE session_id = $1 AND state IN ('waiting', 'queued', 'running')
+WHERE session_id = $1 AND state IN ('waiting', 'queued', 'running', 'requires_action')
 ORDER BY create_time
 FOR UPDATE
 """
 
 
 async def run_pending_list(conn: Connection, session_id: uuid.UUID) -> list[Record]:
-    """Lock and return the session's waiting, queued and running runs, oldest first."""
+    """Lock and return the session's waiting, queued, running and approval-waiting runs."""
     return await conn.fetch(_RUN_PENDING_LIST, session_id)
 
 
@@ -448,7 +537,8 @@ _RUN_PROMOTE_NEXT = """
 UPDATE runs SET state = 'queued'
 WHERE id = (SELECT id FROM runs WHERE session_id = $1 AND state = 'waiting'
             ORDER BY create_time LIMIT 1 FOR UPDATE SKIP LOCKED)
-  AND NOT EXISTS (SELECT 1 FROM runs WHERE session_id = $1 AND state IN ('queued', 'running'))
+  AND NOT EXISTS (SELECT 1 FROM runs WHERE session_id = $1
+                  AND state IN ('queued', 'running', 'requires_action'))
 RETURNING id
 """
 
@@ -466,7 +556,7 @@ _RUN_STALLED_SESSION_LIST = """
 SELECT DISTINCT w.session_id FROM runs w
 WHERE w.state = 'waiting'
   AND NOT EXISTS (SELECT 1 FROM runs a WHERE a.session_id = w.session_id
-                  AND a.state IN ('queued', 'running'))
+                  AND a.state IN ('queued', 'running', 'requires_action'))
 LIMIT $1
 """
 
@@ -476,9 +566,17 @@ async def run_stalled_session_list(conn: Connection, limit: int) -> list[uuid.UU
     return [r["session_id"] for r in await conn.fetch(_RUN_STALLED_SESSION_LIST, limit)]
 
 
-async def run_request_cancel(conn: Connection, run_id: uuid.UUID) -> None:
-    """Ask the worker holding a run to stop it."""
-    await conn.execute("UPDATE runs SET cancel_requested = true WHERE id = $1", run_id)
+async def run_request_cancel(
+    conn: Connection, run_id: uuid.UUID, requested_by: uuid.UUID | None
+) -> bool:
+    """Ask the worker holding a run to stop it; False if someone had asked already."""
+    status = await conn.execute(
+        "UPDATE runs SET cancel_requested = true, cancel_requested_by = $2"
+        " WHERE id = $1 AND NOT cancel_requested",
+        run_id,
+        requested_by,
+    )
+    return status != "UPDATE 0"
 
 
 # ── reading runs and events ─────────────────────────────────────────────────────────────────
@@ -507,6 +605,16 @@ async def run_lock(
 ) -> Record | None:
     """Lock a run of the workspace's session for the transaction, e.g. to cancel it."""
     return await conn.fetchrow(_RUN_LOCK, workspace_id, session_id, run_id)
+
+
+_RUN_LOCK_SKIP = """
+SELECT id, session_id, workspace_id, state FROM runs WHERE id = $1 FOR UPDATE SKIP LOCKED
+"""
+
+
+async def run_lock_skip(conn: Connection, run_id: uuid.UUID) -> Record | None:
+    """Lock a run for the transaction unless another transaction holds it (None then)."""
+    return await conn.fetchrow(_RUN_LOCK_SKIP, run_id)
 
 
 _RUN_GET_BY_REQUEST_ID = f"""
