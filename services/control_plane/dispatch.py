@@ -207,6 +207,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 for tool, policy in row["tool_approval_overrides"].items()
             },
             events=[run_pb2.RunEvent.FromString(body) for body in row["run_events"] or ()],
+            model=row["model"],
         )
 
     async def _store_with_tool_calls(

@@ -522,7 +522,7 @@ SELECT c.*, w.display_name AS workspace_display_name, w.tools_version,
          (SELECT array_agg(e.body ORDER BY e.sequence) FROM run_events e WHERE e.run_id = c.id)
        END AS run_events,
        coalesce(p.display_name, '') AS caller_display_name,
-       coalesce(m.role, '') AS caller_role, s.instructions, i.text AS input_text,
+       coalesce(m.role, '') AS caller_role, s.instructions, s.model, i.text AS input_text,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(t.role, t.text) ORDER BY t.position),
                         '[]'::jsonb)
         FROM messages t WHERE t.session_id = c.session_id AND t.position < i.position)
@@ -542,9 +542,9 @@ async def run_claim(
 ) -> Record | None:
     """Claim the oldest queued run and lease it to the caller, with a new attempt and fence.
 
-    The same statement loads what the worker needs: workspace, caller, session instructions,
-    the input text and the transcript before it, the run's usage so far (earlier attempts)
-    and what is left of the workspace's monthly budget (NULL: no limit).
+    The same statement loads what the worker needs: workspace, caller, session instructions
+    and model, the input text and the transcript before it, the run's usage so far (earlier
+    attempts) and what is left of the workspace's monthly budget (NULL: no limit).
     """
     return await conn.fetchrow(_RUN_CLAIM, worker_id, lease_seconds, default_timeout_seconds)
 

@@ -282,14 +282,18 @@ def _create_session(
     instructions: str = "",
     metadata: Mapping[str, str] | None = None,
     run_timeout: dt.timedelta | None = None,
+    model: str = "",
     request_id: str | None = None,
 ) -> session_service_pb2.CreateSessionRequest:
     """Create a session and return it.
 
     `instructions` are added to the system prompt of every run; `run_timeout` overrides the
-    platform's longest run. A retry reuses one `request_id`, so it cannot create two.
+    platform's longest run; `model` picks one of the platform's offered models (default: its
+    default). A retry reuses one `request_id`, so it cannot create two.
     """
-    session = session_pb2.Session(title=title, instructions=instructions, metadata=metadata)
+    session = session_pb2.Session(
+        title=title, instructions=instructions, metadata=metadata, model=model
+    )
     if run_timeout is not None:
         session.run_timeout.CopyFrom(_duration(run_timeout))
     return session_service_pb2.CreateSessionRequest(
