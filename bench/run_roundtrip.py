@@ -4,6 +4,14 @@ Phases: warm-up, then sequential latency (CreateRun → terminal event, and → 
 output_text.delta, on one session), then throughput with concurrent clients that each loop
 create → stream to terminal on their own session (a session has at most one active run).
 Endpoint and API key come from the same configuration as the `ap` CLI.
+
+Beside latency and throughput each measured phase prints what it cost per completed run: the
+CPU seconds of every process of the stack (control plane, worker, Postgres with all its
+backends, vault, gateway, HTTP edge, dev model) and of this client, read from /proc over the
+phase's window, resident memory at its end, and the Postgres statements the services
+executed (pg_stat_statements; `make run` preloads it). These are measured only when the
+endpoint is a live `make run` stack of this clone. CPU per run is the figure to compare: on
+a shared machine wall-clock latency moves with the neighbours' load, CPU per run does not.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from agentplatform import APError, AsyncClient, RunAlreadyActive
 
 from ap_cli.config import ClientConfig, ConfigError, load_client_config
 from devtools.measure import percentile
+from devtools.resources import Window, find_stack
+from devtools.stack.layout import DEV_MODEL_IDS
 
 # The dev model's directives: 20 content tokens, no per-token delay, no reasoning.
 INPUT_TEXT = "[[tokens=20]] [[reasoning=0]] bench"
@@ -52,6 +62,9 @@ class Phase:
 
     results: list[RunResult] = field(default_factory=list)
     busy_retries: int = 0
+    # Every completed run, also those that ended after a --duration window (not in results):
+    # they used CPU inside the measured window all the same.
+    all_completed: int = 0
 
     @property
     def completed(self) -> list[RunResult]:
@@ -153,6 +166,7 @@ async def concurrent(
             elif time.perf_counter() >= deadline:
                 return
             result = await one_run(client, session, phase)
+            phase.all_completed += result.completed
             if total_runs is not None or result.end <= deadline:
                 phase.results.append(result)
 
@@ -185,7 +199,10 @@ async def bench(config: ClientConfig, args: argparse.Namespace) -> None:
         sessions = [
             s.name
             for s in await asyncio.gather(
-                *(c.create_session(title=f"bench {i}") for i, c in enumerate(clients))
+                *(
+                    c.create_session(title=f"bench {i}", model=args.model)
+                    for i, c in enumerate(clients)
+                )
             )
         ]
         main_client, main_session = clients[0], sessions[0]
@@ -194,7 +211,11 @@ async def bench(config: ClientConfig, args: argparse.Namespace) -> None:
         print(f"warm-up: {len(warmup.completed)}/{args.warmup} runs completed")
         report_failures(warmup)
 
+        resources = find_stack(config.endpoint)
+        window_cost = Window(resources)
+        await window_cost.start()
         latency = await sequential(main_client, main_session, args.latency_runs)
+        await window_cost.stop()
         done = latency.completed
         print(f"latency, 1 client, sequential ({len(done)}/{args.latency_runs} completed):")
         print(
@@ -209,12 +230,16 @@ async def bench(config: ClientConfig, args: argparse.Namespace) -> None:
             )
         )
         report_failures(latency)
+        print("\n".join(window_cost.describe(len(done), statements_detail=args.statements)))
 
+        window_cost = Window(resources)
+        await window_cost.start()
         cpu_before, wall_before = time.process_time(), time.perf_counter()
         load, window = await concurrent(
             clients[1:], sessions[1:], duration_s=args.duration, total_runs=args.runs
         )
         cpu = (time.process_time() - cpu_before) / (time.perf_counter() - wall_before)
+        await window_cost.stop()
         done = load.completed
         print(f"throughput, {args.concurrency} concurrent clients, {window:.2f} s window:")
         rate = len(done) / window if window > 0 else 0.0
@@ -225,6 +250,7 @@ async def bench(config: ClientConfig, args: argparse.Namespace) -> None:
             + ("  (client-bound: numbers understate the server)" if cpu > 0.9 else "")
         )
         report_failures(load)
+        print("\n".join(window_cost.describe(load.all_completed)))
     finally:
         await asyncio.gather(*(c.close() for c in clients))
 
@@ -244,7 +270,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     window.add_argument(
         "--runs", type=int, default=None, help="instead of --duration: runs in the concurrent phase"
     )
+    parser.add_argument(
+        "--api",
+        choices=sorted(DEV_MODEL_IDS),
+        default=None,
+        help="the wire format: picks the model `make run` offers the dev model as in that "
+        "format (default: the platform's default model)",
+    )
+    parser.add_argument(
+        "--model", default="", help="instead of --api: the id of an offered model to use"
+    )
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="also list the most executed Postgres statements per run (sequential phase)",
+    )
     args = parser.parse_args(argv)
+    if args.api is not None:
+        if args.model:
+            parser.error("give --api or --model, not both")
+        args.model = DEV_MODEL_IDS[args.api]
     if args.concurrency < 1 or args.latency_runs < 1 or args.warmup < 0:
         parser.error("--concurrency and --latency-runs must be at least 1, --warmup at least 0")
     if args.duration <= 0 or (args.runs is not None and args.runs < 1):
@@ -262,6 +307,7 @@ def print_conditions(config: ClientConfig, args: argparse.Namespace) -> None:
         f"Python {platform.python_version()}"
     )
     print(f'  input        "{INPUT_TEXT}" (dev model: 20 content tokens, no delay, no reasoning)')
+    print(f"  model        {args.model or 'the platform default'}")
     print(f"  warm-up      {args.warmup} sequential runs")
     print(f"  latency      {args.latency_runs} sequential runs, 1 client, 1 session")
     print(

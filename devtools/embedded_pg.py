@@ -94,11 +94,21 @@ class EmbeddedPostgres:
     """Manage one Postgres cluster in ``data_dir``, listening on TCP 127.0.0.1."""
 
     def __init__(
-        self, data_dir: Path, port: int | None = None, *, fast_unsafe: bool = False
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        fast_unsafe: bool = False,
+        track_statements: bool = False,
     ) -> None:
-        """Describe the cluster; under root, also make sure the server account exists."""
+        """Describe the cluster; under root, also make sure the server account exists.
+
+        `track_statements` preloads pg_stat_statements, which the benchmarks read
+        (`devtools.resources`); it costs the server a little per statement.
+        """
         self.data_dir = Path(data_dir).absolute()
         self.fast_unsafe = fast_unsafe
+        self.track_statements = track_statements
         self._port = port
         self._bin: Path | None = None
         self._socket_dir = _choose_socket_dir(self.data_dir)
@@ -293,6 +303,8 @@ class EmbeddedPostgres:
         ]
         if self.fast_unsafe:
             settings += ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
+        if self.track_statements:
+            settings.append("shared_preload_libraries=pg_stat_statements")
         # pg_ctl hands this string to /bin/sh, hence the shell quoting.
         return shlex.join(arg for setting in settings for arg in ("-c", setting))
 

@@ -48,7 +48,8 @@ def admin_database(port: int) -> Iterator[AdminDatabase]:
         port = running.port
     elif bind_error("127.0.0.1", port) is not None:
         raise StackError(orphan_hint(port))
-    server = EmbeddedPostgres(data_dir, port)
+    # pg_stat_statements, for the statements per run that bench/ prints.
+    server = EmbeddedPostgres(data_dir, port, track_statements=True)
     summary = f"embedded, data in {relative(PG_DATA_DIR)}"
     if data_dir != PG_DATA_DIR:
         summary += f" -> {data_dir}"

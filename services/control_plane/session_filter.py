@@ -26,6 +26,7 @@ LATEST_RUN_STATES = {
     "COMPLETED": ("completed",),
     "FAILED": ("failed",),
     "CANCELLED": ("cancelled",),
+    "REQUIRES_ACTION": ("requires_action",),
     "NONE": ("none",),
 }
 _TOKEN = re.compile(

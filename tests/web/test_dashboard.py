@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -157,18 +158,19 @@ async def test_create_session_send_message_and_watch_reply_stream(site: Site) ->
     await expect(page.locator("h1")).to_contain_text("Release notes")
     await expect(page.get_by_test_id("live-state")).to_have_attribute("data-state", "live")
     await page.evaluate(WATCH_STREAM)
-    await page.get_by_test_id("composer-input").fill("Draft it [[tokens=40]] [[delay_ms=60]]")
+    await page.get_by_test_id("composer-input").fill("Draft it [[tokens=20]] [[delay_ms=150]]")
     await page.get_by_test_id("composer-input").press("Enter")
     user = page.locator(".message.user").last
-    await expect(user).to_contain_text("Draft it")
+    await expect(user).to_contain_text("Draft it", timeout=15000)
     await expect(user.locator(".author")).to_have_text("Test workspace user")
     reply = page.locator(".transcript .message.assistant").last
     await expect(reply).to_be_visible(timeout=20000)
     texts: list[str] = await page.evaluate("window.texts")
     growing = [t for t in texts if t]
-    # Partial texts, each extending the last: it streamed in (the worker may store a few
-    # tokens per append on a busy machine, so not necessarily one render per token).
-    assert len(growing) >= 5, growing
+    # Partial texts, each extending the last: it streamed in. (A worker stores what
+    # accumulated while its last append was in flight in one batch, so on a busy machine a
+    # render may add more than one token.)
+    assert len(growing) >= 3, growing
     assert all(b.startswith(a) for a, b in itertools.pairwise(growing)), growing
     final = await reply.locator(".message-text").text_content()
     assert final is not None and final.startswith(growing[-1].rstrip())
@@ -341,6 +343,8 @@ async def test_sessions_list_filters_and_shows_latest_run(site: Site) -> None:
     await expect(rows).to_have_count(1)
     await expect(rows.first).to_contain_text("Completed")
     await expect(rows.first.locator("[data-col=runs]")).to_have_text("1")
+    # tokens from the usage rollups (QueryUsage by session)
+    await expect(rows.first.locator("[data-col=tokens]")).to_have_text(re.compile(r"^[1-9][\d,]*$"))
     await page.fill("input.search", "")
     await page.select_option("select[aria-label='Latest run status']", "CANCELLED")
     await expect(rows.first).to_contain_text("Long one")

@@ -37,6 +37,7 @@ export function render(app, _params, query) {
 
   async function load() {
     const mine = ++generation;
+    usage = null;
     status.textContent = "Loading…";
     const params = new URLSearchParams();
     if (search.value.trim()) params.set("q", search.value.trim());
@@ -68,14 +69,7 @@ export function render(app, _params, query) {
   function row(s) {
     const id = idOf(s.name);
     const tokensCell = h("td.num", {dataset: {col: "tokens"}}, "…");
-    // Tokens come from the session's runs (their usage fields), a page at most.
-    api.get(`/v1/${s.name}/runs`, {pageSize: 1000}).then((d) => {
-      let total = 0;
-      for (const r of d.runs || []) {
-        total += Number((r.usage || {}).inputTokens || 0) + Number((r.usage || {}).outputTokens || 0);
-      }
-      tokensCell.textContent = num(total);
-    }).catch(() => { tokensCell.textContent = "—"; });
+    tokensOf(s.name).then((total) => { tokensCell.textContent = total === null ? "—" : num(total); });
     const meta = Object.entries(s.metadata || {});
     return h("tr.link-row", {dataset: {session: id}},
       h("td",
@@ -85,6 +79,17 @@ export function render(app, _params, query) {
       h("td", h("time", {datetime: s.updateTime, title: s.updateTime}, ago(s.updateTime))),
       h("td.num", {dataset: {col: "runs"}}, num(s.runCount)),
       tokensCell);
+  }
+
+  // Tokens per session from the usage rollups (QueryUsage grouped by session), read once
+  // per page load; a session missing from them has used none.
+  let usage = null;
+  function tokensOf(session) {
+    usage = usage || api.listAll("/v1/usage:query", "groups", {groupBy: "SESSION", pageSize: 1000})
+      .then((groups) => new Map(groups.map((g) => [g.session,
+        Number((g.usage || {}).inputTokens || 0) + Number((g.usage || {}).outputTokens || 0)])))
+      .catch(() => null);
+    return usage.then((bySession) => (bySession ? bySession.get(session) || 0 : null));
   }
 
   let typing = null;
