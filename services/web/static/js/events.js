@@ -19,6 +19,18 @@ export const KINDS = {
     category: "lifecycle",
     summary: (p) => `Attempt ${p.attempt} began${p.reason ? ` after ${p.reason}` : ""}; earlier output dropped`,
   },
+  "run.cancel_requested": {
+    category: "lifecycle",
+    summary: (p) => `Cancel asked${p.requestedBy ? ` by ${p.requestedBy}` : ""}${p.reason ? `: ${p.reason}` : ""}`,
+  },
+  "model.retry": {
+    category: "lifecycle",
+    summary: (p) => `Model call retried (${p.retry})${p.statusCode ? ` after HTTP ${p.statusCode}` : ""} in ${Number(p.delayMs || 0)} ms${p.message ? `: ${p.message}` : ""}`,
+  },
+  "transcript.compacted": {
+    category: "lifecycle",
+    summary: (p) => `Transcript fitted: ${p.omittedMessages || 0} oldest messages left out, ${p.keptMessages || 0} kept (~${Number(p.estimatedTokens || 0)} of ${Number(p.contextWindow || 0)} tokens)`,
+  },
   "reasoning.summary.delta": {category: "reasoning", summary: (p) => quote(p.text)},
   "output_text.delta": {category: "text", summary: (p) => quote(p.text)},
   "tool_call.started": {
@@ -32,6 +44,17 @@ export const KINDS = {
   "tool_call.completed": {
     category: "tool",
     summary: (p) => `${p.isError ? `failed${p.errorCode ? ` (${p.errorCode})` : ""}` : "returned"} in ${Number(p.durationMs || 0)} ms: ${clip(p.result || "", 100)}`,
+  },
+  // The approval card itself (approve / deny) belongs next to the tool calls in
+  // pages/run.js; these lines make the events readable in the timeline meanwhile.
+  "tool_call.approval_requested": {
+    category: "tool", tone: "warn",
+    summary: (p) => `${p.tool}(${clip(p.argumentsJson || "", 80)}) waits for approval by ${(p.approverRoles || []).join(" or ") || "a person"}`,
+  },
+  "tool_call.approved": {category: "tool", summary: (p) => `${p.callId} approved${p.decidedBy ? ` by ${p.decidedBy}` : ""}`},
+  "tool_call.denied": {
+    category: "tool",
+    summary: (p) => `${p.callId} denied${p.decidedBy ? ` by ${p.decidedBy}` : ""}${p.reason ? ` (${p.reason})` : ""}${p.message ? `: ${p.message}` : ""}`,
   },
   usage: {
     category: "usage",
