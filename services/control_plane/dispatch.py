@@ -26,7 +26,14 @@ from services.control_plane.policy import roles_allowed
 from services.control_plane.runtime import Runtime
 from services.rpc.db import Connection
 from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
-from services.rpc.names import message_name, parse_run_name, run_name, user_name, workspace_name
+from services.rpc.names import (
+    api_key_name,
+    message_name,
+    parse_run_name,
+    run_name,
+    user_name,
+    workspace_name,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -126,14 +133,20 @@ def _transaction_if(
     return conn.transaction() if needed else contextlib.nullcontext()
 
 
-def _budget_left(row: store.Record) -> pb.BudgetLeft | None:
-    """Say what is left of the claimed run's workspace budget; None when it has none."""
-    tokens, cost = row["budget_tokens_left"], row["budget_cost_left"]
-    if tokens is None and cost is None:
-        return None
-    return pb.BudgetLeft(
-        budget=workspace_name(row["workspace_id"]), tokens=tokens, cost_micros=cost
-    )
+def _budgets_left(row: store.Record) -> list[pb.BudgetLeft]:
+    """Say what is left of the claimed run's budgets: its workspace's and its key's."""
+    left = []
+    for budget, tokens, cost in (
+        (workspace_name(row["workspace_id"]), row["budget_tokens_left"], row["budget_cost_left"]),
+        (
+            api_key_name(row["api_key_id"]) if row["api_key_id"] else "",
+            row["key_budget_tokens_left"],
+            row["key_budget_cost_left"],
+        ),
+    ):
+        if tokens is not None or cost is not None:
+            left.append(pb.BudgetLeft(budget=budget, tokens=tokens, cost_micros=cost))
+    return left
 
 
 class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
@@ -201,7 +214,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 cached_input_tokens=row["cached_input_tokens"],
                 cost_micros=row["cost_micros"],
             ),
-            budget_left=_budget_left(row),
+            budgets_left=_budgets_left(row),
             tool_approval_overrides={
                 tool: APPROVAL_POLICIES[policy]
                 for tool, policy in row["tool_approval_overrides"].items()
