@@ -64,6 +64,9 @@ def _add_session_commands(
     )
     create.add_argument("--title", help="a human-readable title")
     create.add_argument("--instructions", help="added to the system prompt of every run")
+    create.add_argument(
+        "--model", help="one of the platform's offered models (default: its default model)"
+    )
     create.set_defaults(handler=commands.sessions_create)
     listing = session_cmds.add_parser(
         "list", parents=[json_flag], help="list the workspace's sessions, newest first"

@@ -41,8 +41,9 @@ from services.control_plane.tools import GatewayClient, tool_bindings
 from services.control_plane.usage import UsageService
 from services.control_plane.workspaces import WorkspaceService
 from services.rpc.db import create_pool
+from services.rpc.hosted_models import HostedModelSettings
 from services.rpc.server import GrpcServer, ServiceBinding
-from services.rpc.settings import HostedModelSettings, SettingsError
+from services.rpc.settings import SettingsError
 
 log = structlog.get_logger(service="control_plane")
 

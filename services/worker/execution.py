@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -51,6 +51,7 @@ from services.worker.model import (
     ToolResult,
     UsageReport,
 )
+from services.worker.model_calls import add_usage, call_with_retries, fit_context
 from services.worker.prompt import conversation, system_prompt, tool_specs
 from services.worker.tools import RunTools
 
@@ -157,8 +158,24 @@ class StopReason(enum.Enum):
 HOSTED_MODEL_UNAVAILABLE = Failed(
     Reason.HOSTED_MODEL_UNAVAILABLE,
     "No hosted model is configured for this platform; the operator must set "
-    "AP_MODEL_BASE_URL and AP_MODEL_NAME. Integration secrets do not affect this.",
+    "AP_MODEL_BASE_URL and AP_MODEL_NAME (or AP_MODELS). Integration secrets do not affect this.",
 )
+
+
+def choose_model(models: Mapping[str, HostedModel], claim: pb.RunClaim) -> HostedModel | Failed:
+    """Return the session's model among those this worker offers (the default if it names none)."""
+    if not models:
+        return HOSTED_MODEL_UNAVAILABLE
+    if not claim.model:
+        return next(iter(models.values()))
+    model = models.get(claim.model)
+    if model is None:
+        return Failed(
+            Reason.HOSTED_MODEL_UNAVAILABLE,
+            f"The session's model {claim.model!r} is not offered by this platform any more "
+            f"(offered: {', '.join(models)}); start a new session.",
+        )
+    return model
 
 
 class EventSink:
@@ -234,6 +251,29 @@ class EventSink:
             await self._task
 
 
+class Compaction:
+    """Fit each model call to the context window; say so when more is left out than before."""
+
+    def __init__(self, sink: EventSink, context_window: int | None) -> None:
+        self._sink = sink
+        self._window = context_window
+        self._omitted = 0
+
+    def fit(self, request: ModelRequest) -> ModelRequest:
+        """Return the request without its oldest turns if it does not fit."""
+        fitted = fit_context(request, self._window)
+        if fitted.omitted > self._omitted:
+            self._omitted = fitted.omitted
+            compacted = run_pb2.TranscriptCompacted(
+                omitted_messages=fitted.omitted,
+                kept_messages=len(fitted.request.messages),
+                estimated_tokens=fitted.estimated_tokens,
+                context_window=self._window or 0,
+            )
+            self._sink.emit(run_pb2.RunEvent(transcript_compacted=compacted))
+        return fitted.request
+
+
 class RunExecution:
     """Carry one claimed run from its first event to FinishRun (or hand it back)."""
 
@@ -241,14 +281,14 @@ class RunExecution:
         self,
         control_plane: ControlPlane,
         claim: pb.RunClaim,
-        model: HostedModel | None,
+        models: Mapping[str, HostedModel],
         *,
         tools: RunTools | None = None,
         max_steps: int = 8,
     ) -> None:
         self._control_plane = control_plane
         self._claim = claim
-        self._model = model
+        self._models = models
         self._tools = tools
         self._max_steps = max_steps
         self._lease = Lease(claim.lease_expire_time)
@@ -363,12 +403,12 @@ class RunExecution:
             log.info("run_released")
 
     async def _produce_events(self, sink: EventSink) -> Outcome:
-        model = self._model
-        if model is None:
-            return HOSTED_MODEL_UNAVAILABLE
+        model = choose_model(self._models, self._claim)
+        if isinstance(model, Failed):
+            return model
         resumed = replay(self._claim.events) if self._claim.events else None
         if resumed is None:
-            sink.emit(run_pb2.RunEvent(run_started=run_pb2.RunStarted(model=model.settings.model)))
+            sink.emit(run_pb2.RunEvent(run_started=run_pb2.RunStarted(model=model.config.id)))
         registered = await self._tools.offered(self._claim) if self._tools else []
         offered = tool_specs(registered)
         offered_names = [tool.name for tool in offered]
@@ -379,14 +419,18 @@ class RunExecution:
         messages: list[Message] = conversation(self._claim)
         reply: list[str] = []
         usage = run_pb2.Usage()
-        usage.CopyFrom(self._claim.usage)  # earlier attempts' usage: events carry run totals
+        # What the run's stored usage events add up to: earlier attempts' calls and, for a
+        # resumed run, the calls before it waited. Budgets are checked against the whole.
+        usage.CopyFrom(self._claim.usage)
         steps_done = 0
         if resumed is not None:
             steps_done = await self._resume(sink, resumed, offered_names, messages, reply)
-            usage.CopyFrom(resumed.usage)
+        compaction = Compaction(sink, model.config.context_window)
         try:
             for _step in range(steps_done, self._max_steps):
-                request = ModelRequest(system, tuple(messages), model.settings, offered)
+                request = compaction.fit(
+                    ModelRequest(system, tuple(messages), model.settings, offered)
+                )
                 called = time.monotonic()
                 step_text, calls = await self._model_step(model, request, sink, usage)
                 self._model_seconds += time.monotonic() - called
@@ -420,7 +464,12 @@ class RunExecution:
         """Stream one model call into events; return its text and the tool calls it asked for."""
         step_text: list[str] = []
         calls: list[ToolCallRequest] = []
-        async for item in model.client.stream(request):
+
+        def retrying(retry: run_pb2.ModelRetry) -> None:
+            log.info("model_call_retry", retry=retry.retry, delay_ms=retry.delay_ms)
+            sink.emit(run_pb2.RunEvent(model_retry=retry))
+
+        async for item in call_with_retries(model, request, retrying):
             match item:
                 case TextDelta(text=text):
                     step_text.append(text)
@@ -430,10 +479,11 @@ class RunExecution:
                         run_pb2.RunEvent(reasoning_summary_delta=run_pb2.TextDelta(text=text))
                     )
                 case UsageReport():
-                    usage.input_tokens += item.input_tokens
-                    usage.output_tokens += item.output_tokens
-                    usage.reasoning_tokens += item.reasoning_tokens
-                    sink.emit(run_pb2.RunEvent(usage=usage))
+                    # The event carries this call's counts; the run's total goes on.
+                    call_usage = run_pb2.Usage()
+                    add_usage(call_usage, item, model.config.prices)
+                    add_usage(usage, item, model.config.prices)
+                    sink.emit(run_pb2.RunEvent(usage=call_usage))
                 case ToolCallRequest():
                     calls.append(item)
         return step_text, calls

@@ -2,7 +2,7 @@
 
 The dev model's directives fix what each run produces ([[tokens=N]] content tokens,
 [[reasoning=N]] reasoning tokens), so output counts are known exactly; input counts are
-whatever the worker reported in the run's usage event, and every rollup must add up to them.
+whatever the worker reported in the run's usage events, and every rollup must add up to them.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ async def _finished(
 async def test_run_usage_is_recorded_and_rollups_add_up_across_runs_keys_and_sessions(
     database: str,
 ) -> None:
-    """Each run's usage is its last usage event; every grouping sums to the same totals."""
+    """Each run's usage is its usage events' sum; every grouping sums to the same totals."""
     async with start_stack(database, internal_token=secrets.token_urlsafe(16)) as stack:
         owner = stack.owner
         ci, ci_key = await _second_key(stack, owner)
@@ -124,8 +124,11 @@ async def test_run_usage_is_recorded_and_rollups_add_up_across_runs_keys_and_ses
             session = sessions[i % 2].name
             run, events = await _finished(client, session, text)
             assert run.state == run_pb2.Run.COMPLETED, run.error_message
-            reported = [e.usage for e in events if e.WhichOneof("payload") == "usage"][-1]
-            assert run.usage == reported
+            reported: Totals = Counter()
+            for e in events:
+                if e.WhichOneof("payload") == "usage":
+                    reported += _totals(e.usage)
+            assert _totals(run.usage) == reported
             assert run.usage.output_tokens == content + reasoning
             assert run.usage.reasoning_tokens == reasoning
             assert run.usage.input_tokens > 0

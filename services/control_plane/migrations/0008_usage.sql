@@ -1,4 +1,4 @@
--- Usage and budgets: what each run consumed, its rollups, monthly limits per workspace and key.
+-- Usage and budgets: what each run consumed, its rollups, and monthly limits per workspace.
 
 -- A run's usage so far, kept on its row while it runs: each stored `usage` event carries the
 -- run's totals (a new attempt starts from the totals of the attempts before it, which the
@@ -50,9 +50,6 @@ CREATE TABLE usage_monthly (
     PRIMARY KEY (workspace_id, month, api_key_id, shard)
 );
 
--- Monthly limits of a workspace, and of an API key on the runs it creates; NULL means none.
--- Tokens count input plus output.
+-- Monthly limits; NULL means none. Tokens count input plus output.
 ALTER TABLE workspaces ADD COLUMN budget_monthly_tokens bigint;
 ALTER TABLE workspaces ADD COLUMN budget_monthly_cost_micros bigint;
-ALTER TABLE api_keys ADD COLUMN budget_monthly_tokens bigint;
-ALTER TABLE api_keys ADD COLUMN budget_monthly_cost_micros bigint;

@@ -53,7 +53,7 @@ class NewEvent:
 
 @dataclass(frozen=True)
 class RunUsage:
-    """A run's usage so far, as its latest `usage` event reports it."""
+    """Token counts and cost: the sum of a batch's `usage` events (one per model call)."""
 
     input_tokens: int
     output_tokens: int
@@ -66,7 +66,7 @@ class RunUsage:
 class EventFacts:
     """What a batch of a worker's events says about the run, for its row.
 
-    `usage`: the latest usage event's totals (None: the batch has none); `model`: from
+    `usage`: what the batch's usage events add to the run's (None: nothing); `model`: from
     run.started (None: not in the batch); `output`: the batch holds text or reasoning.
     """
 
@@ -97,11 +97,11 @@ class EventFacts:
 def _facts_set(n: int) -> str:
     """Return the SET items that store a batch's `EventFacts`, from parameter $n on."""
     return f"""
-      input_tokens = coalesce(${n}::bigint, input_tokens),
-      output_tokens = coalesce(${n + 1}::bigint, output_tokens),
-      reasoning_tokens = coalesce(${n + 2}::bigint, reasoning_tokens),
-      cached_input_tokens = coalesce(${n + 3}::bigint, cached_input_tokens),
-      cost_micros = coalesce(${n + 4}::bigint, cost_micros),
+      input_tokens = input_tokens + coalesce(${n}::bigint, 0),
+      output_tokens = output_tokens + coalesce(${n + 1}::bigint, 0),
+      reasoning_tokens = reasoning_tokens + coalesce(${n + 2}::bigint, 0),
+      cached_input_tokens = cached_input_tokens + coalesce(${n + 3}::bigint, 0),
+      cost_micros = cost_micros + coalesce(${n + 4}::bigint, 0),
       model = coalesce(${n + 5}::text, model),
       first_output_time = CASE WHEN ${n + 6}::boolean THEN coalesce(first_output_time, now())
                                ELSE first_output_time END"""
@@ -528,7 +528,7 @@ SELECT c.*, w.display_name AS workspace_display_name, w.tools_version,
          (SELECT array_agg(e.body ORDER BY e.sequence) FROM run_events e WHERE e.run_id = c.id)
        END AS run_events,
        coalesce(p.display_name, '') AS caller_display_name,
-       coalesce(m.role, '') AS caller_role, s.instructions, i.text AS input_text,
+       coalesce(m.role, '') AS caller_role, s.instructions, s.model, i.text AS input_text,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(t.role, t.text) ORDER BY t.position),
                         '[]'::jsonb)
         FROM messages t WHERE t.session_id = c.session_id AND t.position < i.position)
@@ -550,10 +550,10 @@ async def run_claim(
 ) -> Record | None:
     """Claim the oldest queued run and lease it to the caller, with a new attempt and fence.
 
-    The same statement loads what the worker needs: workspace, caller, session instructions,
-    the input text and the transcript before it, the run's usage so far (earlier attempts)
-    and what is left of the workspace's and the creating key's monthly budgets (NULL: no
-    limit).
+    The same statement loads what the worker needs: workspace, caller, session instructions
+    and model, the input text and the transcript before it, the run's usage so far (earlier
+    attempts) and what is left of the workspace's and the creating key's monthly budgets
+    (NULL: no limit).
     """
     return await conn.fetchrow(_RUN_CLAIM, worker_id, lease_seconds, default_timeout_seconds)
 

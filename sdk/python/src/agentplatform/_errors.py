@@ -12,7 +12,9 @@ Every error status of the platform carries a `google.rpc.ErrorInfo` whose reason
      ├── AlreadyExists             ALREADY_EXISTS                         .resource
      ├── FailedPrecondition        LAST_OWNER, LEASE_LOST, SEQUENCE_MISMATCH, DECRYPTION_FAILED,
      │    │                        MASTER_KEYS_READ_ONLY
+     │    │                        APPROVAL_EXPIRED (a denial's reason, not a call's)
      │    ├── RunAlreadyActive     RUN_ALREADY_ACTIVE                     .active_run
+     │    ├── ToolCallNotPending   TOOL_CALL_NOT_PENDING                  .run .call_id
      │    └── HostedModelUnavailable  HOSTED_MODEL_UNAVAILABLE
      ├── VersionMismatch           VERSION_MISMATCH                       .current_version
      ├── RateLimited               RATE_LIMITED                           .retry_after
@@ -144,6 +146,21 @@ class RunAlreadyActive(FailedPrecondition):
         return self.metadata.get("active_run")
 
 
+class ToolCallNotPending(FailedPrecondition):
+    """The tool call is not waiting for approval: decided, expired, unknown, or its run is not
+    in REQUIRES_ACTION; `run` and `call_id` name it."""
+
+    @property
+    def run(self) -> str | None:
+        """Return the run's name."""
+        return self.metadata.get("run")
+
+    @property
+    def call_id(self) -> str | None:
+        """Return the call's id."""
+        return self.metadata.get("call_id")
+
+
 class HostedModelUnavailable(FailedPrecondition):
     """No hosted model is configured; the operator sets AP_MODEL_BASE_URL and AP_MODEL_NAME."""
 
@@ -243,6 +260,8 @@ REASON_ERRORS: Mapping[int, type[APError]] = {
     _R.DECRYPTION_FAILED: FailedPrecondition,
     _R.MASTER_KEYS_READ_ONLY: FailedPrecondition,
     _R.RUN_ALREADY_ACTIVE: RunAlreadyActive,
+    _R.TOOL_CALL_NOT_PENDING: ToolCallNotPending,
+    _R.APPROVAL_EXPIRED: FailedPrecondition,
     _R.HOSTED_MODEL_UNAVAILABLE: HostedModelUnavailable,
     _R.VERSION_MISMATCH: VersionMismatch,
     _R.RATE_LIMITED: RateLimited,

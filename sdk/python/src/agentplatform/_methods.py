@@ -282,14 +282,18 @@ def _create_session(
     instructions: str = "",
     metadata: Mapping[str, str] | None = None,
     run_timeout: dt.timedelta | None = None,
+    model: str = "",
     request_id: str | None = None,
 ) -> session_service_pb2.CreateSessionRequest:
     """Create a session and return it.
 
     `instructions` are added to the system prompt of every run; `run_timeout` overrides the
-    platform's longest run. A retry reuses one `request_id`, so it cannot create two.
+    platform's longest run; `model` picks one of the platform's offered models (default: its
+    default). A retry reuses one `request_id`, so it cannot create two.
     """
-    session = session_pb2.Session(title=title, instructions=instructions, metadata=metadata)
+    session = session_pb2.Session(
+        title=title, instructions=instructions, metadata=metadata, model=model
+    )
     if run_timeout is not None:
         session.run_timeout.CopyFrom(_duration(run_timeout))
     return session_service_pb2.CreateSessionRequest(
@@ -403,9 +407,35 @@ def _list_run_events(run: str, *, page_size: int = 0) -> run_service_pb2.ListRun
 def _cancel_run(name: str) -> run_service_pb2.CancelRunRequest:
     """Cancel a run and return it; a finished run is returned as it is.
 
-    A queued run ends at once; a running one within a heartbeat, with run.cancelled.
+    The run logs run.cancel_requested (who asked), then one run.cancelled when it stopped: a
+    queued run or one waiting for approval at once, a running one within a heartbeat.
     """
     return run_service_pb2.CancelRunRequest(name=name)
+
+
+def _submit_tool_approvals(
+    run: str,
+    *,
+    approve: Iterable[str] = (),
+    deny: Mapping[str, str] | Iterable[str] = (),
+    request_id: str | None = None,
+) -> run_service_pb2.SubmitToolApprovalsRequest:
+    """Approve or deny pending tool calls of a run in REQUIRES_ACTION, and return the run.
+
+    `approve` names call ids to run; `deny` names call ids not to run, or maps each to a
+    message for the model. Calls not named stay pending; once none is, the run continues.
+    A call that is not pending raises `ToolCallNotPending`. A retry reuses one `request_id`,
+    so a decision is never applied twice.
+    """
+    Decision = run_service_pb2.ToolApprovalDecision
+    denied = dict(deny) if isinstance(deny, Mapping) else dict.fromkeys(deny, "")
+    decisions = [Decision(call_id=c, decision=Decision.APPROVE) for c in approve]
+    decisions += [Decision(call_id=c, decision=Decision.DENY, message=m) for c, m in denied.items()]
+    if not decisions:
+        raise ValueError("give at least one call id to approve or deny")
+    return run_service_pb2.SubmitToolApprovalsRequest(
+        run=run, decisions=decisions, request_id=_new_request_id(request_id)
+    )
 
 
 def _stream_run_events(
@@ -511,6 +541,38 @@ def _list_tools(*, page_size: int = 0) -> tool_service_pb2.ListToolsRequest:
 def _get_tool(name: str) -> tool_service_pb2.GetToolRequest:
     """Get a tool, "tools/{tool}"; an MCP server's tools are "tools/{server}__{tool}"."""
     return tool_service_pb2.GetToolRequest(name=name)
+
+
+ApprovalPolicy = Literal["always_allow", "always_ask", "never"]
+
+
+def _approval_policy(policy: ApprovalPolicy) -> tool_pb2.ApprovalPolicy.ValueType:
+    try:
+        return tool_pb2.ApprovalPolicy.Value(policy.upper())
+    except (ValueError, AttributeError):
+        raise ValueError(
+            f"approval_policy must be 'always_allow', 'always_ask' or 'never', not {policy!r}"
+        ) from None
+
+
+def _update_tool(
+    name: str, *, approval_policy: ApprovalPolicy
+) -> tool_service_pb2.UpdateToolRequest:
+    """Change a tool's approval policy ("tools/{tool}", HTTP or of an MCP server); return it."""
+    return tool_service_pb2.UpdateToolRequest(
+        tool=tool_pb2.Tool(name=name, approval_policy=_approval_policy(approval_policy)),
+        update_mask=field_mask_pb2.FieldMask(paths=["approval_policy"]),
+    )
+
+
+def _update_mcp_server(
+    name: str, *, approval_policy: ApprovalPolicy
+) -> tool_service_pb2.UpdateMcpServerRequest:
+    """Change an MCP server's approval policy and that of all its tools; return the server."""
+    return tool_service_pb2.UpdateMcpServerRequest(
+        mcp_server=tool_pb2.McpServer(name=name, approval_policy=_approval_policy(approval_policy)),
+        update_mask=field_mask_pb2.FieldMask(paths=["approval_policy"]),
+    )
 
 
 def _delete_tool(name: str) -> tool_service_pb2.DeleteToolRequest:
@@ -864,6 +926,11 @@ class Methods:
     cancel_run = unary(
         rpc(_RUNS, lambda s: s.CancelRun, retryable=True), _cancel_run, returns=run_pb2.Run
     )
+    submit_tool_approvals = unary(
+        rpc(_RUNS, lambda s: s.SubmitToolApprovals, retryable=True),
+        _submit_tool_approvals,
+        returns=run_pb2.Run,
+    )
     stream_run_events = streamed(_stream_run_events)
     stream_session_events = streamed(_stream_session_events)
     get_secret = unary(
@@ -893,6 +960,9 @@ class Methods:
     get_tool = unary(
         rpc(_TOOLS, lambda s: s.GetTool, retryable=True), _get_tool, returns=tool_pb2.Tool
     )
+    update_tool = unary(
+        rpc(_TOOLS, lambda s: s.UpdateTool, retryable=True), _update_tool, returns=tool_pb2.Tool
+    )
     delete_tool = deleting(rpc(_TOOLS, lambda s: s.DeleteTool, retryable=False), _delete_tool)
     create_mcp_server = unary(
         rpc(_TOOLS, lambda s: s.CreateMcpServer, retryable=False),
@@ -904,6 +974,11 @@ class Methods:
         _list_mcp_servers,
         lambda p: p.mcp_servers,
         of=tool_pb2.McpServer,
+    )
+    update_mcp_server = unary(
+        rpc(_TOOLS, lambda s: s.UpdateMcpServer, retryable=True),
+        _update_mcp_server,
+        returns=tool_pb2.McpServer,
     )
     delete_mcp_server = deleting(
         rpc(_TOOLS, lambda s: s.DeleteMcpServer, retryable=False), _delete_mcp_server
