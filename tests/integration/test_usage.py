@@ -314,3 +314,27 @@ async def test_a_key_budget_caps_the_runs_that_key_creates(database: str) -> Non
             grpc.StatusCode.NOT_FOUND,
             "NOT_FOUND",
         )
+
+
+async def test_a_cost_budget_counts_the_configured_prices(database: str) -> None:
+    """With prices set, usage carries cost; a cost limit stops and then refuses runs."""
+    prices = {"price_input": 2.0, "price_cached_input": 0.5, "price_output": 8.0}
+    async with start_stack(
+        database, internal_token=secrets.token_urlsafe(16), model_settings=prices
+    ) as stack:
+        owner = stack.owner
+        session = await new_session(owner)
+        await _set_budget(owner, monthly_cost_limit_micros=1)
+        run, events = await _finished(owner, session.name, "[[tokens=20]] [[reasoning=0]] pricey")
+        assert run.usage.cost_micros > 1
+        assert events[-1].run_failed.reason == "BUDGET_EXCEEDED"
+        assert "micro-USD" in events[-1].run_failed.message
+        (whole,) = await _query(owner)
+        assert whole.usage.cost_micros == run.usage.cost_micros
+        info = await expect_error(
+            new_run(owner, session.name, "more"),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "BUDGET_EXCEEDED",
+        )
+        assert info.metadata["limit"] == "cost_micros"
+        assert info.metadata["used"] == str(run.usage.cost_micros)
