@@ -131,6 +131,8 @@ WRITES = {
     "sessions rename",
     "sessions rm",
     "runs cancel",
+    "runs approve",
+    "runs deny",
     "chat",
     "secrets put",
     "secrets rm",
