@@ -67,6 +67,8 @@ class EventRenderer:
             "run_queued": self._run_queued,
             "run_started": self._run_started,
             "run_attempt_started": self._attempt_started,
+            "model_retry": self._model_retry,
+            "transcript_compacted": self._compacted,
             "reasoning_summary_delta": self._reasoning,
             "output_text_delta": self._output,
             "tool_call_started": self._tool_started,
@@ -142,6 +144,25 @@ class EventRenderer:
             why = f" after {started.reason}" if started.reason else ""
             self._line(
                 f"[run restarted{why}: attempt {attempt}; discarding the partial output above]",
+                dim=True,
+            )
+
+    def _model_retry(self, event: run_pb2.RunEvent) -> None:
+        """Say why the run is waiting: a model call failed before its first token."""
+        retry = event.model_retry
+        self._line(
+            f"[model call failed, retry {retry.retry} in {format_ms(retry.delay_ms)}: "
+            f"{shorten(retry.message, self._max_field)}]",
+            dim=True,
+        )
+
+    def _compacted(self, event: run_pb2.RunEvent) -> None:
+        """Say that the oldest messages were left out to fit the model's context window."""
+        compacted = event.transcript_compacted
+        if self._verbose:
+            self._line(
+                f"[transcript compacted: {compacted.omitted_messages} oldest messages left out "
+                f"to fit the {compacted.context_window}-token context window]",
                 dim=True,
             )
 

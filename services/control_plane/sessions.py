@@ -18,6 +18,7 @@ from services.control_plane.lifecycle import RunLifecycle
 from services.control_plane.runtime import Runtime
 from services.rpc import validate
 from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
+from services.rpc.hosted_models import HostedModelSettings
 from services.rpc.interceptors import current_principal
 from services.rpc.names import parse_session_name, session_name
 from services.rpc.pagination import KEYSET, POSITION, Page
@@ -83,8 +84,26 @@ def hosted_model_unavailable() -> ApiError:
         grpc.StatusCode.FAILED_PRECONDITION,
         Reason.HOSTED_MODEL_UNAVAILABLE,
         "No hosted model is configured. The platform operator must set AP_MODEL_BASE_URL and "
-        "AP_MODEL_NAME; adding or editing integration secrets will not fix this.",
+        "AP_MODEL_NAME (or AP_MODELS); adding or editing integration secrets will not fix this.",
     )
+
+
+def chosen_model(models: HostedModelSettings, requested: str) -> str:
+    """Return the id of the model a new session uses: the one it asks for, else the default."""
+    default = models.default_model
+    if default is None:
+        raise hosted_model_unavailable()
+    if not requested:
+        return default.id
+    if models.find(requested) is None:
+        raise ApiError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.HOSTED_MODEL_UNAVAILABLE,
+            f"session.model {requested!r} is not a model this platform offers; offered: "
+            f"{', '.join(m.id for m in models.offered)}.",
+            field="session.model",
+        )
+    return requested
 
 
 class SessionService(session_service_pb2_grpc.SessionServiceServicer):
@@ -110,9 +129,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                     "session.run_timeout",
                     f"session.run_timeout must be above 0 and at most {RUN_TIMEOUT_MAX_SECONDS} s.",
                 )
-        if not self._rt.model.configured:
-            raise hosted_model_unavailable()
-        assert self._rt.model.name is not None
+        model = chosen_model(self._rt.model, spec.model)
         async with self._rt.pool.acquire() as conn:
             row = await store.session_create(
                 conn,
@@ -122,7 +139,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                 instructions=values["instructions"],
                 metadata=values["metadata"],
                 tool_approval_overrides=values["tool_approval_overrides"],
-                model=self._rt.model.name,
+                model=model,
                 request_id=request_id,
                 run_timeout_seconds=run_timeout,
             )

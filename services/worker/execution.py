@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -51,6 +51,7 @@ from services.worker.model import (
     ToolResult,
     UsageReport,
 )
+from services.worker.model_calls import add_usage, call_with_retries, fit_context
 from services.worker.prompt import conversation, system_prompt, tool_specs
 from services.worker.tools import RunTools
 
@@ -112,6 +113,29 @@ def finish_request(
     return request
 
 
+def budget_crossed(claim: pb.RunClaim, usage: run_pb2.Usage) -> Failed | None:
+    """Say whether the run's usage has gone past what its workspace's budget had left.
+
+    The claim carries what was left when the run was claimed (unset: no budget); the usage
+    is the run's, earlier attempts included.
+    """
+    if not claim.HasField("budget_left"):
+        return None
+    left = claim.budget_left
+    tokens = usage.input_tokens + usage.output_tokens
+    if left.HasField("tokens") and tokens > left.tokens:
+        used, limit = f"{tokens} tokens", f"{left.tokens} tokens"
+    elif left.HasField("cost_micros") and usage.cost_micros > left.cost_micros:
+        used, limit = f"{usage.cost_micros} micro-USD", f"{left.cost_micros} micro-USD"
+    else:
+        return None
+    return Failed(
+        Reason.BUDGET_EXCEEDED,
+        f"The run used {used}, past the {limit} left of the monthly budget of "
+        f"{left.budget}; it stopped after its current model call.",
+    )
+
+
 @dataclass(frozen=True)
 class ToolPolicies:
     """The run's approval policies: each tool's, and the session's overrides."""
@@ -135,8 +159,24 @@ class StopReason(enum.Enum):
 HOSTED_MODEL_UNAVAILABLE = Failed(
     Reason.HOSTED_MODEL_UNAVAILABLE,
     "No hosted model is configured for this platform; the operator must set "
-    "AP_MODEL_BASE_URL and AP_MODEL_NAME. Integration secrets do not affect this.",
+    "AP_MODEL_BASE_URL and AP_MODEL_NAME (or AP_MODELS). Integration secrets do not affect this.",
 )
+
+
+def choose_model(models: Mapping[str, HostedModel], claim: pb.RunClaim) -> HostedModel | Failed:
+    """Return the session's model among those this worker offers (the default if it names none)."""
+    if not models:
+        return HOSTED_MODEL_UNAVAILABLE
+    if not claim.model:
+        return next(iter(models.values()))
+    model = models.get(claim.model)
+    if model is None:
+        return Failed(
+            Reason.HOSTED_MODEL_UNAVAILABLE,
+            f"The session's model {claim.model!r} is not offered by this platform any more "
+            f"(offered: {', '.join(models)}); start a new session.",
+        )
+    return model
 
 
 class EventSink:
@@ -212,6 +252,29 @@ class EventSink:
             await self._task
 
 
+class Compaction:
+    """Fit each model call to the context window; say so when more is left out than before."""
+
+    def __init__(self, sink: EventSink, context_window: int | None) -> None:
+        self._sink = sink
+        self._window = context_window
+        self._omitted = 0
+
+    def fit(self, request: ModelRequest) -> ModelRequest:
+        """Return the request without its oldest turns if it does not fit."""
+        fitted = fit_context(request, self._window)
+        if fitted.omitted > self._omitted:
+            self._omitted = fitted.omitted
+            compacted = run_pb2.TranscriptCompacted(
+                omitted_messages=fitted.omitted,
+                kept_messages=len(fitted.request.messages),
+                estimated_tokens=fitted.estimated_tokens,
+                context_window=self._window or 0,
+            )
+            self._sink.emit(run_pb2.RunEvent(transcript_compacted=compacted))
+        return fitted.request
+
+
 class RunExecution:
     """Carry one claimed run from its first event to FinishRun (or hand it back)."""
 
@@ -219,14 +282,14 @@ class RunExecution:
         self,
         control_plane: ControlPlane,
         claim: pb.RunClaim,
-        model: HostedModel | None,
+        models: Mapping[str, HostedModel],
         *,
         tools: RunTools | None = None,
         max_steps: int = 8,
     ) -> None:
         self._control_plane = control_plane
         self._claim = claim
-        self._model = model
+        self._models = models
         self._tools = tools
         self._max_steps = max_steps
         self._lease = Lease(claim.lease_expire_time)
@@ -234,6 +297,8 @@ class RunExecution:
         self._stop_reason: StopReason | None = None
         self._cancelled_by = ""
         self._heartbeat_seconds = max(claim.heartbeat_interval.ToTimedelta().total_seconds(), 0.01)
+        # Time spent waiting on model streams, reported with FinishRun.
+        self._model_seconds = 0.0
 
     @property
     def run(self) -> str:
@@ -286,9 +351,9 @@ class RunExecution:
                             )
                         )
                     )
-                await self._control_plane.finish(
-                    finish_request(claim, leftover, outcome), self._lease
-                )
+                request = finish_request(claim, leftover, outcome)
+                request.model_latency.FromNanoseconds(round(self._model_seconds * 1e9))
+                await self._control_plane.finish(request, self._lease)
             except LeaseLostError:
                 log.warning("lease_lost_run_abandoned")
             finally:
@@ -339,12 +404,12 @@ class RunExecution:
             log.info("run_released")
 
     async def _produce_events(self, sink: EventSink) -> Outcome:
-        model = self._model
-        if model is None:
-            return HOSTED_MODEL_UNAVAILABLE
+        model = choose_model(self._models, self._claim)
+        if isinstance(model, Failed):
+            return model
         resumed = replay(self._claim.events) if self._claim.events else None
         if resumed is None:
-            sink.emit(run_pb2.RunEvent(run_started=run_pb2.RunStarted(model=model.settings.model)))
+            sink.emit(run_pb2.RunEvent(run_started=run_pb2.RunStarted(model=model.config.id)))
         registered = await self._tools.offered(self._claim) if self._tools else []
         offered = tool_specs(registered)
         offered_names = [tool.name for tool in offered]
@@ -355,14 +420,22 @@ class RunExecution:
         messages: list[Message] = conversation(self._claim)
         reply: list[str] = []
         usage = run_pb2.Usage()
+        usage.CopyFrom(self._claim.usage)  # earlier attempts' usage: events carry run totals
         steps_done = 0
         if resumed is not None:
             steps_done = await self._resume(sink, resumed, offered_names, messages, reply)
             usage.CopyFrom(resumed.usage)
+        compaction = Compaction(sink, model.config.context_window)
         try:
             for _step in range(steps_done, self._max_steps):
-                request = ModelRequest(system, tuple(messages), model.settings, offered)
+                request = compaction.fit(
+                    ModelRequest(system, tuple(messages), model.settings, offered)
+                )
+                called = time.monotonic()
                 step_text, calls = await self._model_step(model, request, sink, usage)
+                self._model_seconds += time.monotonic() - called
+                if (over := budget_crossed(self._claim, usage)) is not None:
+                    return over
                 reply += step_text
                 if not calls:
                     return Completed("".join(reply), usage)
@@ -391,7 +464,12 @@ class RunExecution:
         """Stream one model call into events; return its text and the tool calls it asked for."""
         step_text: list[str] = []
         calls: list[ToolCallRequest] = []
-        async for item in model.client.stream(request):
+
+        def retrying(retry: run_pb2.ModelRetry) -> None:
+            log.info("model_call_retry", retry=retry.retry, delay_ms=retry.delay_ms)
+            sink.emit(run_pb2.RunEvent(model_retry=retry))
+
+        async for item in call_with_retries(model, request, retrying):
             match item:
                 case TextDelta(text=text):
                     step_text.append(text)
@@ -401,10 +479,11 @@ class RunExecution:
                         run_pb2.RunEvent(reasoning_summary_delta=run_pb2.TextDelta(text=text))
                     )
                 case UsageReport():
-                    usage.input_tokens += item.input_tokens
-                    usage.output_tokens += item.output_tokens
-                    usage.reasoning_tokens += item.reasoning_tokens
-                    sink.emit(run_pb2.RunEvent(usage=usage))
+                    # The event carries this call's counts; the run's total goes on.
+                    call_usage = run_pb2.Usage()
+                    add_usage(call_usage, item, model.config.prices)
+                    add_usage(usage, item, model.config.prices)
+                    sink.emit(run_pb2.RunEvent(usage=call_usage))
                 case ToolCallRequest():
                     calls.append(item)
         return step_text, calls

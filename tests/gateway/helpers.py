@@ -283,6 +283,7 @@ async def start_gateway_stack(
     *,
     guard: LeakGuard | None = None,
     resolve: Resolver = system_resolve,
+    model_settings: dict[str, Any] | None = None,
     control_plane_settings: dict[str, Any] | None = None,
     **gateway_settings: Any,
 ) -> AsyncIterator[GatewayStack]:
@@ -325,6 +326,7 @@ async def start_gateway_stack(
             async with start_stack(
                 admin_dsn,
                 internal_token=tokens["internal"],
+                model_settings=model_settings,
                 vault_address=vault.address,
                 vault_admin_token=SecretStr(tokens["vault_admin"]),
                 gateway_address=gateway.address,

@@ -18,6 +18,7 @@ Every error status of the platform carries a `google.rpc.ErrorInfo` whose reason
      │    └── HostedModelUnavailable  HOSTED_MODEL_UNAVAILABLE
      ├── VersionMismatch           VERSION_MISMATCH                       .current_version
      ├── RateLimited               RATE_LIMITED                           .retry_after
+     ├── BudgetExceeded            BUDGET_EXCEEDED                        .budget
      ├── Unavailable               UNAVAILABLE without a reason, SERVER_SHUTTING_DOWN,
      │                             DATABASE_UNAVAILABLE, SERVICE_UNAVAILABLE, ...
      ├── ConcurrentUpdate          CONCURRENT_UPDATE (nothing applied; safe to repeat)
@@ -183,6 +184,19 @@ class RateLimited(APError):
         return self._retry_after
 
 
+class BudgetExceeded(APError):
+    """The workspace has used its monthly budget; no run starts until it is raised or renews.
+
+    `budget` names it ("workspaces/{workspace}"); `metadata` says which limit ("limit":
+    "tokens" or "cost_micros"), its value, what was used and when the month began.
+    """
+
+    @property
+    def budget(self) -> str:
+        """Return the budget that was used up."""
+        return self.metadata.get("budget", "")
+
+
 class Unavailable(APError):
     """The platform, or a service it depends on, cannot be reached right now; retry later.
 
@@ -251,6 +265,7 @@ REASON_ERRORS: Mapping[int, type[APError]] = {
     _R.HOSTED_MODEL_UNAVAILABLE: HostedModelUnavailable,
     _R.VERSION_MISMATCH: VersionMismatch,
     _R.RATE_LIMITED: RateLimited,
+    _R.BUDGET_EXCEEDED: BudgetExceeded,
     _R.SERVER_SHUTTING_DOWN: Unavailable,
     _R.DATABASE_UNAVAILABLE: Unavailable,
     _R.SERVICE_UNAVAILABLE: Unavailable,

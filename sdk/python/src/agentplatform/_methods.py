@@ -59,6 +59,8 @@ from agentplatform.v1 import (
     tool_pb2,
     tool_service_pb2,
     tool_service_pb2_grpc,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
     workspace_pb2,
     workspace_service_pb2,
     workspace_service_pb2_grpc,
@@ -71,6 +73,7 @@ ResponseT = TypeVar("ResponseT")
 ItemT = TypeVar("ItemT")
 
 ConcurrencyPolicy = Literal["reject", "enqueue", "interrupt"]
+UsageDimension = Literal["session", "api_key", "model", "day"]
 
 # The longest input_text CreateRun accepts by default (AP_MAX_INPUT_BYTES); the CLI refuses
 # longer input before it creates anything.
@@ -279,14 +282,18 @@ def _create_session(
     instructions: str = "",
     metadata: Mapping[str, str] | None = None,
     run_timeout: dt.timedelta | None = None,
+    model: str = "",
     request_id: str | None = None,
 ) -> session_service_pb2.CreateSessionRequest:
     """Create a session and return it.
 
     `instructions` are added to the system prompt of every run; `run_timeout` overrides the
-    platform's longest run. A retry reuses one `request_id`, so it cannot create two.
+    platform's longest run; `model` picks one of the platform's offered models (default: its
+    default). A retry reuses one `request_id`, so it cannot create two.
     """
-    session = session_pb2.Session(title=title, instructions=instructions, metadata=metadata)
+    session = session_pb2.Session(
+        title=title, instructions=instructions, metadata=metadata, model=model
+    )
     if run_timeout is not None:
         session.run_timeout.CopyFrom(_duration(run_timeout))
     return session_service_pb2.CreateSessionRequest(
@@ -617,12 +624,33 @@ def _list_workspaces(*, page_size: int = 0) -> workspace_service_pb2.ListWorkspa
 
 
 def _update_workspace(
-    name: str, *, display_name: str | None = None
+    name: str,
+    *,
+    display_name: str | None = None,
+    monthly_token_limit: int | None = None,
+    monthly_cost_limit_micros: int | None = None,
 ) -> workspace_service_pb2.UpdateWorkspaceRequest:
-    """Change the caller's workspace (owners only) and return it."""
+    """Change the caller's workspace (owners only) and return it.
+
+    A limit of the monthly budget changes only when given; 0 removes it. Costs are in
+    millionths of a US dollar.
+    """
+    mask = _mask(
+        display_name=display_name,
+        monthly_token_limit=monthly_token_limit,
+        monthly_cost_limit_micros=monthly_cost_limit_micros,
+    )
+    mask.paths[:] = [p if p == "display_name" else f"budget.{p}" for p in mask.paths]
     return workspace_service_pb2.UpdateWorkspaceRequest(
-        workspace=workspace_pb2.Workspace(name=name, display_name=display_name or ""),
-        update_mask=_mask(display_name=display_name),
+        workspace=workspace_pb2.Workspace(
+            name=name,
+            display_name=display_name or "",
+            budget=workspace_pb2.Budget(
+                monthly_token_limit=monthly_token_limit or 0,
+                monthly_cost_limit_micros=monthly_cost_limit_micros or 0,
+            ),
+        ),
+        update_mask=mask,
     )
 
 
@@ -660,6 +688,48 @@ def _update_member(name: str, *, role: str) -> workspace_service_pb2.UpdateMembe
 def _delete_member(name: str) -> workspace_service_pb2.DeleteMemberRequest:
     """Remove a member and revoke their API keys of this workspace at once."""
     return workspace_service_pb2.DeleteMemberRequest(name=name)
+
+
+# -- usage ----------------------------------------------------------------------------------
+
+_USAGE = usage_service_pb2_grpc.UsageServiceStub
+_DIMENSIONS: Mapping[str, usage_service_pb2.UsageDimension.ValueType] = {
+    "session": usage_service_pb2.SESSION,
+    "api_key": usage_service_pb2.API_KEY,
+    "model": usage_service_pb2.MODEL,
+    "day": usage_service_pb2.DAY,
+}
+
+
+def _query_usage(
+    *,
+    start_time: dt.datetime | None = None,
+    end_time: dt.datetime | None = None,
+    group_by: Iterable[UsageDimension] = (),
+    session: str = "",
+    api_key: str = "",
+    page_size: int = 0,
+) -> usage_service_pb2.QueryUsageRequest:
+    """Iterate what the workspace's runs that ended in a range consumed, grouped as asked.
+
+    The range defaults to this month so far (UTC); `group_by` takes "session", "api_key",
+    "model" and "day" (none: one total). `session` and `api_key` narrow it to one session's
+    or one key's runs; by API key is for owners only.
+    """
+    unknown = [d for d in group_by if d not in _DIMENSIONS]
+    if unknown:
+        raise ValueError(f"group_by takes {', '.join(_DIMENSIONS)}; not {', '.join(unknown)}")
+    request = usage_service_pb2.QueryUsageRequest(
+        group_by=[_DIMENSIONS[d] for d in group_by],
+        session=session,
+        api_key=api_key,
+        page_size=page_size,
+    )
+    if start_time is not None:
+        request.start_time.FromDatetime(start_time)
+    if end_time is not None:
+        request.end_time.FromDatetime(end_time)
+    return request
 
 
 # -- invitations ----------------------------------------------------------------------------
@@ -907,6 +977,12 @@ class Methods:
         rpc(_WORKSPACES, lambda s: s.UpdateWorkspace, retryable=True),
         _update_workspace,
         returns=workspace_pb2.Workspace,
+    )
+    query_usage = paged(
+        rpc(_USAGE, lambda s: s.QueryUsage, retryable=True),
+        _query_usage,
+        lambda p: p.groups,
+        of=usage_service_pb2.UsageGroup,
     )
     create_member = unary(
         rpc(_WORKSPACES, lambda s: s.CreateMember, retryable=False),

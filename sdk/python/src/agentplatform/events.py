@@ -12,6 +12,8 @@ renderer in `ap_cli/render.py`.
                 run_started                run.started
                 run_attempt_started        run.attempt_started
                 run_cancel_requested       run.cancel_requested
+                model_retry                model.retry
+                transcript_compacted       transcript.compacted
     text        reasoning_summary_delta    reasoning.summary.delta
                 output_text_delta          output_text.delta
     tool        tool_call_started          tool_call.started
@@ -61,6 +63,8 @@ KINDS: Mapping[str, EventKind] = {
         EventKind("run_started", "run.started", Category.LIFECYCLE),
         EventKind("run_attempt_started", "run.attempt_started", Category.LIFECYCLE),
         EventKind("run_cancel_requested", "run.cancel_requested", Category.LIFECYCLE),
+        EventKind("model_retry", "model.retry", Category.LIFECYCLE),
+        EventKind("transcript_compacted", "transcript.compacted", Category.LIFECYCLE),
         EventKind("reasoning_summary_delta", "reasoning.summary.delta", Category.TEXT),
         EventKind("output_text_delta", "output_text.delta", Category.TEXT),
         EventKind("tool_call_started", "tool_call.started", Category.TOOL),
