@@ -28,8 +28,12 @@ def _ap(gw: GatewayStack) -> Ap:
 async def test_watch_shows_the_call_and_approve_and_deny_decide(gw_stack: GatewayStack) -> None:
     """`ap runs watch` prints the pending call and how to decide; `ap runs approve` runs it,
     `ap runs deny --message` tells the model."""
-    await add_tool(gw_stack, "cli_tool", tool_pb2.ALWAYS_ASK)
+    await add_tool(gw_stack, "cli_tool", tool_pb2.ALWAYS_ALLOW)
     ap = _ap(gw_stack)
+    set_policy = await ap("tools", "policy", "cli_tool", "always_ask")
+    assert set_policy.code == 0, set_policy.err
+    shown = await ap("tools", "show", "cli_tool")
+    assert "always_ask" in shown.out
     owner = gw_stack.owner
     run = await start_run(
         owner,

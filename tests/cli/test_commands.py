@@ -139,6 +139,7 @@ WRITES = {
     "vault rotate",
     "tools add-http",
     "tools add-mcp",
+    "tools policy",
     "tools rm",
     "keys create",
     "keys revoke",
