@@ -26,7 +26,14 @@ from services.control_plane.policy import roles_allowed
 from services.control_plane.runtime import Runtime
 from services.rpc.db import Connection
 from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
-from services.rpc.names import message_name, parse_run_name, run_name, user_name, workspace_name
+from services.rpc.names import (
+    api_key_name,
+    message_name,
+    parse_run_name,
+    run_name,
+    user_name,
+    workspace_name,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -86,28 +93,31 @@ def _tool_calls(
 _OUTPUT_PAYLOADS = frozenset({"output_text_delta", "reasoning_summary_delta"})
 
 
-def _event_facts(
-    events: Sequence[run_pb2.RunEvent], reported: run_pb2.Usage | None = None
-) -> store.EventFacts:
-    """Read what a batch says about its run: the latest usage, the model, any output.
+def _event_facts(events: Sequence[run_pb2.RunEvent]) -> store.EventFacts:
+    """Read what a batch says about its run: its usage events' sum, the model, any output.
 
-    `reported`: the usage a finish reports for the whole run, which wins over its events'.
+    Each usage event carries one model call's counts, so the run's row adds them up: a
+    batch is stored once (a retried one is refused by the sequence check), and a new attempt
+    adds to what the ones before it used.
     """
-    usage = reported
+    usage = run_pb2.Usage()
     model: str | None = None
     output = False
     for event in events:
         kind = event.WhichOneof("payload")
-        if kind == "usage" and reported is None:
-            usage = event.usage
+        if kind == "usage":
+            u = event.usage
+            usage.input_tokens += u.input_tokens
+            usage.output_tokens += u.output_tokens
+            usage.reasoning_tokens += u.reasoning_tokens
+            usage.cached_input_tokens += u.cached_input_tokens
+            usage.cost_micros += u.cost_micros
         elif kind == "run_started":
             model = event.run_started.model
         elif kind in _OUTPUT_PAYLOADS:
             output = True
     return store.EventFacts(
-        usage=None
-        if usage is None
-        else store.RunUsage(
+        usage=store.RunUsage(
             usage.input_tokens,
             usage.output_tokens,
             usage.reasoning_tokens,
@@ -126,14 +136,20 @@ def _transaction_if(
     return conn.transaction() if needed else contextlib.nullcontext()
 
 
-def _budget_left(row: store.Record) -> pb.BudgetLeft | None:
-    """Say what is left of the claimed run's workspace budget; None when it has none."""
-    tokens, cost = row["budget_tokens_left"], row["budget_cost_left"]
-    if tokens is None and cost is None:
-        return None
-    return pb.BudgetLeft(
-        budget=workspace_name(row["workspace_id"]), tokens=tokens, cost_micros=cost
-    )
+def _budgets_left(row: store.Record) -> list[pb.BudgetLeft]:
+    """Say what is left of the claimed run's budgets: its workspace's and its key's."""
+    left = []
+    for budget, tokens, cost in (
+        (workspace_name(row["workspace_id"]), row["budget_tokens_left"], row["budget_cost_left"]),
+        (
+            api_key_name(row["api_key_id"]) if row["api_key_id"] else "",
+            row["key_budget_tokens_left"],
+            row["key_budget_cost_left"],
+        ),
+    ):
+        if tokens is not None or cost is not None:
+            left.append(pb.BudgetLeft(budget=budget, tokens=tokens, cost_micros=cost))
+    return left
 
 
 class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
@@ -201,7 +217,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 cached_input_tokens=row["cached_input_tokens"],
                 cost_micros=row["cost_micros"],
             ),
-            budget_left=_budget_left(row),
+            budgets_left=_budgets_left(row),
             tool_approval_overrides={
                 tool: APPROVAL_POLICIES[policy]
                 for tool, policy in row["tool_approval_overrides"].items()
@@ -326,7 +342,6 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         terminal, state, reason, message = self._terminal(
             request, name.session_id, output_message_id
         )
-        reported = request.completed.usage if request.completed.HasField("usage") else None
         all_events = [*events, terminal]
         row = await self._store_with_tool_calls(
             name.run_id,
@@ -341,7 +356,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 reply_text=request.completed.text if outcome == "completed" else None,
                 error_reason=reason,
                 error_message=message,
-                facts=_event_facts(events, reported),
+                facts=_event_facts(events),
                 model_latency_ms=request.model_latency.ToMilliseconds(),
                 output_message_id=output_message_id,
             ),

@@ -18,7 +18,7 @@ from google.protobuf import empty_pb2
 
 from services.control_plane import store
 from services.control_plane.auth import Principal
-from services.control_plane.budgets import budget_limits, budget_to_proto
+from services.control_plane.budgets import BUDGET_PATHS, budget_change, budget_to_proto
 from services.control_plane.convert import member_to_proto, workspace_to_proto
 from services.control_plane.policy import ROLES
 from services.control_plane.runtime import Runtime
@@ -37,9 +37,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 DISPLAY_NAME_MAX = 100
 # What UpdateWorkspace changes; an empty update_mask means the display name only, so a
 # rename never clears a budget.
-_TOKEN_LIMIT = "budget.monthly_token_limit"
-_COST_LIMIT = "budget.monthly_cost_limit_micros"
-_UPDATABLE = frozenset({"display_name", "budget", _TOKEN_LIMIT, _COST_LIMIT})
+_UPDATABLE = frozenset({"display_name"} | BUDGET_PATHS)
 
 
 def check_role(field: str, role: str) -> str:
@@ -138,21 +136,18 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
             if "display_name" in paths
             else None
         )
-        set_tokens = bool(paths & {"budget", _TOKEN_LIMIT})
-        set_cost = bool(paths & {"budget", _COST_LIMIT})
-        limits = budget_limits(request.workspace.budget) if set_tokens or set_cost else None
+        change = budget_change("workspace", request.workspace.budget, paths)
         async with self._rt.pool.acquire() as conn, conn.transaction():
             if display_name is not None:
                 await store.workspace_rename(conn, principal.workspace_id, display_name)
-            if limits is not None:
-                tokens, cost_micros = limits
+            if change is not None:
                 await store.budget_set(
                     conn,
                     principal.workspace_id,
-                    tokens=tokens,
-                    cost_micros=cost_micros,
-                    set_tokens=set_tokens,
-                    set_cost=set_cost,
+                    tokens=change.tokens,
+                    cost_micros=change.cost_micros,
+                    set_tokens=change.set_tokens,
+                    set_cost=change.set_cost,
                 )
             row = await store.workspace_get(conn, principal.workspace_id, principal.user_id)
             budget = await store.budget_get(conn, principal.workspace_id)

@@ -108,7 +108,13 @@ from services.control_plane.store.tool_calls import (
     tool_call_list,
     tool_call_record,
 )
-from services.control_plane.store.usage import budget_get, budget_set, usage_query
+from services.control_plane.store.usage import (
+    api_key_budget_get,
+    api_key_budget_set,
+    budget_get,
+    budget_set,
+    usage_query,
+)
 
 Record = asyncpg.Record
 
@@ -123,6 +129,8 @@ __all__ = [
     "RunUsage",
     "ToolCallEnd",
     "ToolCallStart",
+    "api_key_budget_get",
+    "api_key_budget_set",
     "api_key_create",
     "api_key_get",
     "api_key_list",
