@@ -11,7 +11,7 @@ import shtab
 from agentplatform import APError, Client, ConfigError
 from agentplatform import __version__ as sdk_version
 
-from ap_cli import chat, commands, secrets, tenancy, tools
+from ap_cli import chat, commands, secrets, tenancy, tools, usage
 from ap_cli.context import Context, invoked_as, json_option
 from ap_cli.names import run_name, session_name
 
@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     secrets.add_commands(groups)
     tools.add_commands(groups)
     tenancy.add_commands(groups)
+    usage.add_commands(groups)
 
     completion = groups.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=("bash", "zsh", "tcsh"))

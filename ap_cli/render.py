@@ -249,11 +249,9 @@ class EventRenderer:
         self._line(f"[cancel requested{by}]", dim=True)
 
     def _add_usage(self, event: run_pb2.RunEvent) -> None:
-        """Add one model call's token counts to the attempt's total."""
+        """Keep the run's token counts so far: each usage event carries the run's totals."""
         usage = event.usage
-        self.usage.input_tokens += usage.input_tokens
-        self.usage.output_tokens += usage.output_tokens
-        self.usage.reasoning_tokens += usage.reasoning_tokens
+        self.usage.CopyFrom(usage)
         if self._verbose:
             self._line(f"[usage: {format_usage(usage)}]", dim=True)
 

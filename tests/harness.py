@@ -189,9 +189,10 @@ async def start_stack(
     finally:
         for channel in stack._channels:
             await channel.close(None)
-        if worker is not None:
-            await worker.stop()
-        await control_plane.stop()
+        # The stack's current processes: a test may have replaced them (a restart).
+        if stack.worker is not None:
+            await stack.worker.stop()
+        await stack.control_plane.stop()
         await devmodel.stop()
 
 

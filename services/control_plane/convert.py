@@ -93,8 +93,14 @@ def run_to_proto(row: store.Record) -> run_pb2.Run:
             input_tokens=row["input_tokens"],
             output_tokens=row["output_tokens"],
             reasoning_tokens=row["reasoning_tokens"],
+            cached_input_tokens=row["cached_input_tokens"],
+            cost_micros=row["cost_micros"],
         ),
     )
+    if row["first_output_time"] is not None:
+        run.time_to_first_token.FromTimedelta(row["first_output_time"] - row["create_time"])
+    if row["end_time"] is not None:
+        run.model_latency.FromMilliseconds(row["model_latency_ms"])
     if row["output_message_id"] is not None:
         run.output_message = message_name(session_id, row["output_message_id"])
     run.create_time.FromDatetime(row["create_time"])

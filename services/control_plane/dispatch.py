@@ -83,11 +83,57 @@ def _tool_calls(
     return starts, ends
 
 
+_OUTPUT_PAYLOADS = frozenset({"output_text_delta", "reasoning_summary_delta"})
+
+
+def _event_facts(
+    events: Sequence[run_pb2.RunEvent], reported: run_pb2.Usage | None = None
+) -> store.EventFacts:
+    """Read what a batch says about its run: the latest usage, the model, any output.
+
+    `reported`: the usage a finish reports for the whole run, which wins over its events'.
+    """
+    usage = reported
+    model: str | None = None
+    output = False
+    for event in events:
+        kind = event.WhichOneof("payload")
+        if kind == "usage" and reported is None:
+            usage = event.usage
+        elif kind == "run_started":
+            model = event.run_started.model
+        elif kind in _OUTPUT_PAYLOADS:
+            output = True
+    return store.EventFacts(
+        usage=None
+        if usage is None
+        else store.RunUsage(
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.reasoning_tokens,
+            usage.cached_input_tokens,
+            usage.cost_micros,
+        ),
+        model=model,
+        output=output,
+    )
+
+
 def _transaction_if(
     conn: Connection, needed: object
 ) -> contextlib.AbstractAsyncContextManager[object]:
     """Open a transaction only when records go with the events: most batches need none."""
     return conn.transaction() if needed else contextlib.nullcontext()
+
+
+def _budget_left(row: store.Record) -> pb.BudgetLeft | None:
+    """Say what is left of the claimed run's workspace budget; None when it has none."""
+    tokens, cost = row["budget_tokens_left"], row["budget_cost_left"]
+    if tokens is None and cost is None:
+        return None
+    return pb.BudgetLeft(
+        budget=workspace_name(row["workspace_id"]), tokens=tokens, cost_micros=cost
+    )
 
 
 class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
@@ -148,6 +194,14 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             input_text=row["input_text"],
             deadline=deadline,
             tools_version=row["tools_version"],
+            usage=run_pb2.Usage(
+                input_tokens=row["input_tokens"],
+                output_tokens=row["output_tokens"],
+                reasoning_tokens=row["reasoning_tokens"],
+                cached_input_tokens=row["cached_input_tokens"],
+                cost_micros=row["cost_micros"],
+            ),
+            budget_left=_budget_left(row),
             tool_approval_overrides={
                 tool: APPROVAL_POLICIES[policy]
                 for tool, policy in row["tool_approval_overrides"].items()
@@ -224,6 +278,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 fencing_token=request.fencing_token,
                 last_sequence=events[-1].sequence,
                 events=to_store(events),
+                facts=_event_facts(events),
             ),
         )
         if row is None:
@@ -271,7 +326,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         terminal, state, reason, message = self._terminal(
             request, name.session_id, output_message_id
         )
-        usage = request.completed.usage
+        reported = request.completed.usage if request.completed.HasField("usage") else None
         all_events = [*events, terminal]
         row = await self._store_with_tool_calls(
             name.run_id,
@@ -286,7 +341,8 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 reply_text=request.completed.text if outcome == "completed" else None,
                 error_reason=reason,
                 error_message=message,
-                usage=(usage.input_tokens, usage.output_tokens, usage.reasoning_tokens),
+                facts=_event_facts(events, reported),
+                model_latency_ms=request.model_latency.ToMilliseconds(),
                 output_message_id=output_message_id,
             ),
         )
@@ -334,6 +390,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 events=to_store(events),
                 calls=[(a.call_id, a.tool) for a in asked],
                 expire_time=expire,
+                facts=_event_facts(events),
             ),
         )
         if row is None:

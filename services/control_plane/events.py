@@ -127,6 +127,13 @@ class LogChannel:
         self._events: dict[int, run_pb2.RunEvent] = {}
         self._changed = asyncio.Event()
         self.last_change = asyncio.get_running_loop().time()
+        # Replays go through here one at a time: a read that a subscriber needs is made once
+        # and remembered, and the subscribers queued behind it are served from memory.
+        self.reading = asyncio.Lock()
+        # Whether a read from the database completed since the channel opened. From then on
+        # the channel is as current as it is for any live subscriber (local commits, peers'
+        # notifications, the poller), so a joiner whose cursor the buffer covers needs none.
+        self.primed = False
 
     @property
     def changed(self) -> asyncio.Event:
@@ -154,6 +161,19 @@ class LogChannel:
         while len(self._events) > _CHANNEL_BUFFER:
             del self._events[min(self._events)]
         self.wake()
+
+    def fill(self, events: list[run_pb2.RunEvent]) -> None:
+        """Remember events read from the database by a replay, which has sent them itself."""
+        for event in events:
+            at = self.position(event)
+            self._events[at] = event
+            if self.position is run_position and is_terminal(event):
+                self.terminal = at
+        while len(self._events) > _CHANNEL_BUFFER:
+            del self._events[min(self._events)]
+        self.primed = True
+        if events:
+            self.observe(self.position(events[-1]))
 
     def delete(self) -> None:
         """End every subscriber's stream: the log is gone."""
@@ -368,11 +388,7 @@ class EventBus:
             changed = channel.changed
             batch = None if must_read else channel.cached_after(cursor)
             if batch is None:
-                rows = await read(cursor)
-                must_read = len(rows) == _REPLAY_PAGE
-                batch = [event_from_row(r) for r in rows]
-                if batch:
-                    channel.observe(channel.position(batch[-1]))
+                batch, must_read = await self._replay(channel, cursor, read)
             for event in batch:
                 if watch is not None and watch.ended is not None:
                     raise watch.ended
@@ -385,6 +401,25 @@ class EventBus:
                 if channel.deleted:
                     raise LogDeletedError()
                 await changed.wait()
+
+    async def _replay(
+        self, channel: LogChannel, cursor: int, read: Reader
+    ) -> tuple[list[run_pb2.RunEvent], bool]:
+        """Return the events after the cursor and whether more may be stored beyond them.
+
+        One replay of a channel at a time: 1,000 subscribers joining a run that is streaming
+        make one database read between them, not 1,000 (each of which queued for one of the
+        pool's connections and rebuilt the same events).
+        """
+        async with channel.reading:
+            if channel.primed:
+                cached = channel.cached_after(cursor)
+                if cached is not None:
+                    return cached, False
+            rows = await read(cursor)
+            batch = [event_from_row(r) for r in rows]
+            channel.fill(batch)
+            return batch, len(rows) == _REPLAY_PAGE
 
 
 class Notifier:

@@ -88,6 +88,10 @@ POLICY: Final[dict[str, str]] = {
     f"{_V1}ApiKeyService/CreateApiKey": "owner",
     f"{_V1}ApiKeyService/ListApiKeys": "owner",
     f"{_V1}ApiKeyService/DeleteApiKey": "owner",
+    # Usage: everyone reads what runs consumed (as GetRun shows each run's); by API key is
+    # for owners only, the role that sees keys (usage.py). Budgets are set with
+    # UpdateWorkspace, by owners.
+    f"{_V1}UsageService/QueryUsage": "viewer",
     # The workers' API.
     "/agentplatform.dispatch.v1.DispatchService/ClaimRun": INTERNAL,
     "/agentplatform.dispatch.v1.DispatchService/AppendRunEvents": INTERNAL,

@@ -110,6 +110,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             workspace_id=principal.workspace_id,
             session_id=session_id,
             created_by=principal.user_id,
+            api_key_id=principal.api_key_id,
             input_text=input_text,
             request_id=request_id,
         )

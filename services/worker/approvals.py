@@ -101,15 +101,6 @@ class Replayed:
     usage: run_pb2.Usage
 
 
-_USAGE_FIELDS = tuple(f.name for f in run_pb2.Usage.DESCRIPTOR.fields)
-
-
-def _add_usage(total: run_pb2.Usage, call: run_pb2.Usage) -> None:
-    """Add one usage event (one model call's counts) to the run's total."""
-    for name in _USAGE_FIELDS:
-        setattr(total, name, getattr(total, name) + getattr(call, name))
-
-
 def replay(events: Sequence[run_pb2.RunEvent]) -> Replayed:
     """Rebuild a run's turns from its events, in order.
 
@@ -151,7 +142,7 @@ def replay(events: Sequence[run_pb2.RunEvent]) -> Replayed:
         elif kind == "tool_call_denied":
             current.denied[event.tool_call_denied.call_id] = event.tool_call_denied
         elif kind == "usage":
-            _add_usage(usage, event.usage)
+            usage.CopyFrom(event.usage)  # each usage event carries the run's totals
         elif kind == "run_attempt_started" and not (current.asked or current.closed()):
             current = Turn()
     if current.closed():

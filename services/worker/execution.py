@@ -113,6 +113,29 @@ def finish_request(
     return request
 
 
+def budget_crossed(claim: pb.RunClaim, usage: run_pb2.Usage) -> Failed | None:
+    """Say whether the run's usage has gone past what its workspace's budget had left.
+
+    The claim carries what was left when the run was claimed (unset: no budget); the usage
+    is the run's, earlier attempts included.
+    """
+    if not claim.HasField("budget_left"):
+        return None
+    left = claim.budget_left
+    tokens = usage.input_tokens + usage.output_tokens
+    if left.HasField("tokens") and tokens > left.tokens:
+        used, limit = f"{tokens} tokens", f"{left.tokens} tokens"
+    elif left.HasField("cost_micros") and usage.cost_micros > left.cost_micros:
+        used, limit = f"{usage.cost_micros} micro-USD", f"{left.cost_micros} micro-USD"
+    else:
+        return None
+    return Failed(
+        Reason.BUDGET_EXCEEDED,
+        f"The run used {used}, past the {limit} left of the monthly budget of "
+        f"{left.budget}; it stopped after its current model call.",
+    )
+
+
 @dataclass(frozen=True)
 class ToolPolicies:
     """The run's approval policies: each tool's, and the session's overrides."""
@@ -274,6 +297,8 @@ class RunExecution:
         self._stop_reason: StopReason | None = None
         self._cancelled_by = ""
         self._heartbeat_seconds = max(claim.heartbeat_interval.ToTimedelta().total_seconds(), 0.01)
+        # Time spent waiting on model streams, reported with FinishRun.
+        self._model_seconds = 0.0
 
     @property
     def run(self) -> str:
@@ -326,9 +351,9 @@ class RunExecution:
                             )
                         )
                     )
-                await self._control_plane.finish(
-                    finish_request(claim, leftover, outcome), self._lease
-                )
+                request = finish_request(claim, leftover, outcome)
+                request.model_latency.FromNanoseconds(round(self._model_seconds * 1e9))
+                await self._control_plane.finish(request, self._lease)
             except LeaseLostError:
                 log.warning("lease_lost_run_abandoned")
             finally:
@@ -395,6 +420,7 @@ class RunExecution:
         messages: list[Message] = conversation(self._claim)
         reply: list[str] = []
         usage = run_pb2.Usage()
+        usage.CopyFrom(self._claim.usage)  # earlier attempts' usage: events carry run totals
         steps_done = 0
         if resumed is not None:
             steps_done = await self._resume(sink, resumed, offered_names, messages, reply)
@@ -405,7 +431,11 @@ class RunExecution:
                 request = compaction.fit(
                     ModelRequest(system, tuple(messages), model.settings, offered)
                 )
+                called = time.monotonic()
                 step_text, calls = await self._model_step(model, request, sink, usage)
+                self._model_seconds += time.monotonic() - called
+                if (over := budget_crossed(self._claim, usage)) is not None:
+                    return over
                 reply += step_text
                 if not calls:
                     return Completed("".join(reply), usage)
@@ -449,11 +479,10 @@ class RunExecution:
                         run_pb2.RunEvent(reasoning_summary_delta=run_pb2.TextDelta(text=text))
                     )
                 case UsageReport():
-                    # The event carries this call's counts; the run's total goes on.
-                    call_usage = run_pb2.Usage()
-                    add_usage(call_usage, item, model.config.prices)
+                    # Counts and cost of this call, by the model's prices, onto the run's
+                    # totals; the event carries the totals (what the control plane records).
                     add_usage(usage, item, model.config.prices)
-                    sink.emit(run_pb2.RunEvent(usage=call_usage))
+                    sink.emit(run_pb2.RunEvent(usage=usage))
                 case ToolCallRequest():
                     calls.append(item)
         return step_text, calls

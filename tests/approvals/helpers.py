@@ -14,6 +14,8 @@ from agentplatform.v1 import (
 )
 from google.protobuf import field_mask_pb2
 
+from services.control_plane.app import ControlPlane
+from services.worker.app import Worker
 from tests.gateway.helpers import GatewayStack
 from tests.harness import Client
 
@@ -114,3 +116,31 @@ async def decide(
 def reply(events: list[run_pb2.RunEvent]) -> str:
     """Return the reply text the events streamed."""
     return "".join(e.output_text_delta.text for e in events if e.type == "output_text.delta")
+
+
+async def restart_workers(gw: GatewayStack, *, control_plane: bool = False) -> None:
+    """Stop the worker (and with `control_plane`, the control plane), then start new ones.
+
+    Nothing but Postgres carries state across: the new processes' objects share nothing with
+    the old ones but their settings. The owner's client moves to the new control plane.
+    """
+    stack = gw.stack
+    assert stack.worker is not None
+    await stack.worker.stop()
+    if control_plane:
+        await stack.control_plane.stop()
+        fresh = ControlPlane(stack.control_plane.settings, stack.control_plane.model)
+        await fresh.start()
+        stack.control_plane = fresh
+        stack.owner = stack.client(stack.owner.api_key, stack.owner.workspace)
+    stack.worker = await start_another_worker(gw)
+
+
+async def start_another_worker(gw: GatewayStack) -> Worker:
+    """Start a worker like the stack's own, attached to its current control plane."""
+    old = gw.stack.worker
+    assert old is not None
+    settings = old.settings.model_copy(update={"control_plane_address": gw.stack.address})
+    worker = Worker(settings, old.model)
+    await worker.start()
+    return worker

@@ -5,6 +5,7 @@
     tenancy     workspaces, users and profiles, memberships, API keys, invitations
     tool_calls  the records of the tool calls runs make
     approvals   the tool calls runs asked people to decide
+    usage       usage rollups of ended runs, month-to-date totals, monthly budgets
 
 Names are noun first, so a store's statements sort together (`run_claim`, `run_event_append`,
 `session_get`, `member_update_role`); each statement is written once, as a module constant
@@ -23,9 +24,11 @@ from services.control_plane.store.approvals import (
     tool_approval_request_seen,
 )
 from services.control_plane.store.runs import (
+    EventFacts,
     FenceCheck,
     NewEvent,
     RunAlreadyActiveError,
+    RunUsage,
     run_action_record,
     run_active_id,
     run_attempt,
@@ -105,16 +108,19 @@ from services.control_plane.store.tool_calls import (
     tool_call_list,
     tool_call_record,
 )
+from services.control_plane.store.usage import budget_get, budget_set, usage_query
 
 Record = asyncpg.Record
 
 __all__ = [
     "PRINCIPALS_CHANNEL",
     "Decision",
+    "EventFacts",
     "FenceCheck",
     "NewEvent",
     "Record",
     "RunAlreadyActiveError",
+    "RunUsage",
     "ToolCallEnd",
     "ToolCallStart",
     "api_key_create",
@@ -124,6 +130,8 @@ __all__ = [
     "api_key_revoke",
     "api_key_standing",
     "api_key_touch",
+    "budget_get",
+    "budget_set",
     "invitation_create",
     "invitation_delete",
     "invitation_get",
@@ -185,6 +193,7 @@ __all__ = [
     "tool_approval_request_seen",
     "tool_call_list",
     "tool_call_record",
+    "usage_query",
     "user_create",
     "workspace_count",
     "workspace_create",

@@ -43,7 +43,7 @@ class Category(enum.Enum):
     LIFECYCLE = "lifecycle"  # the run was stored, claimed, restarted, or asked to stop
     TEXT = "text"  # model output: reply or reasoning text
     TOOL = "tool"  # a tool call's progress, approval request or decision
-    USAGE = "usage"  # one model call's token counts
+    USAGE = "usage"  # token counts and cost: the run's totals after each model call
     TERMINAL = "terminal"  # the run ended; exactly one per run, always the last
 
 
