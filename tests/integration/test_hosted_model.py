@@ -89,7 +89,7 @@ async def test_a_session_cannot_pick_a_model_that_is_not_offered(stack: Stack) -
             metadata=stack.owner.auth,
             timeout=10,
         ),
-        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
         "HOSTED_MODEL_UNAVAILABLE",
     )
     assert info.metadata["field"] == "session.model"
