@@ -126,10 +126,12 @@ class ControlPlane:
         self._listener.start()
         lifecycle.start()
         self._unwatch_queue = metrics.watch_queue_depth(pool)
+        for offered in self.model.offered:
+            log.info("hosted_model_offered", id=offered.id, api=offered.api)
         if not self.model.configured:
             log.warning(
                 "hosted_model_unavailable",
-                detail="AP_MODEL_BASE_URL / AP_MODEL_NAME unset: CreateSession will fail",
+                detail="no AP_MODEL_BASE_URL / AP_MODEL_NAME or AP_MODELS: CreateSession fails",
             )
         self._server = GrpcServer(
             host=settings.grpc_host,

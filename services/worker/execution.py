@@ -479,7 +479,8 @@ class RunExecution:
                         run_pb2.RunEvent(reasoning_summary_delta=run_pb2.TextDelta(text=text))
                     )
                 case UsageReport():
-                    # The event carries this call's counts; the run's total goes on.
+                    # The event carries this call's counts and cost (the control plane adds
+                    # them to the run's row); the run's total goes on for the budget check.
                     call_usage = run_pb2.Usage()
                     add_usage(call_usage, item, model.config.prices)
                     add_usage(usage, item, model.config.prices)
