@@ -338,3 +338,36 @@ async def test_a_cost_budget_counts_the_configured_prices(database: str) -> None
         )
         assert info.metadata["limit"] == "cost_micros"
         assert info.metadata["used"] == str(run.usage.cost_micros)
+
+
+async def test_usage_by_api_key_is_for_owners(database: str) -> None:
+    """A member queries usage by session but not by key: PERMISSION_DENIED naming owner."""
+    async with start_stack(database, internal_token=secrets.token_urlsafe(16)) as stack:
+        owner = stack.owner
+        member = await _workspaces(owner).CreateMember(
+            workspace_service_pb2.CreateMemberRequest(
+                member=workspace_pb2.Member(role="member", display_name="Grace")
+            ),
+            metadata=owner.auth,
+            timeout=10,
+        )
+        made = await api_key_service_pb2_grpc.ApiKeyServiceStub(owner.channel).CreateApiKey(
+            api_key_service_pb2.CreateApiKeyRequest(
+                api_key=api_key_pb2.ApiKey(display_name="grace", user=member.user)
+            ),
+            metadata=owner.auth,
+            timeout=10,
+        )
+        grace = stack.client(made.key, owner.workspace)
+        session = await new_session(grace)
+        await _finished(grace, session.name, "[[tokens=2]] hi")
+        (mine,) = await _query(grace, usage_service_pb2.SESSION)
+        assert mine.session == session.name and mine.run_count == 1
+        for call in (
+            _query(grace, usage_service_pb2.API_KEY),
+            _query(grace, api_key=made.api_key.name),
+        ):
+            info = await expect_error(call, grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
+            assert info.metadata["required_role"] == "owner"
+        (by_key,) = await _query(owner, usage_service_pb2.API_KEY)
+        assert by_key.api_key == made.api_key.name
