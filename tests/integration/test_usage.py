@@ -252,6 +252,17 @@ async def test_budgets_and_usage_queries_refuse_bad_input(database: str) -> None
             "INVALID_ARGUMENT",
         )
         assert info.reason == "INVALID_ARGUMENT"
+        # Times outside Timestamp's range (before year 1, or negative nanos) are the caller's
+        # mistake, not a crash in the conversion.
+        for seconds, nanos in ((-(10**12), 0), (0, -1)):
+            out_of_range = usage_service_pb2.QueryUsageRequest()
+            out_of_range.start_time.seconds, out_of_range.start_time.nanos = seconds, nanos
+            bad = await expect_error(
+                _usage_stub(owner).QueryUsage(out_of_range, metadata=owner.auth, timeout=10),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "INVALID_ARGUMENT",
+            )
+            assert bad.metadata["field"] == "start_time"
 
 
 async def test_a_key_budget_caps_the_runs_that_key_creates(database: str) -> None:
