@@ -16,7 +16,7 @@ BREAKING_AGAINST ?= HEAD~1
 # The venv's bin/ must be on PATH so protoc finds protoc-gen-mypy_grpc.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv browser protos openapi sdk migrate run test lint breaking fmt bench clean
+.PHONY: help venv browser protos openapi sdk migrate run test lint breaking fmt bench screenshots clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -89,6 +89,9 @@ fmt: venv ## Format the code with ruff
 
 bench: protos ## Run the round-trip benchmark against a running stack (make run)
 	$(BIN)/python bench/run_roundtrip.py
+
+screenshots: protos browser ## Refresh docs/screenshots/ (the dashboard, light and dark) from the browser tests
+	AP_SCREENSHOT_DIR=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q tests/web/test_dashboard.py
 
 clean: ## Remove the virtualenv, generated code and local data (refused while `make run` runs)
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m devtools.stack clean

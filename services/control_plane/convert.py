@@ -62,6 +62,10 @@ def session_to_proto(row: store.Record) -> session_pb2.Session:
         session.active_run = run_name(row["id"], row["active_run_id"])
     if row["run_timeout_seconds"] is not None:
         session.run_timeout.FromMilliseconds(round(row["run_timeout_seconds"] * 1000))
+    session.run_count = row["run_count"]
+    if row["latest_run_state"] is not None:
+        session.latest_run_state = RUN_STATES[row["latest_run_state"]]
+    session.last_event_sequence = row["last_event_sequence"]
     return session
 
 

@@ -16,6 +16,7 @@ from services.control_plane.convert import message_to_proto, session_to_proto
 from services.control_plane.deletion import SessionDeletion
 from services.control_plane.lifecycle import RunLifecycle
 from services.control_plane.runtime import Runtime
+from services.control_plane.session_filter import parse_session_filter
 from services.rpc import validate
 from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
 from services.rpc.hosted_models import HostedModelSettings
@@ -162,12 +163,25 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
         self, request: session_service_pb2.ListSessionsRequest, context: Context
     ) -> session_service_pb2.ListSessionsResponse:
         principal: Principal = current_principal()
+        matching = parse_session_filter(request.filter)
         page = Page.of(
-            request, f"sessions:{principal.workspace_id}", KEYSET, default=50, maximum=1000
+            request,
+            f"sessions:{principal.workspace_id}:{request.filter}",
+            KEYSET,
+            default=50,
+            maximum=1000,
         )
         async with self._rt.pool.acquire() as conn:
             rows = await store.session_list(
-                conn, principal.workspace_id, before=page.after, limit=page.fetch
+                conn,
+                principal.workspace_id,
+                before=page.after,
+                limit=page.fetch,
+                title_contains=matching.title_contains,
+                text_contains=matching.text_contains,
+                metadata_equals=matching.metadata_equals,
+                metadata_has=matching.metadata_has,
+                latest_run_states=matching.latest_run_states,
             )
         rows, token = page.cut(rows, lambda r: (r["create_time"], r["id"]))
         return session_service_pb2.ListSessionsResponse(

@@ -8,7 +8,9 @@ identity. Tool call records are the control plane's own (`store.tool_call_list`)
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -35,6 +37,7 @@ from services.rpc.names import (
     parse_workspace_mcp_server_name,
     parse_workspace_secret_name,
     parse_workspace_tool_name,
+    run_name,
     secret_name,
     tool_name,
     workspace_mcp_server_name,
@@ -42,7 +45,7 @@ from services.rpc.names import (
     workspace_secret_name,
     workspace_tool_name,
 )
-from services.rpc.pagination import POSITION, Page
+from services.rpc.pagination import POSITION, CursorCodec, Page
 from services.rpc.server import ServiceBinding
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -376,6 +379,8 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
         self, request: tool_service_pb2.ListToolCallsRequest, context: Context
     ) -> tool_service_pb2.ListToolCallsResponse:
         principal: Principal = current_principal()
+        if request.parent == EVERY_RUN:
+            return await self._list_workspace_tool_calls(request, principal)
         run = parse_run_name(request.parent, "parent")
         page = Page.of(request, f"tool_calls:{request.parent}", POSITION, default=100, maximum=1000)
         async with self._rt.pool.acquire() as conn:
@@ -389,6 +394,40 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
         return tool_service_pb2.ListToolCallsResponse(
             tool_calls=[_tool_call(r, request.parent) for r in rows], next_page_token=token
         )
+
+    async def _list_workspace_tool_calls(
+        self, request: tool_service_pb2.ListToolCallsRequest, principal: Principal
+    ) -> tool_service_pb2.ListToolCallsResponse:
+        page = Page.of(
+            request,
+            f"tool_calls:{principal.workspace_id}:{EVERY_RUN}",
+            _NEWEST_CALL,
+            default=100,
+            maximum=1000,
+        )
+        async with self._rt.pool.acquire() as conn:
+            rows = await store.tool_call_list_workspace(
+                conn, principal.workspace_id, before=page.after, limit=page.fetch
+            )
+        rows, token = page.cut(rows, lambda r: (r["start_time"], r["run_id"], r["start_sequence"]))
+        return tool_service_pb2.ListToolCallsResponse(
+            tool_calls=[_tool_call(r, run_name(r["session_id"], r["run_id"])) for r in rows],
+            next_page_token=token,
+        )
+
+
+def _newest_call_cursor(cursor: dict[str, Any]) -> tuple[datetime, uuid.UUID, int]:
+    sequence = cursor["q"]
+    if not isinstance(sequence, int) or isinstance(sequence, bool):
+        raise TypeError(sequence)
+    return datetime.fromisoformat(cursor["t"]), uuid.UUID(cursor["r"]), sequence
+
+
+# AIP-159: "sessions/-/runs/-" reads the tool calls of every run of the workspace.
+EVERY_RUN = "sessions/-/runs/-"
+_NEWEST_CALL: CursorCodec[tuple[datetime, uuid.UUID, int]] = CursorCodec(
+    lambda c: {"t": c[0].isoformat(), "r": str(c[1]), "q": c[2]}, _newest_call_cursor
+)
 
 
 def tool_bindings(runtime: Runtime, gateway: GatewayClient | None) -> list[ServiceBinding]:

@@ -4,7 +4,8 @@
 /auth/login      an API key → the session cookie (login.py); /auth/session, /auth/logout
 /openapi.json    the committed OpenAPI document (openapi.py generates it)
 /healthz         alive; /readyz: ready for traffic (503 while draining)
-/                the dashboard's static files (services/web/static/)
+/                the dashboard (services/web/static/): its files, and index.html for
+                 any other GET of a page path (/sessions/…), which the dashboard routes
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import uvicorn
 from agentplatform.v1 import profile_pb2, profile_service_pb2
 from google.protobuf import message
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -54,14 +56,20 @@ log = structlog.get_logger(service="web")
 
 OPENAPI_PATH = Path(__file__).parent / "openapi.json"
 _JSON_TYPES = ("application/json", "application/merge-patch+json")
+# The dashboard is plain ES modules and one stylesheet of its own, so nothing inline, no
+# eval, no other origin: a script injected into a page has nowhere to load from or talk to.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; manifest-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'"
+)
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
-    (
-        b"content-security-policy",
-        b"default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-    ),
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
 _GET_PROFILE = "/agentplatform.v1.ProfileService/GetProfile"
 
@@ -215,6 +223,24 @@ def _cursor(value: str, field: str) -> int:
     return int(value)
 
 
+class DashboardFiles(StaticFiles):
+    """The dashboard's files; a page path that is no file (/sessions/…) gets index.html.
+
+    The dashboard routes in the browser, so a deep link or a reload of any page works. A
+    missing file with an extension (/app.js, /x.png) stays 404; so does anything under the
+    API's prefixes, which never reaches here.
+    """
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        """Serve the file at `path`, or index.html for a page path."""
+        try:
+            return await super().get_response(path, scope)
+        except HTTPException as err:
+            if err.status_code != 404 or "." in path.rsplit("/", 1)[-1]:
+                raise
+            return await super().get_response("index.html", scope)
+
+
 def build_app(edge: Edge) -> ASGIApp:
     """Return the edge's ASGI application."""
     settings = edge.settings
@@ -239,7 +265,7 @@ def build_app(edge: Edge) -> ASGIApp:
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
-            Mount("/", StaticFiles(directory=settings.static_dir or STATIC_DIR, html=True)),
+            Mount("/", DashboardFiles(directory=settings.static_dir or STATIC_DIR, html=True)),
         ],
         middleware=middleware,
     )

@@ -106,6 +106,7 @@ from services.control_plane.store.tool_calls import (
     ToolCallEnd,
     ToolCallStart,
     tool_call_list,
+    tool_call_list_workspace,
     tool_call_record,
 )
 from services.control_plane.store.usage import (
@@ -200,6 +201,7 @@ __all__ = [
     "tool_approval_pending_count",
     "tool_approval_request_seen",
     "tool_call_list",
+    "tool_call_list_workspace",
     "tool_call_record",
     "usage_query",
     "user_create",

@@ -18,7 +18,11 @@ _SESSION_COLUMNS = """
   s.create_time, s.update_time,
   (SELECT r.id FROM runs r WHERE r.session_id = s.id
    AND r.state IN ('queued', 'running', 'requires_action'))
-    AS active_run_id"""
+    AS active_run_id,
+  (SELECT count(*) FROM runs r WHERE r.session_id = s.id) AS run_count,
+  (SELECT r.state FROM runs r WHERE r.session_id = s.id
+   ORDER BY r.create_time DESC, r.id DESC LIMIT 1) AS latest_run_state,
+  s.last_event_sequence"""
 
 _SESSION_CREATE = """
 INSERT INTO sessions (id, workspace_id, created_by, title, instructions, metadata, model,
@@ -163,9 +167,23 @@ async def session_delete(conn: Connection, session_id: uuid.UUID) -> None:
     await conn.execute("DELETE FROM sessions WHERE id = $1", session_id)
 
 
+# Each filter is a parameter that matches everything when empty, so one statement serves
+# every filter. strpos on lower() rather than ILIKE: the user's text holds no pattern.
 _SESSION_LIST = f"""
 SELECT {_SESSION_COLUMNS} FROM sessions s
 WHERE s.workspace_id = $1 AND ($2::timestamptz IS NULL OR (s.create_time, s.id) < ($2, $3))
+  AND NOT EXISTS (SELECT 1 FROM unnest($5::text[]) t
+                  WHERE strpos(lower(s.title), lower(t)) = 0)
+  AND NOT EXISTS (SELECT 1 FROM unnest($6::text[]) t
+                  WHERE strpos(lower(s.title), lower(t)) = 0
+                    AND NOT EXISTS (SELECT 1 FROM jsonb_each_text(s.metadata) m
+                                    WHERE strpos(lower(m.key), lower(t)) > 0
+                                       OR strpos(lower(m.value), lower(t)) > 0))
+  AND s.metadata @> $7::jsonb
+  AND s.metadata ?& $8::text[]
+  AND ($9::text[] IS NULL OR coalesce(
+        (SELECT r.state FROM runs r WHERE r.session_id = s.id
+         ORDER BY r.create_time DESC, r.id DESC LIMIT 1), 'none') = ANY($9::text[]))
 ORDER BY s.create_time DESC, s.id DESC
 LIMIT $4
 """
@@ -177,10 +195,32 @@ async def session_list(
     *,
     before: tuple[datetime, uuid.UUID] | None,
     limit: int,
+    title_contains: Sequence[str] = (),
+    text_contains: Sequence[str] = (),
+    metadata_equals: dict[str, str] | None = None,
+    metadata_has: Sequence[str] = (),
+    latest_run_states: Sequence[str] | None = None,
 ) -> list[Record]:
-    """List the workspace's sessions, newest first, before a keyset cursor."""
+    """List the workspace's sessions, newest first, before a keyset cursor.
+
+    Each filter narrows the list when given: every `title_contains` in the title, every
+    `text_contains` in the title or a label's key or value (any case), the labels of
+    `metadata_equals`, the keys of `metadata_has`, the newest run's state in
+    `latest_run_states` ("none" for a session without runs).
+    """
     time, row_id = before or (None, None)
-    return await conn.fetch(_SESSION_LIST, workspace_id, time, row_id, limit)
+    return await conn.fetch(
+        _SESSION_LIST,
+        workspace_id,
+        time,
+        row_id,
+        limit,
+        list(title_contains),
+        list(text_contains),
+        metadata_equals or {},
+        list(metadata_has),
+        list(latest_run_states) if latest_run_states is not None else None,
+    )
 
 
 async def session_last_sequences(

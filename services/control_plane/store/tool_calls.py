@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -102,3 +103,28 @@ async def tool_call_list(
 ) -> list[Record]:
     """List a run's tool calls in the order they started, after a start sequence."""
     return await conn.fetch(_TOOL_CALL_LIST, run_id, after_sequence, limit)
+
+
+_TOOL_CALL_LIST_WORKSPACE = """
+SELECT c.* FROM tool_calls c JOIN sessions s ON s.id = c.session_id
+WHERE s.workspace_id = $1
+  AND ($2::timestamptz IS NULL OR (c.start_time, c.run_id, c.start_sequence) < ($2, $3, $4))
+ORDER BY c.start_time DESC, c.run_id DESC, c.start_sequence DESC
+LIMIT $5
+"""
+
+
+async def tool_call_list_workspace(
+    conn: Connection,
+    workspace_id: uuid.UUID,
+    *,
+    before: tuple[datetime, uuid.UUID, int] | None,
+    limit: int,
+) -> list[Record]:
+    """List the tool calls of every run of a workspace, newest first, before a cursor.
+
+    (start_time, run_id, start_sequence) orders them totally: calls one append reports
+    share its transaction's time and run, never their start event's sequence.
+    """
+    time, run_id, sequence = before or (None, None, None)
+    return await conn.fetch(_TOOL_CALL_LIST_WORKSPACE, workspace_id, time, run_id, sequence, limit)
