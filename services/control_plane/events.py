@@ -496,6 +496,7 @@ class Listener:
         on_events: Callable[[uuid.UUID, int, uuid.UUID, int], None],
         on_queued: Callable[[], None],
         on_principal: Callable[[str], None],
+        on_principal_heard: Callable[[str], None],
         on_reconnect: Callable[[], None],
         on_lost: Callable[[], None],
     ) -> None:
@@ -503,6 +504,7 @@ class Listener:
         self._on_events = on_events
         self._on_queued = on_queued
         self._on_principal = on_principal
+        self._on_principal_heard = on_principal_heard
         self._on_reconnect = on_reconnect
         self._on_lost = on_lost
         self._task: asyncio.Task[None] | None = None
@@ -533,6 +535,9 @@ class Listener:
         if channel == store.PRINCIPALS_CHANNEL:
             self._on_principal(str(payload))
             return
+        if channel == store.PRINCIPALS_HEARD_CHANNEL:
+            self._on_principal_heard(str(payload))
+            return
         for item in str(payload).split(","):
             try:
                 run_id, seq, session_id, session_seq = item.split(":")
@@ -548,13 +553,14 @@ class Listener:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(
-                    self._dsn, server_settings={"application_name": "ap-listener"}
+                    self._dsn, server_settings={"application_name": store.LISTENER_APPLICATION}
                 )
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(EVENTS_CHANNEL, self._handle)
                 await conn.add_listener(QUEUE_CHANNEL, self._handle)
                 await conn.add_listener(store.PRINCIPALS_CHANNEL, self._handle)
+                await conn.add_listener(store.PRINCIPALS_HEARD_CHANNEL, self._handle)
                 self.connected.set()
                 self.reconnects += 1
                 self._reconnected.set()

@@ -55,7 +55,9 @@ from services.control_plane.store.sessions import (
     session_update,
 )
 from services.control_plane.store.tenancy import (
+    LISTENER_APPLICATION,
     PRINCIPALS_CHANNEL,
+    PRINCIPALS_HEARD_CHANNEL,
     api_key_create,
     api_key_get,
     api_key_list,
@@ -68,6 +70,7 @@ from services.control_plane.store.tenancy import (
     invitation_get,
     invitation_list,
     invitation_take,
+    listening_replicas,
     member_add,
     member_first_owner,
     member_get,
@@ -96,7 +99,9 @@ from services.control_plane.store.tool_calls import (
 Record = asyncpg.Record
 
 __all__ = [
+    "LISTENER_APPLICATION",
     "PRINCIPALS_CHANNEL",
+    "PRINCIPALS_HEARD_CHANNEL",
     "FenceCheck",
     "NewEvent",
     "Record",
@@ -115,6 +120,7 @@ __all__ = [
     "invitation_get",
     "invitation_list",
     "invitation_take",
+    "listening_replicas",
     "member_add",
     "member_first_owner",
     "member_get",
