@@ -44,7 +44,7 @@ def print_messages(ctx: Context, messages: Iterable[session_pb2.Message]) -> Non
 def sessions_create(ctx: Context, args: argparse.Namespace) -> int:
     """Create a session and print its name."""
     session = ctx.client.create_session(
-        title=args.title or "", instructions=args.instructions or ""
+        title=args.title or "", instructions=args.instructions or "", model=args.model or ""
     )
     if ctx.json:
         ctx.emit(session)

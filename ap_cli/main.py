@@ -11,7 +11,7 @@ import shtab
 from agentplatform import APError, Client, ConfigError
 from agentplatform import __version__ as sdk_version
 
-from ap_cli import chat, commands, secrets, tenancy, tools
+from ap_cli import chat, commands, secrets, tenancy, tools, usage
 from ap_cli.context import Context, invoked_as, json_option
 from ap_cli.names import run_name, session_name
 
@@ -64,6 +64,9 @@ def _add_session_commands(
     )
     create.add_argument("--title", help="a human-readable title")
     create.add_argument("--instructions", help="added to the system prompt of every run")
+    create.add_argument(
+        "--model", help="one of the platform's offered models (default: its default model)"
+    )
     create.set_defaults(handler=commands.sessions_create)
     listing = session_cmds.add_parser(
         "list", parents=[json_flag], help="list the workspace's sessions, newest first"
@@ -149,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     secrets.add_commands(groups)
     tools.add_commands(groups)
     tenancy.add_commands(groups)
+    usage.add_commands(groups)
 
     completion = groups.add_parser("completion", help="print a shell completion script")
     completion.add_argument("shell", choices=("bash", "zsh", "tcsh"))

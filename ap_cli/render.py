@@ -53,6 +53,8 @@ class EventRenderer:
         self._mode: Literal["reasoning", "output"] | None = None
         self._at_line_start = True
         self._tools: dict[str, str] = {}
+        # Calls waiting for a person's decision, by call id (the CLI asks about these).
+        self.pending_approvals: dict[str, run_pb2.ToolCallApprovalRequested] = {}
         self.last_sequence = 0
         self.attempt = 0
         self.output_text = ""
@@ -65,11 +67,17 @@ class EventRenderer:
             "run_queued": self._run_queued,
             "run_started": self._run_started,
             "run_attempt_started": self._attempt_started,
+            "model_retry": self._model_retry,
+            "transcript_compacted": self._compacted,
             "reasoning_summary_delta": self._reasoning,
             "output_text_delta": self._output,
             "tool_call_started": self._tool_started,
             "tool_call_progress": self._tool_progress,
             "tool_call_completed": self._tool_completed,
+            "tool_call_approval_requested": self._approval_requested,
+            "tool_call_approved": self._approved,
+            "tool_call_denied": self._denied,
+            "run_cancel_requested": self._cancel_requested,
             "usage": self._add_usage,
             "run_completed": self._run_completed,
             "run_failed": self._run_failed,
@@ -139,6 +147,25 @@ class EventRenderer:
                 dim=True,
             )
 
+    def _model_retry(self, event: run_pb2.RunEvent) -> None:
+        """Say why the run is waiting: a model call failed before its first token."""
+        retry = event.model_retry
+        self._line(
+            f"[model call failed, retry {retry.retry} in {format_ms(retry.delay_ms)}: "
+            f"{shorten(retry.message, self._max_field)}]",
+            dim=True,
+        )
+
+    def _compacted(self, event: run_pb2.RunEvent) -> None:
+        """Say that the oldest messages were left out to fit the model's context window."""
+        compacted = event.transcript_compacted
+        if self._verbose:
+            self._line(
+                f"[transcript compacted: {compacted.omitted_messages} oldest messages left out "
+                f"to fit the {compacted.context_window}-token context window]",
+                dim=True,
+            )
+
     def _reasoning(self, event: run_pb2.RunEvent) -> None:
         """Append reasoning text, dimmed on a terminal or marked on a pipe."""
         text = event.reasoning_summary_delta.text
@@ -186,6 +213,40 @@ class EventRenderer:
             self._line(f"[tool {tool} failed{took}: {result}]", red=True)
         else:
             self._line(f"[tool {tool} returned{took}: {result}]")
+
+    def _approval_requested(self, event: run_pb2.RunEvent) -> None:
+        """Write the call that waits for approval, with its id for `ap runs approve`."""
+        asked = event.tool_call_approval_requested
+        self._tools[asked.call_id] = asked.tool
+        self.pending_approvals[asked.call_id] = asked
+        args = shorten(compact_json(asked.arguments_json), self._max_field)
+        self._line(f"[approval needed: {asked.tool}({args}) — call {asked.call_id}]")
+
+    def _approved(self, event: run_pb2.RunEvent) -> None:
+        """Note who approved a call."""
+        decided = event.tool_call_approved
+        self.pending_approvals.pop(decided.call_id, None)
+        tool = self._tools.get(decided.call_id, decided.call_id)
+        by = f" by {decided.decided_by}" if decided.decided_by else ""
+        self._line(f"[tool {tool} approved{by}]", dim=True)
+
+    def _denied(self, event: run_pb2.RunEvent) -> None:
+        """Note who denied a call, or that it expired."""
+        decided = event.tool_call_denied
+        self.pending_approvals.pop(decided.call_id, None)
+        tool = self._tools.get(decided.call_id, decided.call_id)
+        if decided.reason == "APPROVAL_EXPIRED":
+            self._line(f"[tool {tool} denied: the approval expired]", red=True)
+            return
+        by = f" by {decided.decided_by}" if decided.decided_by else ""
+        note = f": {decided.message}" if decided.message else ""
+        self._line(f"[tool {tool} denied{by}{note}]", red=True)
+
+    def _cancel_requested(self, event: run_pb2.RunEvent) -> None:
+        """Note that a cancel was asked for; run.cancelled follows when it took effect."""
+        asked = event.run_cancel_requested
+        by = f" by {asked.requested_by}" if asked.requested_by else ""
+        self._line(f"[cancel requested{by}]", dim=True)
 
     def _add_usage(self, event: run_pb2.RunEvent) -> None:
         """Add one model call's token counts to the attempt's total."""

@@ -32,6 +32,7 @@ from agentplatform import APError, AsyncClient, RunAlreadyActive
 from ap_cli.config import ClientConfig, ConfigError, load_client_config
 from devtools.measure import percentile
 from devtools.resources import Window, find_stack
+from devtools.stack.layout import DEV_MODEL_IDS
 
 # The dev model's directives: 20 content tokens, no per-token delay, no reasoning.
 INPUT_TEXT = "[[tokens=20]] [[reasoning=0]] bench"
@@ -198,7 +199,10 @@ async def bench(config: ClientConfig, args: argparse.Namespace) -> None:
         sessions = [
             s.name
             for s in await asyncio.gather(
-                *(c.create_session(title=f"bench {i}") for i, c in enumerate(clients))
+                *(
+                    c.create_session(title=f"bench {i}", model=args.model)
+                    for i, c in enumerate(clients)
+                )
             )
         ]
         main_client, main_session = clients[0], sessions[0]
@@ -267,11 +271,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--runs", type=int, default=None, help="instead of --duration: runs in the concurrent phase"
     )
     parser.add_argument(
+        "--api",
+        choices=sorted(DEV_MODEL_IDS),
+        default=None,
+        help="the wire format: picks the model `make run` offers the dev model as in that "
+        "format (default: the platform's default model)",
+    )
+    parser.add_argument(
+        "--model", default="", help="instead of --api: the id of an offered model to use"
+    )
+    parser.add_argument(
         "--statements",
         action="store_true",
         help="also list the most executed Postgres statements per run (sequential phase)",
     )
     args = parser.parse_args(argv)
+    if args.api is not None:
+        if args.model:
+            parser.error("give --api or --model, not both")
+        args.model = DEV_MODEL_IDS[args.api]
     if args.concurrency < 1 or args.latency_runs < 1 or args.warmup < 0:
         parser.error("--concurrency and --latency-runs must be at least 1, --warmup at least 0")
     if args.duration <= 0 or (args.runs is not None and args.runs < 1):
@@ -289,6 +307,7 @@ def print_conditions(config: ClientConfig, args: argparse.Namespace) -> None:
         f"Python {platform.python_version()}"
     )
     print(f'  input        "{INPUT_TEXT}" (dev model: 20 content tokens, no delay, no reasoning)')
+    print(f"  model        {args.model or 'the platform default'}")
     print(f"  warm-up      {args.warmup} sequential runs")
     print(f"  latency      {args.latency_runs} sequential runs, 1 client, 1 session")
     print(

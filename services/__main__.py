@@ -6,6 +6,7 @@ The container image's entry point, so one image serves every role:
     migrate                                          apply every schema's migrations, then exit
     bootstrap [--api-key-env NAME] [...]             create the first workspace and owner, then exit
     healthcheck HOST:PORT                            exit 0 when that server reports SERVING
+    doctor                                           check each configured model answers
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ COMMANDS = {
     "migrate": "services.migrate",
     "bootstrap": "services.control_plane.bootstrap",
     "healthcheck": "services.rpc.healthcheck",
+    "doctor": "services.worker.doctor",
 }
 
 

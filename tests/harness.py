@@ -25,7 +25,7 @@ from services.control_plane.app import ControlPlane
 from services.control_plane.bootstrap import Bootstrapped, create_workspace
 from services.control_plane.settings import ControlPlaneSettings
 from services.rpc.db import role_dsn
-from services.rpc.settings import HostedModelSettings
+from services.rpc.hosted_models import HostedModelSettings
 from services.worker.app import Worker
 from services.worker.settings import WorkerSettings
 from tests.logcheck import INTERNAL_TOKENS
@@ -143,18 +143,26 @@ async def start_stack(
     worker_model: bool = True,
     with_worker: bool = True,
     model_idle_timeout: float = 2.0,
+    model_settings: dict[str, Any] | None = None,
     worker_settings: dict[str, Any] | None = None,
     **control_plane_settings: Any,
 ) -> AsyncIterator[Stack]:
-    """Start the dev model, a control plane and (optionally) a worker; stop them after."""
+    """Start the dev model, a control plane and (optionally) a worker; stop them after.
+
+    `model_settings` are HostedModelSettings fields (e.g. `api`, `models`); a `models` list
+    there may name the dev model's base URL as `{base_url}`.
+    """
     devmodel = DevModel()
     await devmodel.start()
+    extra = dict(model_settings or {})
+    if "models" in extra:
+        extra["models"] = extra["models"].replace("{base_url}", devmodel.base_url)
+    else:
+        extra = {"base_url": devmodel.base_url, "name": "ap-dev-model", "api_key": None} | extra
     configured = HostedModelSettings(
-        base_url=devmodel.base_url,
-        name="ap-dev-model",
-        api_key=None,
         connect_timeout_seconds=2.0,
         idle_timeout_seconds=model_idle_timeout,
+        **extra,
     )
     unconfigured = HostedModelSettings(base_url=None, name=None, api_key=None)
     control_plane = await start_control_plane(
@@ -181,9 +189,10 @@ async def start_stack(
     finally:
         for channel in stack._channels:
             await channel.close(None)
-        if worker is not None:
-            await worker.stop()
-        await control_plane.stop()
+        # The stack's current processes: a test may have replaced them (a restart).
+        if stack.worker is not None:
+            await stack.worker.stop()
+        await stack.control_plane.stop()
         await devmodel.stop()
 
 

@@ -91,6 +91,11 @@ class DevModel:
             raise RuntimeError("the dev model is not running")
         return self._base_url
 
+    @property
+    def open_requests(self) -> int:
+        """Return how many model requests are being answered right now."""
+        return len(self._inflight)
+
     async def start(self) -> str:
         """Start listening and return the base URL."""
         if self._runner is not None:

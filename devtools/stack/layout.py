@@ -91,3 +91,12 @@ class StackPorts:
     def all(self) -> range:
         """Return every port of the block."""
         return range(self.base, self.base + PORTS_PER_STACK)
+
+
+DEV_MODEL_NAME = "ap-dev-model"
+# The ids `make run` offers the dev model under, one per wire format.
+DEV_MODEL_IDS = {
+    "chat_completions": DEV_MODEL_NAME,
+    "responses": f"{DEV_MODEL_NAME}-responses",
+    "messages": f"{DEV_MODEL_NAME}-messages",
+}

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings
 from devtools.stack.layout import relative, run_dir
 from devtools.stack.owner import write_private_file
 from devtools.stack.settings import StackSettings
-from services.rpc.settings import HostedModelSettings
+from services.rpc.hosted_models import HostedModelSettings
 from services.web.settings import WebSettings
 from services.worker.settings import WorkerSettings
 
@@ -20,9 +20,13 @@ from services.worker.settings import WorkerSettings
 def _setting_names(*settings: type[BaseSettings]) -> frozenset[str]:
     """Return the environment variables settings classes read."""
     return frozenset(
-        f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+        (
+            info.validation_alias
+            if isinstance(info.validation_alias, str)
+            else f"{cls.model_config.get('env_prefix', '')}{field}"
+        ).upper()
         for cls in settings
-        for field in cls.model_fields
+        for field, info in cls.model_fields.items()
     )
 
 

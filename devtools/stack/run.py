@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -42,6 +43,8 @@ from devtools.stack.database import (
     service_dsn,
 )
 from devtools.stack.layout import (
+    DEV_MODEL_IDS,
+    DEV_MODEL_NAME,
     LOG_DIR,
     MASTER_KEY_FILE,
     PORTS_PER_STACK,
@@ -57,7 +60,6 @@ from devtools.stack.settings import RUN_SECRETS, SERVICES, Probe, ServiceSpec, S
 from services.migrate import SCHEMAS, migrate_all
 from services.vault.keyring import new_keyring_file
 
-DEV_MODEL_NAME = "ap-dev-model"
 # The supervisor's own certificate, for health-checking the services that require mTLS.
 STACK_IDENTITY = "stack"
 
@@ -236,6 +238,9 @@ def prepare_vault(settings: StackSettings) -> DevPki:
 
 async def start_model(children: Children, settings: StackSettings, env: dict[str, str]) -> str:
     """Point `env` at the hosted model, or start the dev model; return what is in use."""
+    if settings.model_name == "AP_MODELS":
+        say("models: those listed in AP_MODELS")
+        return settings.model_base_url or ""
     if settings.model_base_url and settings.model_name:
         hosted = f"{settings.model_name} at {settings.model_base_url}"
         say(f"model: {hosted} (from AP_MODEL_BASE_URL and AP_MODEL_NAME)")
@@ -248,11 +253,20 @@ async def start_model(children: Children, settings: StackSettings, env: dict[str
         port=port,
     )
     base_url = f"http://127.0.0.1:{port}/v1"
-    env["AP_MODEL_BASE_URL"] = base_url
-    env["AP_MODEL_NAME"] = DEV_MODEL_NAME
+    # The dev model speaks every wire format: offer one model per format, Chat Completions
+    # the default, so a session (or bench/run_roundtrip.py --api) can pick any.
+    env["AP_MODELS"] = json.dumps(
+        [
+            {"id": model_id, "api": api, "base_url": base_url, "model": DEV_MODEL_NAME}
+            for api, model_id in DEV_MODEL_IDS.items()
+        ]
+    )
+    env["AP_MODEL_DEFAULT"] = DEV_MODEL_NAME
     say(
         f"model: the deterministic dev model at {base_url}, NOT a real LLM: replies are canned "
-        "text. Set AP_MODEL_BASE_URL and AP_MODEL_NAME (and AP_MODEL_API_KEY) for a real model."
+        f"text; offered as {', '.join(DEV_MODEL_IDS.values())} (one per wire format). Set "
+        "AP_MODEL_BASE_URL and AP_MODEL_NAME (and AP_MODEL_API_KEY), or AP_MODELS, for a "
+        "real model."
     )
     try:
         await wait_http_ok(

@@ -147,7 +147,18 @@ class StackSettings:
         base_url = os.environ.get("AP_MODEL_BASE_URL", "").strip()
         model = os.environ.get("AP_MODEL_NAME", "").strip()
         if bool(base_url) != bool(model):
-            warn("only one of AP_MODEL_BASE_URL and AP_MODEL_NAME is set; using the dev model")
+            # Never a silent fallback to the dev model: the operator meant a real one.
+            given, missing = (
+                ("AP_MODEL_BASE_URL", "AP_MODEL_NAME")
+                if base_url
+                else ("AP_MODEL_NAME", "AP_MODEL_BASE_URL")
+            )
+            raise StackError(
+                f"{given} is set but {missing} is not: set both for a hosted model, "
+                "or neither for the dev model"
+            )
+        if os.environ.get("AP_MODELS", "").strip() and not base_url:
+            base_url, model = "the models listed in AP_MODELS", "AP_MODELS"
         return cls(
             bind_host=os.environ.get("AP_GRPC_HOST", "").strip() or "127.0.0.1",
             ports=StackPorts(base_port),

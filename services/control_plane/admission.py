@@ -9,6 +9,7 @@ that line even for racing creates. A create while a run is active follows its po
                the new run is stored, waiting behind a run whose worker is still stopping
 
 A create whose request_id was used before returns that first run instead, whichever policy.
+A workspace over its monthly budget gets RESOURCE_EXHAUSTED / BUDGET_EXCEEDED (budgets.py).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import grpc
 from agentplatform.v1 import run_pb2
 
 from services.control_plane import metrics, store
+from services.control_plane.budgets import budget_exceeded
 from services.control_plane.events import to_store
-from services.control_plane.lifecycle import RunLifecycle
+from services.control_plane.lifecycle import Announcement, RunLifecycle
 from services.control_plane.runtime import Runtime
 from services.rpc.db import Connection
 from services.rpc.errors import ApiError, Reason, not_found
@@ -47,6 +49,7 @@ class NewRun:
     workspace_id: uuid.UUID
     session_id: uuid.UUID
     created_by: uuid.UUID
+    api_key_id: uuid.UUID | None
     input_text: str
     request_id: str | None
 
@@ -103,6 +106,7 @@ class Admission:
                 workspace_id=new.workspace_id,
                 session_id=new.session_id,
                 created_by=new.created_by,
+                api_key_id=new.api_key_id,
                 input_text=new.input_text,
                 request_id=new.request_id,
                 queued_event=to_store([queued])[0],
@@ -119,8 +123,8 @@ class Admission:
                     active = run_name(new.session_id, err.active_run_id)
                     raise run_already_active(active) from None
                 raise
-        if row is None:
-            raise not_found(session_name(new.session_id))
+            if row is None:
+                raise await _refusal(conn, new)
         metrics.record_run_created()
         self._rt.announce(row, [queued])
         # A create behind an active run locked the session's queued run for a moment, so a
@@ -154,7 +158,7 @@ class Admission:
         self, conn: Connection, new: NewRun, create: Create
     ) -> store.Record | None:
         """Cancel the session's pending runs and create the new one behind any still stopping."""
-        ended: list[tuple[store.Record, run_pb2.RunEvent]] = []
+        ended: list[Announcement] = []
         async with conn.transaction():
             # Runs before their session, the order every event write locks them in.
             pending_runs = await store.run_pending_list(conn, new.session_id)
@@ -162,12 +166,22 @@ class Admission:
                 return None
             for pending in pending_runs:
                 ended += await self._lifecycle.cancel_locked(
-                    conn, pending, "interrupted by a new run"
+                    conn, pending, "interrupted by a new run", new.created_by
                 )
             row = await create(wait_behind_active=True)
-        for stored, event in ended:
-            self._rt.announce(stored, [event])
+            if row is None:
+                raise await _refusal(conn, new)  # and the cancels roll back with it
+        for stored, events in ended:
+            self._rt.announce(stored, events)
         return row
+
+
+async def _refusal(conn: Connection, new: NewRun) -> ApiError:
+    """Explain a create that stored nothing: a spent budget, else a missing session."""
+    budget = await store.budget_get(conn, new.workspace_id)
+    if budget is not None and (err := budget_exceeded(new.workspace_id, budget)) is not None:
+        return err
+    return not_found(session_name(new.session_id))
 
 
 async def _earlier(conn: Connection, new: NewRun) -> store.Record | None:

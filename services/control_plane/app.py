@@ -17,6 +17,8 @@ from agentplatform.v1 import (
     run_service_pb2_grpc,
     session_service_pb2,
     session_service_pb2_grpc,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
     workspace_service_pb2,
     workspace_service_pb2_grpc,
 )
@@ -36,10 +38,12 @@ from services.control_plane.secrets import VaultClient, secret_bindings
 from services.control_plane.sessions import SessionService
 from services.control_plane.settings import ControlPlaneSettings
 from services.control_plane.tools import GatewayClient, tool_bindings
+from services.control_plane.usage import UsageService
 from services.control_plane.workspaces import WorkspaceService
 from services.rpc.db import create_pool
+from services.rpc.hosted_models import HostedModelSettings
 from services.rpc.server import GrpcServer, ServiceBinding
-from services.rpc.settings import HostedModelSettings, SettingsError
+from services.rpc.settings import SettingsError
 
 log = structlog.get_logger(service="control_plane")
 
@@ -174,6 +178,12 @@ class ControlPlane:
                     _full_name(invitation_service_pb2, "InvitationService"),
                     lambda s: invitation_service_pb2_grpc.add_InvitationServiceServicer_to_server(
                         InvitationService(runtime), s
+                    ),
+                ),
+                ServiceBinding(
+                    _full_name(usage_service_pb2, "UsageService"),
+                    lambda s: usage_service_pb2_grpc.add_UsageServiceServicer_to_server(
+                        UsageService(runtime), s
                     ),
                 ),
                 ServiceBinding(

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-from agentplatform.v1 import api_key_pb2, invitation_pb2, run_pb2, session_pb2, workspace_pb2
+from agentplatform.v1 import (
+    api_key_pb2,
+    invitation_pb2,
+    run_pb2,
+    session_pb2,
+    tool_pb2,
+    workspace_pb2,
+)
 
 from services.control_plane import store
 from services.rpc.names import (
@@ -25,6 +32,12 @@ RUN_STATES = {
     "completed": run_pb2.Run.COMPLETED,
     "failed": run_pb2.Run.FAILED,
     "cancelled": run_pb2.Run.CANCELLED,
+    "requires_action": run_pb2.Run.REQUIRES_ACTION,
+}
+APPROVAL_POLICIES = {
+    "always_allow": tool_pb2.ALWAYS_ALLOW,
+    "always_ask": tool_pb2.ALWAYS_ASK,
+    "never": tool_pb2.NEVER,
 }
 MESSAGE_ROLES = {"user": session_pb2.Message.USER, "assistant": session_pb2.Message.ASSISTANT}
 
@@ -37,6 +50,10 @@ def session_to_proto(row: store.Record) -> session_pb2.Session:
         instructions=row["instructions"],
         metadata=row["metadata"],
         model=row["model"],
+        tool_approval_overrides={
+            tool: APPROVAL_POLICIES[policy]
+            for tool, policy in row["tool_approval_overrides"].items()
+        },
     )
     session.create_time.FromDatetime(row["create_time"])
     session.update_time.FromDatetime(row["update_time"])
@@ -76,8 +93,14 @@ def run_to_proto(row: store.Record) -> run_pb2.Run:
             input_tokens=row["input_tokens"],
             output_tokens=row["output_tokens"],
             reasoning_tokens=row["reasoning_tokens"],
+            cached_input_tokens=row["cached_input_tokens"],
+            cost_micros=row["cost_micros"],
         ),
     )
+    if row["first_output_time"] is not None:
+        run.time_to_first_token.FromTimedelta(row["first_output_time"] - row["create_time"])
+    if row["end_time"] is not None:
+        run.model_latency.FromMilliseconds(row["model_latency_ms"])
     if row["output_message_id"] is not None:
         run.output_message = message_name(session_id, row["output_message_id"])
     run.create_time.FromDatetime(row["create_time"])

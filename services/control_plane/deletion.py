@@ -24,12 +24,11 @@ import uuid
 import asyncpg
 import grpc
 import structlog
-from agentplatform.v1 import run_pb2
 
 from services.control_plane import store
 from services.control_plane.auth import Principal
 from services.control_plane.events import LogDeletedError
-from services.control_plane.lifecycle import RunLifecycle
+from services.control_plane.lifecycle import ACTIVE_STATES, Announcement, RunLifecycle
 from services.control_plane.policy import at_least
 from services.control_plane.runtime import Runtime
 from services.rpc.errors import ApiError, Reason
@@ -37,7 +36,7 @@ from services.rpc.names import run_name
 
 log = structlog.get_logger(service="control_plane")
 
-_ACTIVE = ("waiting", "queued", "running")
+_ACTIVE = ACTIVE_STATES
 # How long a forced delete waits for running runs to end, in heartbeats: a worker hears of the
 # cancel on its next append reply or heartbeat and then makes one FinishRun call.
 _FORCE_WAIT_HEARTBEATS = 3
@@ -137,15 +136,15 @@ class SessionDeletion:
 
     async def _cancel_runs(self, session_id: uuid.UUID) -> None:
         """Cancel the session's active runs as CancelRun would; wait a little for running ones."""
-        ended: list[tuple[store.Record, run_pb2.RunEvent]] = []
+        ended: list[Announcement] = []
         async with self._rt.pool.acquire() as conn, conn.transaction():
             pending = await store.run_pending_list(conn, session_id)
             for run in pending:
                 ended += await self._lifecycle.cancel_locked(
                     conn, run, "cancelled: its session is being deleted"
                 )
-        for stored, event in ended:
-            self._rt.announce(stored, [event])
+        for stored, events in ended:
+            self._rt.announce(stored, events)
         running = [r for r in pending if r["state"] == "running"]
         if running:
             wait = _FORCE_WAIT_HEARTBEATS * self._rt.settings.heartbeat_seconds

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
@@ -18,8 +19,10 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.control_plane import metrics, store
+from services.control_plane.convert import APPROVAL_POLICIES
 from services.control_plane.events import to_store
 from services.control_plane.lifecycle import RunLifecycle
+from services.control_plane.policy import roles_allowed
 from services.control_plane.runtime import Runtime
 from services.rpc.db import Connection
 from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
@@ -28,6 +31,11 @@ from services.rpc.names import message_name, parse_run_name, run_name, user_name
 Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_EVENTS_PER_APPEND = 1000
+_SUBMIT_APPROVALS = "/agentplatform.v1.RunService/SubmitToolApprovals"
+
+
+def _user(user_id: uuid.UUID | None) -> str:
+    return user_name(user_id) if user_id else ""
 
 
 def lease_lost(run: str) -> ApiError:
@@ -75,11 +83,57 @@ def _tool_calls(
     return starts, ends
 
 
+_OUTPUT_PAYLOADS = frozenset({"output_text_delta", "reasoning_summary_delta"})
+
+
+def _event_facts(
+    events: Sequence[run_pb2.RunEvent], reported: run_pb2.Usage | None = None
+) -> store.EventFacts:
+    """Read what a batch says about its run: the latest usage, the model, any output.
+
+    `reported`: the usage a finish reports for the whole run, which wins over its events'.
+    """
+    usage = reported
+    model: str | None = None
+    output = False
+    for event in events:
+        kind = event.WhichOneof("payload")
+        if kind == "usage" and reported is None:
+            usage = event.usage
+        elif kind == "run_started":
+            model = event.run_started.model
+        elif kind in _OUTPUT_PAYLOADS:
+            output = True
+    return store.EventFacts(
+        usage=None
+        if usage is None
+        else store.RunUsage(
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.reasoning_tokens,
+            usage.cached_input_tokens,
+            usage.cost_micros,
+        ),
+        model=model,
+        output=output,
+    )
+
+
 def _transaction_if(
     conn: Connection, needed: object
 ) -> contextlib.AbstractAsyncContextManager[object]:
     """Open a transaction only when records go with the events: most batches need none."""
     return conn.transaction() if needed else contextlib.nullcontext()
+
+
+def _budget_left(row: store.Record) -> pb.BudgetLeft | None:
+    """Say what is left of the claimed run's workspace budget; None when it has none."""
+    tokens, cost = row["budget_tokens_left"], row["budget_cost_left"]
+    if tokens is None and cost is None:
+        return None
+    return pb.BudgetLeft(
+        budget=workspace_name(row["workspace_id"]), tokens=tokens, cost_micros=cost
+    )
 
 
 class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
@@ -140,6 +194,20 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             input_text=row["input_text"],
             deadline=deadline,
             tools_version=row["tools_version"],
+            usage=run_pb2.Usage(
+                input_tokens=row["input_tokens"],
+                output_tokens=row["output_tokens"],
+                reasoning_tokens=row["reasoning_tokens"],
+                cached_input_tokens=row["cached_input_tokens"],
+                cost_micros=row["cost_micros"],
+            ),
+            budget_left=_budget_left(row),
+            tool_approval_overrides={
+                tool: APPROVAL_POLICIES[policy]
+                for tool, policy in row["tool_approval_overrides"].items()
+            },
+            events=[run_pb2.RunEvent.FromString(body) for body in row["run_events"] or ()],
+            model=row["model"],
         )
 
     async def _store_with_tool_calls(
@@ -210,6 +278,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 fencing_token=request.fencing_token,
                 last_sequence=events[-1].sequence,
                 events=to_store(events),
+                facts=_event_facts(events),
             ),
         )
         if row is None:
@@ -221,6 +290,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         return pb.AppendRunEventsResponse(
             last_event_sequence=row["last_event_sequence"],
             cancel_requested=row["cancel_requested"],
+            cancel_requested_by=_user(row["cancel_requested_by"]),
         )
 
     async def HeartbeatRun(
@@ -236,7 +306,10 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             )
         if row is None:
             raise lease_lost(request.run)
-        response = pb.HeartbeatRunResponse(cancel_requested=row["cancel_requested"])
+        response = pb.HeartbeatRunResponse(
+            cancel_requested=row["cancel_requested"],
+            cancel_requested_by=_user(row["cancel_requested_by"]),
+        )
         response.lease_expire_time.FromDatetime(row["lease_expire_time"])
         return response
 
@@ -253,7 +326,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         terminal, state, reason, message = self._terminal(
             request, name.session_id, output_message_id
         )
-        usage = request.completed.usage
+        reported = request.completed.usage if request.completed.HasField("usage") else None
         all_events = [*events, terminal]
         row = await self._store_with_tool_calls(
             name.run_id,
@@ -268,7 +341,8 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 reply_text=request.completed.text if outcome == "completed" else None,
                 error_reason=reason,
                 error_message=message,
-                usage=(usage.input_tokens, usage.output_tokens, usage.reasoning_tokens),
+                facts=_event_facts(events, reported),
+                model_latency_ms=request.model_latency.ToMilliseconds(),
                 output_message_id=output_message_id,
             ),
         )
@@ -281,6 +355,56 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         self._rt.announce(row, all_events)
         await self._lifecycle.promote(name.session_id)
         return pb.FinishRunResponse(terminal_sequence=terminal.sequence)
+
+    async def SuspendRun(
+        self, request: pb.SuspendRunRequest, context: Context
+    ) -> pb.SuspendRunResponse:
+        name = parse_run_name(request.run, "run")
+        events = list(request.events)
+        if not events:
+            raise invalid_argument("events", "At least one event is required.")
+        _check_worker_events(events)
+        asked = [
+            e.tool_call_approval_requested
+            for e in events
+            if e.HasField("tool_call_approval_requested")
+        ]
+        if not asked:
+            raise invalid_argument(
+                "events", "A suspended run needs at least one tool_call.approval_requested."
+            )
+        expire = datetime.now(UTC) + timedelta(seconds=self._rt.settings.approval_timeout_seconds)
+        approvers = roles_allowed(_SUBMIT_APPROVALS)
+        for request_event in asked:
+            request_event.expire_time.FromDatetime(expire)
+            request_event.ClearField("approver_roles")
+            request_event.approver_roles.extend(approvers)
+        row = await self._store_with_tool_calls(
+            name.run_id,
+            events,
+            functools.partial(
+                store.run_suspend,
+                run_id=name.run_id,
+                fencing_token=request.fencing_token,
+                last_sequence=events[-1].sequence,
+                events=to_store(events),
+                calls=[(a.call_id, a.tool) for a in asked],
+                expire_time=expire,
+                facts=_event_facts(events),
+            ),
+        )
+        if row is None:
+            last = await self._explain_refusal(
+                request.run, name.run_id, request.fencing_token, events[-1].sequence
+            )
+            return pb.SuspendRunResponse(last_event_sequence=last)
+        self._rt.announce(row, events)
+        if row["cancel_requested"]:
+            # Cancelled while the worker was parking it: the cancel takes effect now.
+            await self._lifecycle.cancel(
+                row["workspace_id"], name.session_id, name.run_id, row["cancel_requested_by"]
+            )
+        return pb.SuspendRunResponse(last_event_sequence=row["last_event_sequence"])
 
     async def ReleaseRun(
         self, request: pb.ReleaseRunRequest, context: Context

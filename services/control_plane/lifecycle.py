@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Awaitable, Callable
 
 import structlog
 from agentplatform.v1 import run_pb2
@@ -18,10 +19,47 @@ from services.control_plane.events import to_store
 from services.control_plane.runtime import Runtime
 from services.rpc.db import Connection
 from services.rpc.errors import DATABASE_ERRORS
+from services.rpc.names import user_name
 
 log = structlog.get_logger(service="control_plane")
 
 _RESCUE_BATCH = 100
+ACTIVE_STATES = ("waiting", "queued", "running", "requires_action")
+# A stored row and the events it stored, to announce after the commit.
+Announcement = tuple[store.Record, list[run_pb2.RunEvent]]
+
+
+def cancel_requested_event(requested_by: uuid.UUID | None, reason: str) -> run_pb2.RunEvent:
+    """Build the "run.cancel_requested" event of a cancel asked by a user (None: the platform)."""
+    return run_pb2.RunEvent(
+        run_cancel_requested=run_pb2.RunCancelRequested(
+            requested_by=user_name(requested_by) if requested_by else "", reason=reason
+        )
+    )
+
+
+async def unresolved_calls_cancelled(conn: Connection, run_id: uuid.UUID) -> list[run_pb2.RunEvent]:
+    """Build a CANCELLED result for each call of a waiting run's turn that has none.
+
+    The turn's calls are those asked for when the run last entered REQUIRES_ACTION; while it
+    waits none of them has run (its other calls finished before it was parked).
+    """
+    rows = await store.tool_approval_list(conn, run_id)
+    if not rows:
+        return []
+    latest = max(r["request_time"] for r in rows)
+    return [
+        run_pb2.RunEvent(
+            tool_call_completed=run_pb2.ToolCallCompleted(
+                call_id=r["call_id"],
+                result="The run was cancelled before this call ran.",
+                is_error=True,
+                error_code="CANCELLED",
+            )
+        )
+        for r in rows
+        if r["request_time"] == latest
+    ]
 
 
 class RunLifecycle:
@@ -30,45 +68,67 @@ class RunLifecycle:
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
         self._task: asyncio.Task[None] | None = None
+        self._sweeps: list[Callable[[], Awaitable[object]]] = []
+
+    def add_sweep(self, sweep: Callable[[], Awaitable[object]]) -> None:
+        """Run `sweep` in the maintenance loop too (e.g. expiring tool approvals)."""
+        self._sweeps.append(sweep)
 
     async def end_unclaimed(
         self,
         conn: Connection,
         run_id: uuid.UUID,
         state: str,
-        event: run_pb2.RunEvent,
+        events: list[run_pb2.RunEvent],
         *,
         reason: str | None,
         message: str | None,
     ) -> store.Record | None:
-        """End a run no worker holds with its terminal event (in the caller's transaction)."""
+        """End a run no worker holds with `events`, the terminal one last (caller's transaction)."""
         return await store.run_end_now(
             conn,
             run_id=run_id,
             state=state,
-            event=to_store([event])[0],
+            events=to_store(events),
             error_reason=reason,
             error_message=message,
         )
 
     async def cancel_locked(
-        self, conn: Connection, run: store.Record, reason: str
-    ) -> list[tuple[store.Record, run_pb2.RunEvent]]:
+        self,
+        conn: Connection,
+        run: store.Record,
+        reason: str,
+        requested_by: uuid.UUID | None = None,
+    ) -> list[Announcement]:
         """Cancel a run locked by the caller: at once if no worker holds it, else ask its worker.
 
-        Returns what to announce after the commit: the stored run.cancelled, if any.
+        The cancel is a logged command: "run.cancel_requested" (who asked) when it is asked,
+        then one "run.cancelled" when it took effect. A run no worker holds gets both at once;
+        a running run's worker logs the request when it hears of it (its next heartbeat or
+        append reply) and finishes the run cancelled. A run waiting for approval also gets a
+        "tool_call.completed" (CANCELLED) for each call of its turn, so no call of the
+        transcript is left without a result. Returns what to announce after the commit.
         """
         if run["state"] == "running":
-            await store.run_request_cancel(conn, run["id"])
+            await store.run_request_cancel(conn, run["id"], requested_by)
             return []
-        event = run_pb2.RunEvent(run_cancelled=run_pb2.RunCancelled(reason=reason))
+        events = [cancel_requested_event(requested_by, reason)]
+        if run["state"] == "requires_action":
+            events += await unresolved_calls_cancelled(conn, run["id"])
+            await store.tool_approval_cancel_pending(conn, run["id"])
+        events.append(run_pb2.RunEvent(run_cancelled=run_pb2.RunCancelled(reason=reason)))
         row = await self.end_unclaimed(
-            conn, run["id"], "cancelled", event, reason="RUN_CANCELLED", message=reason
+            conn, run["id"], "cancelled", events, reason="RUN_CANCELLED", message=reason
         )
-        return [] if row is None else [(row, event)]
+        return [] if row is None else [(row, events)]
 
     async def cancel(
-        self, workspace_id: uuid.UUID, session_id: uuid.UUID, run_id: uuid.UUID
+        self,
+        workspace_id: uuid.UUID,
+        session_id: uuid.UUID,
+        run_id: uuid.UUID,
+        requested_by: uuid.UUID | None = None,
     ) -> store.Record | None:
         """Cancel a run on request; return it as it is now, None if the workspace has no such run.
 
@@ -80,10 +140,12 @@ class RunLifecycle:
                 if run is None:
                     return None
                 ended = []
-                if run["state"] in ("waiting", "queued", "running"):
-                    ended = await self.cancel_locked(conn, run, "cancelled on request")
-            for stored, event in ended:
-                self._rt.announce(stored, [event])
+                if run["state"] in ACTIVE_STATES:
+                    ended = await self.cancel_locked(
+                        conn, run, "cancelled on request", requested_by
+                    )
+            for stored, events in ended:
+                self._rt.announce(stored, events)
             if ended:
                 await self.promote(session_id)
             return await store.run_get(conn, workspace_id, session_id, run_id)
@@ -119,54 +181,71 @@ class RunLifecycle:
             try:
                 await self.rescue_expired()
                 await self._promote_stalled()
+                for sweep in self._sweeps:
+                    await sweep()
             except DATABASE_ERRORS as err:
                 log.warning("maintenance_failed", error=str(err))
 
     async def rescue_expired(self) -> int:
         """Retry runs whose worker stopped heartbeating, or fail them at the attempt limit."""
         settings = self._rt.settings
-        announced: list[tuple[store.Record, run_pb2.RunEvent]] = []
+        announced: list[Announcement] = []
         ended_sessions: set[uuid.UUID] = set()
         requeued = 0
         async with self._rt.pool.acquire() as conn, conn.transaction():
             for run in await store.run_expired_list(conn, _RESCUE_BATCH):
                 run_id = run["id"]
                 if run["cancel_requested"]:
-                    event = run_pb2.RunEvent(
-                        run_cancelled=run_pb2.RunCancelled(reason="cancelled; its worker was lost")
-                    )
+                    events = [
+                        run_pb2.RunEvent(
+                            run_cancelled=run_pb2.RunCancelled(
+                                reason="cancelled; its worker was lost"
+                            )
+                        )
+                    ]
+                    if not run["cancel_logged"]:
+                        events.insert(
+                            0,
+                            cancel_requested_event(
+                                run["cancel_requested_by"], "cancelled on request"
+                            ),
+                        )
                     row = await self.end_unclaimed(
                         conn,
                         run_id,
                         "cancelled",
-                        event,
+                        events,
                         reason="RUN_CANCELLED",
                         message="Cancelled; its worker was lost before it stopped.",
                     )
                     ended_sessions.add(run["session_id"])
                 elif run["attempt"] >= settings.max_attempts:
                     message = f"The run's worker was lost on all {run['attempt']} attempts."
-                    event = run_pb2.RunEvent(
-                        run_failed=run_pb2.RunFailed(reason="WORKER_LOST", message=message)
-                    )
+                    events = [
+                        run_pb2.RunEvent(
+                            run_failed=run_pb2.RunFailed(reason="WORKER_LOST", message=message)
+                        )
+                    ]
                     row = await self.end_unclaimed(
-                        conn, run_id, "failed", event, reason="WORKER_LOST", message=message
+                        conn, run_id, "failed", events, reason="WORKER_LOST", message=message
                     )
                     ended_sessions.add(run["session_id"])
                 else:
-                    event = run_pb2.RunEvent(
-                        run_attempt_started=run_pb2.RunAttemptStarted(
-                            attempt=run["attempt"] + 1, reason="WORKER_LOST"
+                    events = [
+                        run_pb2.RunEvent(
+                            run_attempt_started=run_pb2.RunAttemptStarted(
+                                attempt=run["attempt"] + 1, reason="WORKER_LOST"
+                            )
                         )
-                    )
-                    row = await store.run_requeue(conn, run_id=run_id, event=to_store([event])[0])
+                    ]
+                    row = await store.run_requeue(conn, run_id=run_id, event=to_store(events)[0])
                     requeued += 1
                 if row is not None:
-                    announced.append((row, event))
+                    announced.append((row, events))
         metrics.LEASE_RESCUES.inc(len(announced))
-        for row, event in announced:
-            log.warning("lease_expired_run_rescued", run_id=str(row["id"]), outcome=event.type)
-            self._rt.announce(row, [event])
+        for row, events in announced:
+            log.warning("lease_expired_run_rescued", run_id=str(row["id"]), outcome=events[-1].type)
+            self._rt.announce(row, events)
         for session_id in ended_sessions:
             await self.promote(session_id)
         for _ in range(requeued):

@@ -43,6 +43,8 @@ POLICY: Final[dict[str, str]] = {
     f"{_V1}RunService/StreamRunEvents": "viewer",
     f"{_V1}RunService/StreamSessionEvents": "viewer",
     f"{_V1}RunService/CancelRun": "member",
+    # Deciding a tool call is running the session: the roles that start runs.
+    f"{_V1}RunService/SubmitToolApprovals": "member",
     # Everyone reads and edits their own profile (the servicer allows only their own).
     f"{_V1}ProfileService/GetProfile": "viewer",
     f"{_V1}ProfileService/UpdateProfile": "viewer",
@@ -58,9 +60,11 @@ POLICY: Final[dict[str, str]] = {
     f"{_V1}ToolService/CreateTool": "admin",
     f"{_V1}ToolService/GetTool": "viewer",
     f"{_V1}ToolService/ListTools": "viewer",
+    f"{_V1}ToolService/UpdateTool": "admin",
     f"{_V1}ToolService/DeleteTool": "admin",
     f"{_V1}ToolService/CreateMcpServer": "admin",
     f"{_V1}ToolService/ListMcpServers": "viewer",
+    f"{_V1}ToolService/UpdateMcpServer": "admin",
     f"{_V1}ToolService/DeleteMcpServer": "admin",
     f"{_V1}ToolService/ListToolCalls": "viewer",
     # Workspace and members: everyone reads; admins manage members below owner (the
@@ -84,18 +88,29 @@ POLICY: Final[dict[str, str]] = {
     f"{_V1}ApiKeyService/CreateApiKey": "owner",
     f"{_V1}ApiKeyService/ListApiKeys": "owner",
     f"{_V1}ApiKeyService/DeleteApiKey": "owner",
+    # Usage: everyone reads what runs consumed (as GetRun shows each run's); by API key is
+    # for owners only, the role that sees keys (usage.py). Budgets are set with
+    # UpdateWorkspace, by owners.
+    f"{_V1}UsageService/QueryUsage": "viewer",
     # The workers' API.
     "/agentplatform.dispatch.v1.DispatchService/ClaimRun": INTERNAL,
     "/agentplatform.dispatch.v1.DispatchService/AppendRunEvents": INTERNAL,
     "/agentplatform.dispatch.v1.DispatchService/HeartbeatRun": INTERNAL,
     "/agentplatform.dispatch.v1.DispatchService/FinishRun": INTERNAL,
     "/agentplatform.dispatch.v1.DispatchService/ReleaseRun": INTERNAL,
+    "/agentplatform.dispatch.v1.DispatchService/SuspendRun": INTERNAL,
 }
 
 
 def at_least(role: str, needed: str) -> bool:
     """Say whether `role` is `needed` or above it; an unknown role is nothing."""
     return role in _RANK and _RANK[role] >= _RANK[needed]
+
+
+def roles_allowed(method: str) -> list[str]:
+    """Return the roles that may call an RPC, lowest first (e.g. who may approve tool calls)."""
+    needed = POLICY[method]
+    return [role for role in ROLES if at_least(role, needed)]
 
 
 def required_role(method: str) -> str:

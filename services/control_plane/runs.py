@@ -10,6 +10,7 @@ from agentplatform.v1 import run_pb2, run_service_pb2, run_service_pb2_grpc
 
 from services.control_plane import store
 from services.control_plane.admission import Admission, Concurrency, NewRun
+from services.control_plane.approvals import Decision, ToolApprovals
 from services.control_plane.auth import Principal
 from services.control_plane.convert import run_to_proto
 from services.control_plane.events import LogDeletedError, event_from_row
@@ -18,7 +19,7 @@ from services.control_plane.policy import required_role
 from services.control_plane.ratelimit import KeyRateLimiter
 from services.control_plane.runtime import Runtime
 from services.rpc import validate
-from services.rpc.errors import invalid_argument, not_found
+from services.rpc.errors import ApiError, invalid_argument, not_found
 from services.rpc.interceptors import current_principal
 from services.rpc.names import (
     parse_run_name,
@@ -42,6 +43,36 @@ _POLICIES = {
 }
 
 
+_DENY_MESSAGE_MAX = 4096
+_DECISIONS = {
+    run_service_pb2.ToolApprovalDecision.APPROVE: True,
+    run_service_pb2.ToolApprovalDecision.DENY: False,
+}
+
+
+def _decisions(request: run_service_pb2.SubmitToolApprovalsRequest) -> list[Decision]:
+    """Check the decisions of a submission: at least one, each call once, each decided."""
+    if not request.decisions:
+        raise invalid_argument("decisions", "At least one decision is required.")
+    seen: set[str] = set()
+    decisions = []
+    for i, decision in enumerate(request.decisions):
+        field = f"decisions[{i}]"
+        if not decision.call_id or len(decision.call_id) > 128:
+            raise invalid_argument(f"{field}.call_id", "call_id is required (at most 128).")
+        if decision.call_id in seen:
+            raise invalid_argument(f"{field}.call_id", f"{decision.call_id!r} is decided twice.")
+        seen.add(decision.call_id)
+        approve = _DECISIONS.get(decision.decision)
+        if approve is None:
+            raise invalid_argument(f"{field}.decision", "decision must be APPROVE or DENY.")
+        message = validate.text_field(
+            f"{field}.message", decision.message, max_chars=_DENY_MESSAGE_MAX
+        )
+        decisions.append(Decision(decision.call_id, approve, message))
+    return decisions
+
+
 class RunService(run_service_pb2_grpc.RunServiceServicer):
     """Serve runs and run events of the caller's workspace."""
 
@@ -49,6 +80,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self._rt = runtime
         self._lifecycle = lifecycle
         self._admission = Admission(runtime, lifecycle)
+        self._approvals = ToolApprovals(runtime, lifecycle)
         self._limiter = KeyRateLimiter(
             "runs created",
             per_minute=runtime.settings.run_rate_per_minute,
@@ -78,6 +110,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             workspace_id=principal.workspace_id,
             session_id=session_id,
             created_by=principal.user_id,
+            api_key_id=principal.api_key_id,
             input_text=input_text,
             request_id=request_id,
         )
@@ -88,9 +121,33 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     ) -> run_pb2.Run:
         principal: Principal = current_principal()
         name = parse_run_name(request.name, "name")
-        row = await self._lifecycle.cancel(principal.workspace_id, name.session_id, name.run_id)
+        row = await self._lifecycle.cancel(
+            principal.workspace_id, name.session_id, name.run_id, principal.user_id
+        )
         if row is None:
             raise not_found(request.name)
+        return run_to_proto(row)
+
+    async def SubmitToolApprovals(
+        self, request: run_service_pb2.SubmitToolApprovalsRequest, context: Context
+    ) -> run_pb2.Run:
+        principal: Principal = current_principal()
+        name = parse_run_name(request.run, "run")
+        try:
+            request_id = validate.request_id(request.request_id)
+            decisions = _decisions(request)
+        except ApiError:
+            # Another workspace's run is NOT_FOUND whatever else is wrong with the request.
+            await self._run_row(principal, request.run, "run")
+            raise
+        row = await self._approvals.submit(
+            principal.workspace_id,
+            name.session_id,
+            name.run_id,
+            decisions,
+            decided_by=principal.user_id,
+            request_id=request_id,
+        )
         return run_to_proto(row)
 
     async def _run_row(self, principal: Principal, name: str, field: str) -> store.Record:

@@ -12,7 +12,7 @@ from services.control_plane import metrics, store
 from services.control_plane.events import ClaimWaiters, EventBus, Notifier, place
 from services.control_plane.revocation import Revocations
 from services.control_plane.settings import ControlPlaneSettings
-from services.rpc.settings import HostedModelSettings
+from services.rpc.hosted_models import HostedModelSettings
 
 
 @dataclass(frozen=True)

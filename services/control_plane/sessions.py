@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection
 from typing import Any
 
 import grpc
-from agentplatform.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc
+from agentplatform.v1 import session_pb2, session_service_pb2, session_service_pb2_grpc, tool_pb2
 from google.protobuf import empty_pb2
 
 from services.control_plane import store
@@ -17,6 +18,7 @@ from services.control_plane.lifecycle import RunLifecycle
 from services.control_plane.runtime import Runtime
 from services.rpc import validate
 from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
+from services.rpc.hosted_models import HostedModelSettings
 from services.rpc.interceptors import current_principal
 from services.rpc.names import parse_session_name, session_name
 from services.rpc.pagination import KEYSET, POSITION, Page
@@ -27,6 +29,31 @@ TITLE_MAX = 200
 INSTRUCTIONS_MAX = 16 * 1024
 METADATA_MAX_KEYS = 32
 RUN_TIMEOUT_MAX_SECONDS = 24 * 3600
+
+OVERRIDES_MAX_KEYS = 256
+_TOOL_KEY = re.compile(r"^(\*|[a-zA-Z0-9_-]{1,64})$")
+# A session may only tighten a tool's policy, so these are the values an override can take.
+_OVERRIDES = {tool_pb2.ALWAYS_ASK: "always_ask", tool_pb2.NEVER: "never"}
+
+
+def approval_overrides(spec: session_pb2.Session) -> dict[str, str]:
+    """Check a session's approval overrides; return them in their stored form."""
+    field = "session.tool_approval_overrides"
+    if len(spec.tool_approval_overrides) > OVERRIDES_MAX_KEYS:
+        raise invalid_argument(field, f"At most {OVERRIDES_MAX_KEYS} tools.")
+    stored = {}
+    for tool, policy in spec.tool_approval_overrides.items():
+        if not _TOOL_KEY.match(tool):
+            raise invalid_argument(field, f'{tool!r} is not a tool name (or "*").')
+        if policy not in _OVERRIDES:
+            raise invalid_argument(
+                field,
+                f"{tool}: a session can only tighten a tool's approval policy, to ALWAYS_ASK or "
+                "NEVER.",
+            )
+        stored[tool] = _OVERRIDES[policy]
+    return stored
+
 
 # The fields a caller writes, each with its check, as CreateSession and UpdateSession apply
 # them; run_timeout is set on create only, the rest is output only.
@@ -42,6 +69,7 @@ _WRITABLE: dict[str, Callable[[session_pb2.Session], object]] = {
         max_key_chars=64,
         max_value_chars=1024,
     ),
+    "tool_approval_overrides": approval_overrides,
 }
 
 
@@ -56,8 +84,26 @@ def hosted_model_unavailable() -> ApiError:
         grpc.StatusCode.FAILED_PRECONDITION,
         Reason.HOSTED_MODEL_UNAVAILABLE,
         "No hosted model is configured. The platform operator must set AP_MODEL_BASE_URL and "
-        "AP_MODEL_NAME; adding or editing integration secrets will not fix this.",
+        "AP_MODEL_NAME (or AP_MODELS); adding or editing integration secrets will not fix this.",
     )
+
+
+def chosen_model(models: HostedModelSettings, requested: str) -> str:
+    """Return the id of the model a new session uses: the one it asks for, else the default."""
+    default = models.default_model
+    if default is None:
+        raise hosted_model_unavailable()
+    if not requested:
+        return default.id
+    if models.find(requested) is None:
+        raise ApiError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.HOSTED_MODEL_UNAVAILABLE,
+            f"session.model {requested!r} is not a model this platform offers; offered: "
+            f"{', '.join(m.id for m in models.offered)}.",
+            field="session.model",
+        )
+    return requested
 
 
 class SessionService(session_service_pb2_grpc.SessionServiceServicer):
@@ -83,9 +129,7 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                     "session.run_timeout",
                     f"session.run_timeout must be above 0 and at most {RUN_TIMEOUT_MAX_SECONDS} s.",
                 )
-        if not self._rt.model.configured:
-            raise hosted_model_unavailable()
-        assert self._rt.model.name is not None
+        model = chosen_model(self._rt.model, spec.model)
         async with self._rt.pool.acquire() as conn:
             row = await store.session_create(
                 conn,
@@ -94,7 +138,8 @@ class SessionService(session_service_pb2_grpc.SessionServiceServicer):
                 title=values["title"],
                 instructions=values["instructions"],
                 metadata=values["metadata"],
-                model=self._rt.model.name,
+                tool_approval_overrides=values["tool_approval_overrides"],
+                model=model,
                 request_id=request_id,
                 run_timeout_seconds=run_timeout,
             )

@@ -23,6 +23,12 @@ class ControlPlaneSettings(ServiceSettings):
     run_timeout_seconds: float = Field(
         default=600.0, gt=0, description="Longest a run may take unless its session says less."
     )
+    approval_timeout_seconds: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="How long a tool call waits for approval before it is denied "
+        "(APPROVAL_EXPIRED).",
+    )
     claim_max_wait_seconds: float = Field(default=30.0, gt=0)
     # The safety net for a missed notification, and the period of the lease-rescue scan.
     poll_interval_seconds: float = Field(default=1.0, gt=0)

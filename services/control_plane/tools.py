@@ -23,7 +23,7 @@ from services.control_plane import store
 from services.control_plane.auth import Principal
 from services.control_plane.runtime import Runtime
 from services.control_plane.settings import ControlPlaneSettings
-from services.rpc.errors import ApiError, Reason, not_found
+from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
 from services.rpc.interceptors import current_principal
 from services.rpc.internal_auth import InternalClient
 from services.rpc.names import (
@@ -83,6 +83,7 @@ def _public_tool(tool: gw.Tool) -> tool_pb2.Tool:
         description=tool.description,
         parameters=tool.parameters,
         timeout_ms=tool.timeout_ms,
+        approval_policy=tool.approval_policy,
     )
     if tool.mcp_server:
         public.mcp_server = mcp_server_name(parse_workspace_mcp_server_name(tool.mcp_server)[1])
@@ -109,6 +110,7 @@ def _public_server(server: gw.McpServer) -> tool_pb2.McpServer:
         url=server.url,
         tools=[_public_tool(t) for t in server.tools],
         timeout_ms=server.timeout_ms,
+        approval_policy=server.approval_policy,
     )
     public.create_time.CopyFrom(server.create_time)
     return public
@@ -141,6 +143,16 @@ _OUTCOME_UNKNOWN = frozenset(
         grpc.StatusCode.CANCELLED,
     }
 )
+
+
+def _approval_policy_mask(paths: list[str], resource: str) -> None:
+    """Refuse an update mask naming anything but the approval policy (the one mutable field)."""
+    for path in paths:
+        if path not in ("approval_policy", "*"):
+            raise invalid_argument(
+                "update_mask",
+                f"{resource}.{path} cannot be changed; only approval_policy can.",
+            )
 
 
 class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
@@ -217,6 +229,7 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
                     credential=credential,
                     credential_injection=http.credential_injection,
                     timeout_ms=tool.timeout_ms,
+                    approval_policy=tool.approval_policy,
                 ),
             ),
         )
@@ -249,6 +262,24 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
         )
         return _public_tool(found)
 
+    async def UpdateTool(
+        self, request: tool_service_pb2.UpdateToolRequest, context: Context
+    ) -> tool_pb2.Tool:
+        principal: Principal = current_principal()
+        name = workspace_tool_name(principal.workspace_id, parse_tool_name(request.tool.name))
+        _approval_policy_mask(list(request.update_mask.paths), "tool")
+        updated = await self._changing_registry(
+            principal,
+            self._call(
+                request.tool.name,
+                self._gw().stub.UpdateToolApprovalPolicy,
+                gw.UpdateToolApprovalPolicyRequest(
+                    name=name, approval_policy=request.tool.approval_policy
+                ),
+            ),
+        )
+        return _public_tool(updated)
+
     async def DeleteTool(
         self, request: tool_service_pb2.DeleteToolRequest, context: Context
     ) -> empty_pb2.Empty:
@@ -278,7 +309,9 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
                 parent=workspace_name(principal.workspace_id),
                 mcp_server_id=request.mcp_server_id,
                 mcp_server=gw.McpServer(
-                    url=request.mcp_server.url, timeout_ms=request.mcp_server.timeout_ms
+                    url=request.mcp_server.url,
+                    timeout_ms=request.mcp_server.timeout_ms,
+                    approval_policy=request.mcp_server.approval_policy,
                 ),
             ),
         )
@@ -301,6 +334,26 @@ class ToolService(tool_service_pb2_grpc.ToolServiceServicer):
             mcp_servers=[_public_server(s) for s in listed.mcp_servers],
             next_page_token=listed.next_page_token,
         )
+
+    async def UpdateMcpServer(
+        self, request: tool_service_pb2.UpdateMcpServerRequest, context: Context
+    ) -> tool_pb2.McpServer:
+        principal: Principal = current_principal()
+        name = workspace_mcp_server_name(
+            principal.workspace_id, parse_mcp_server_name(request.mcp_server.name)
+        )
+        _approval_policy_mask(list(request.update_mask.paths), "mcp_server")
+        updated = await self._changing_registry(
+            principal,
+            self._call(
+                request.mcp_server.name,
+                self._gw().stub.UpdateMcpServerApprovalPolicy,
+                gw.UpdateMcpServerApprovalPolicyRequest(
+                    name=name, approval_policy=request.mcp_server.approval_policy
+                ),
+            ),
+        )
+        return _public_server(updated)
 
     async def DeleteMcpServer(
         self, request: tool_service_pb2.DeleteMcpServerRequest, context: Context

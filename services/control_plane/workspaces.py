@@ -19,6 +19,7 @@ from google.protobuf import empty_pb2
 
 from services.control_plane import store
 from services.control_plane.auth import Principal
+from services.control_plane.budgets import budget_limits, budget_to_proto
 from services.control_plane.convert import member_to_proto, workspace_to_proto
 from services.control_plane.policy import ROLES
 from services.control_plane.runtime import Runtime
@@ -35,6 +36,11 @@ from services.rpc.pagination import KEYSET, Page
 Context = grpc.aio.ServicerContext[Any, Any]
 
 DISPLAY_NAME_MAX = 100
+# What UpdateWorkspace changes; an empty update_mask means the display name only, so a
+# rename never clears a budget.
+_TOKEN_LIMIT = "budget.monthly_token_limit"
+_COST_LIMIT = "budget.monthly_cost_limit_micros"
+_UPDATABLE = frozenset({"display_name", "budget", _TOKEN_LIMIT, _COST_LIMIT})
 
 
 def check_role(field: str, role: str) -> str:
@@ -81,9 +87,12 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         self._own_workspace(principal, request.name, "name")
         async with self._rt.pool.acquire() as conn:
             row = await store.workspace_get(conn, principal.workspace_id, principal.user_id)
-        if row is None:
+            budget = await store.budget_get(conn, principal.workspace_id)
+        if row is None or budget is None:
             raise not_found(request.name)
-        return workspace_to_proto(row)
+        workspace = workspace_to_proto(row)
+        workspace.budget.CopyFrom(budget_to_proto(budget))
+        return workspace
 
     async def ListWorkspaces(
         self, request: workspace_service_pb2.ListWorkspacesRequest, context: Context
@@ -113,21 +122,45 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     ) -> workspace_pb2.Workspace:
         principal: Principal = current_principal()
         self._own_workspace(principal, request.workspace.name, "workspace.name")
-        if set(request.update_mask.paths) - {"display_name"}:
+        paths = set(request.update_mask.paths) or {"display_name"}
+        if paths - _UPDATABLE:
             raise invalid_argument(
-                "update_mask", "Only display_name can be updated; other fields are output only."
+                "update_mask",
+                "Only display_name and budget (or its two limits) can be updated; other fields "
+                "are output only.",
             )
-        display_name = validate.text_field(
-            "workspace.display_name",
-            request.workspace.display_name.strip(),
-            max_chars=DISPLAY_NAME_MAX,
-            required=True,
+        display_name = (
+            validate.text_field(
+                "workspace.display_name",
+                request.workspace.display_name.strip(),
+                max_chars=DISPLAY_NAME_MAX,
+                required=True,
+            )
+            if "display_name" in paths
+            else None
         )
-        async with self._rt.pool.acquire() as conn:
-            await store.workspace_rename(conn, principal.workspace_id, display_name)
+        set_tokens = bool(paths & {"budget", _TOKEN_LIMIT})
+        set_cost = bool(paths & {"budget", _COST_LIMIT})
+        limits = budget_limits(request.workspace.budget) if set_tokens or set_cost else None
+        async with self._rt.pool.acquire() as conn, conn.transaction():
+            if display_name is not None:
+                await store.workspace_rename(conn, principal.workspace_id, display_name)
+            if limits is not None:
+                tokens, cost_micros = limits
+                await store.budget_set(
+                    conn,
+                    principal.workspace_id,
+                    tokens=tokens,
+                    cost_micros=cost_micros,
+                    set_tokens=set_tokens,
+                    set_cost=set_cost,
+                )
             row = await store.workspace_get(conn, principal.workspace_id, principal.user_id)
-        assert row is not None
-        return workspace_to_proto(row)
+            budget = await store.budget_get(conn, principal.workspace_id)
+        assert row is not None and budget is not None
+        workspace = workspace_to_proto(row)
+        workspace.budget.CopyFrom(budget_to_proto(budget))
+        return workspace
 
     async def CreateMember(
         self, request: workspace_service_pb2.CreateMemberRequest, context: Context

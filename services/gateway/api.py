@@ -51,6 +51,7 @@ def tool_proto(workspace_id: uuid.UUID, row: asyncpg.Record) -> pb.Tool:
         ),
         credential_injection=row["credential_injection"],
         timeout_ms=row["timeout_ms"],
+        approval_policy=registry.STORED_POLICIES[row["approval_policy"]],
     )
     if row["mcp_server"]:
         tool.mcp_server = f"{workspace_name(workspace_id)}/mcpServers/{row['mcp_server']}"
@@ -97,6 +98,9 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
                 credential=credential,
                 credential_injection=tool.credential_injection,
                 timeout_ms=tool.timeout_ms,
+                approval_policy=registry.approval_policy(
+                    tool.approval_policy, "tool.approval_policy"
+                ),
             ),
             self._caller.limits.max_timeout,
         )
@@ -123,6 +127,33 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
         if row is None:
             raise not_found(request.name)
         return tool_proto(workspace_id, row)
+
+    async def UpdateToolApprovalPolicy(
+        self, request: pb.UpdateToolApprovalPolicyRequest, context: Context
+    ) -> pb.Tool:
+        workspace_id, tool_id = parse_workspace_tool_name(request.name)
+        policy = registry.approval_policy(request.approval_policy)
+        async with self._pool.acquire() as conn:
+            if not await store.tool_approval_policy_update(conn, workspace_id, tool_id, policy):
+                raise not_found(request.name)
+            row = await store.tool_get(conn, workspace_id, tool_id)
+        if row is None:
+            raise not_found(request.name)
+        return tool_proto(workspace_id, row)
+
+    async def UpdateMcpServerApprovalPolicy(
+        self, request: pb.UpdateMcpServerApprovalPolicyRequest, context: Context
+    ) -> pb.McpServer:
+        workspace_id, server_id = parse_workspace_mcp_server_name(request.name)
+        policy = registry.approval_policy(request.approval_policy)
+        async with self._pool.acquire() as conn:
+            row = await store.mcp_server_approval_policy_update(
+                conn, workspace_id, server_id, policy
+            )
+            if row is None:
+                raise not_found(request.name)
+            tools = await store.mcp_server_tools(conn, workspace_id, [server_id])
+        return self._server_proto(workspace_id, row, tools)
 
     async def DeleteTool(self, request: pb.DeleteToolRequest, context: Context) -> empty_pb2.Empty:
         workspace_id, tool_id = parse_workspace_tool_name(request.name)
@@ -173,6 +204,9 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
             timeout_ms=server.timeout_ms,
             timeout_s=limits.timeout(server.timeout_ms),
             max_s=limits.max_timeout,
+            approval_policy=registry.approval_policy(
+                server.approval_policy, "mcp_server.approval_policy"
+            ),
         )
         async with self._pool.acquire() as conn:
             tools = await store.mcp_server_tools(conn, workspace_id, [row["id"]])
@@ -212,6 +246,7 @@ class GatewayApi(gateway_service_pb2_grpc.GatewayServiceServicer):
             url=row["url"],
             tool_prefix=f"{row['id']}__",
             timeout_ms=row["timeout_ms"],
+            approval_policy=registry.STORED_POLICIES[row["approval_policy"]],
             tools=[tool_proto(workspace_id, t) for t in tools if t["mcp_server"] == row["id"]],
         )
         server.create_time.FromDatetime(row["create_time"])

@@ -13,6 +13,7 @@ import asyncpg
 import grpc
 import httpx
 import structlog
+from agentplatform.v1 import tool_pb2
 
 from services.gateway import store
 from services.gateway.http_tool import (
@@ -35,6 +36,28 @@ MAX_DESCRIPTION = 2048
 SECRET_ID = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,62}$")
 
 
+# How each approval policy is stored; unset means the default, ALWAYS_ALLOW.
+APPROVAL_POLICIES: dict[int, str] = {
+    tool_pb2.APPROVAL_POLICY_UNSPECIFIED: "always_allow",
+    tool_pb2.ALWAYS_ALLOW: "always_allow",
+    tool_pb2.ALWAYS_ASK: "always_ask",
+    tool_pb2.NEVER: "never",
+}
+STORED_POLICIES: dict[str, tool_pb2.ApprovalPolicy.ValueType] = {
+    "always_allow": tool_pb2.ALWAYS_ALLOW,
+    "always_ask": tool_pb2.ALWAYS_ASK,
+    "never": tool_pb2.NEVER,
+}
+
+
+def approval_policy(value: int, field: str = "approval_policy") -> str:
+    """Return the stored form of an approval policy; INVALID_ARGUMENT for an unknown value."""
+    stored = APPROVAL_POLICIES.get(value)
+    if stored is None:
+        raise invalid_argument(field, f"Unknown approval policy {value}.")
+    return stored
+
+
 @dataclass(frozen=True)
 class HttpToolSpec:
     """An HTTP tool as the administrator describes it."""
@@ -47,6 +70,7 @@ class HttpToolSpec:
     credential: str  # the secret's id in the workspace, or ""
     credential_injection: str
     timeout_ms: int
+    approval_policy: str = "always_allow"
 
 
 def _blocked(field: str, err: DestinationBlockedError) -> ApiError:
@@ -151,6 +175,7 @@ async def http_tool_create(
                     credential=spec.credential,
                     credential_injection=spec.credential_injection if spec.credential else "",
                     timeout_ms=spec.timeout_ms,
+                    approval_policy=spec.approval_policy,
                 ),
             )
         except store.AlreadyExistsError:
@@ -168,6 +193,7 @@ async def mcp_server_create(
     timeout_ms: int,
     timeout_s: float,
     max_s: float,
+    approval_policy: str = "always_allow",
 ) -> tuple[asyncpg.Record, list[store.NewTool]]:
     """Check a server's URL, discover its tools and store both."""
     if not SERVER_ID.match(server_id):
@@ -214,6 +240,7 @@ async def mcp_server_create(
                 server_id=server_id,
                 url=url_text,
                 timeout_ms=timeout_ms,
+                approval_policy=approval_policy,
                 tools=tools,
             )
         except store.AlreadyExistsError:

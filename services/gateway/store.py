@@ -15,7 +15,7 @@ from services.rpc.db import Connection
 
 _TOOL_COLUMNS = (
     "name, description, parameters, method, url_template, credential, credential_injection,"
-    " timeout_ms, mcp_server, remote_name, create_time"
+    " timeout_ms, mcp_server, remote_name, create_time, approval_policy"
 )
 
 
@@ -36,6 +36,7 @@ class NewTool:
     credential_injection: str = ""
     timeout_ms: int = 0
     remote_name: str | None = None
+    approval_policy: str = "always_allow"
 
 
 async def tool_create(conn: Connection, workspace_id: uuid.UUID, tool: NewTool) -> Record:
@@ -43,8 +44,8 @@ async def tool_create(conn: Connection, workspace_id: uuid.UUID, tool: NewTool) 
     try:
         row = await conn.fetchrow(
             "INSERT INTO tools (workspace_id, name, description, parameters, method,"
-            " url_template, credential, credential_injection, timeout_ms)"
-            " VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7, $8, $9)"
+            " url_template, credential, credential_injection, timeout_ms, approval_policy)"
+            " VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7, $8, $9, $10)"
             f" RETURNING {_TOOL_COLUMNS}, parameters::text AS parameters_json",
             workspace_id,
             tool.name,
@@ -55,6 +56,7 @@ async def tool_create(conn: Connection, workspace_id: uuid.UUID, tool: NewTool) 
             tool.credential,
             tool.credential_injection,
             tool.timeout_ms,
+            tool.approval_policy,
         )
     except asyncpg.UniqueViolationError:
         raise AlreadyExistsError(tool.name) from None
@@ -108,6 +110,7 @@ async def mcp_server_create(
     server_id: str,
     url: str,
     timeout_ms: int,
+    approval_policy: str,
     tools: Sequence[NewTool],
 ) -> Record:
     """Insert a server and its discovered tools in one transaction; AlreadyExistsError on a clash.
@@ -117,16 +120,18 @@ async def mcp_server_create(
     try:
         async with conn.transaction():
             row = await conn.fetchrow(
-                "INSERT INTO mcp_servers (workspace_id, id, url, timeout_ms)"
-                " VALUES ($1, $2, $3, $4) RETURNING id, url, timeout_ms, create_time",
+                "INSERT INTO mcp_servers (workspace_id, id, url, timeout_ms, approval_policy)"
+                " VALUES ($1, $2, $3, $4, $5)"
+                " RETURNING id, url, timeout_ms, create_time, approval_policy",
                 workspace_id,
                 server_id,
                 url,
                 timeout_ms,
+                approval_policy,
             )
             await conn.executemany(
                 "INSERT INTO tools (workspace_id, name, description, parameters, mcp_server,"
-                " remote_name) VALUES ($1, $2, $3, $4::text::jsonb, $5, $6)",
+                " remote_name, approval_policy) VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7)",
                 [
                     (
                         workspace_id,
@@ -135,6 +140,7 @@ async def mcp_server_create(
                         json.dumps(t.parameters),
                         server_id,
                         t.remote_name,
+                        approval_policy,
                     )
                     for t in tools
                 ],
@@ -150,7 +156,7 @@ async def mcp_server_list(
 ) -> list[Record]:
     """List a workspace's MCP servers ordered by id."""
     return await conn.fetch(
-        "SELECT id, url, timeout_ms, create_time FROM mcp_servers"
+        "SELECT id, url, timeout_ms, create_time, approval_policy FROM mcp_servers"
         " WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         workspace_id,
         after,
@@ -167,6 +173,36 @@ async def mcp_server_tools(
         " WHERE workspace_id = $1 AND mcp_server = ANY($2::text[]) ORDER BY name",
         workspace_id,
         list(server_ids),
+    )
+
+
+async def tool_approval_policy_update(
+    conn: Connection, workspace_id: uuid.UUID, name: str, policy: str
+) -> bool:
+    """Set one tool's approval policy (HTTP or of an MCP server); tell whether it exists."""
+    status = await conn.execute(
+        "UPDATE tools SET approval_policy = $3 WHERE workspace_id = $1 AND name = $2",
+        workspace_id,
+        name,
+        policy,
+    )
+    return status != "UPDATE 0"
+
+
+async def mcp_server_approval_policy_update(
+    conn: Connection, workspace_id: uuid.UUID, server_id: str, policy: str
+) -> Record | None:
+    """Set a server's approval policy and its tools' in one statement; None if no such server."""
+    return await conn.fetchrow(
+        "WITH s AS (UPDATE mcp_servers SET approval_policy = $3"
+        "  WHERE workspace_id = $1 AND id = $2"
+        "  RETURNING id, url, timeout_ms, create_time, approval_policy),"
+        " t AS (UPDATE tools SET approval_policy = $3"
+        "  WHERE workspace_id = $1 AND mcp_server = (SELECT id FROM s))"
+        " SELECT * FROM s",
+        workspace_id,
+        server_id,
+        policy,
     )
 
 

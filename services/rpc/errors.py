@@ -46,6 +46,11 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# SQLSTATE class 40: the database aborted the transaction to break a deadlock or a
+# serialization conflict with a concurrent one. Nothing was applied; the call may be repeated.
+TRANSACTION_CONFLICTS: tuple[type[BaseException], ...] = (asyncpg.TransactionRollbackError,)
+
+
 class ApiError(Exception):
     """An error that reaches the client as a gRPC status with an ErrorInfo."""
 
@@ -156,6 +161,15 @@ def database_unavailable() -> ApiError:
         grpc.StatusCode.UNAVAILABLE,
         Reason.DATABASE_UNAVAILABLE,
         "The database is unavailable right now; retry the call.",
+    )
+
+
+def concurrent_update() -> ApiError:
+    """Build the ABORTED error of a transaction the database aborted for a concurrent one."""
+    return ApiError(
+        grpc.StatusCode.ABORTED,
+        Reason.CONCURRENT_UPDATE,
+        "A concurrent change conflicted with this one and nothing was applied; try again.",
     )
 
 

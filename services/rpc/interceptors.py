@@ -16,7 +16,14 @@ from typing import Any, Protocol, TypeAlias
 import grpc
 import structlog
 
-from services.rpc.errors import DATABASE_ERRORS, ApiError, database_unavailable, internal_error
+from services.rpc.errors import (
+    DATABASE_ERRORS,
+    TRANSACTION_CONFLICTS,
+    ApiError,
+    concurrent_update,
+    database_unavailable,
+    internal_error,
+)
 from services.rpc.metrics import observe_rpc
 
 log = structlog.get_logger()
@@ -129,6 +136,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         elif isinstance(exc, DATABASE_ERRORS):
             self._log_outcome(method, grpc.StatusCode.UNAVAILABLE, started, error=str(exc))
             await _abort(context, database_unavailable())
+        elif isinstance(exc, TRANSACTION_CONFLICTS):
+            self._log_outcome(method, grpc.StatusCode.ABORTED, started, error=str(exc))
+            await _abort(context, concurrent_update())
         else:
             log.error("rpc_crashed", rpc=method, exc_info=exc)
             self._log_outcome(method, grpc.StatusCode.INTERNAL, started)

@@ -88,28 +88,3 @@ class ServiceSettings(BaseSettings):
                 lines.append(f"  AP_{field.upper()}: {err['msg']}")
             print("\n".join(lines), file=sys.stderr)
             raise SettingsError(2) from None
-
-
-class HostedModelSettings(BaseSettings):
-    """The platform-hosted model: an OpenAI-compatible Chat Completions endpoint."""
-
-    model_config = SettingsConfigDict(env_prefix="AP_MODEL_", extra="ignore", frozen=True)
-
-    base_url: str | None = Field(default=None, description="e.g. https://api.openai.com/v1")
-    name: str | None = Field(default=None, description="The model id sent to the endpoint.")
-    api_key: SecretStr | None = None
-    connect_timeout_seconds: float = Field(default=5.0, gt=0)
-    idle_timeout_seconds: float = Field(
-        default=60.0, gt=0, description="Longest silence allowed inside a model stream."
-    )
-
-    @model_validator(mode="after")
-    def _strip_slash(self) -> Self:
-        if self.base_url is not None:
-            object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
-        return self
-
-    @property
-    def configured(self) -> bool:
-        """Tell whether both the endpoint and the model id are set."""
-        return bool(self.base_url) and bool(self.name)

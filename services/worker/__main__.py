@@ -1,8 +1,8 @@
 """Run a worker: `python -m services.worker`."""
 
+from services.rpc.hosted_models import HostedModelSettings
 from services.rpc.logging import configure_logging
 from services.rpc.server import run_main
-from services.rpc.settings import HostedModelSettings
 from services.worker.app import Worker
 from services.worker.settings import WorkerSettings
 
@@ -11,7 +11,8 @@ def main() -> None:
     """Load settings from the environment and work until SIGTERM."""
     settings = WorkerSettings.from_env()
     configure_logging(level=settings.log_level, fmt=settings.log_format)
-    run_main(lambda: Worker(settings, HostedModelSettings()), "worker")
+    model = HostedModelSettings.from_env()
+    run_main(lambda: Worker(settings, model), "worker")
 
 
 if __name__ == "__main__":

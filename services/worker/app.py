@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 
 import grpc
 import httpx
@@ -12,13 +13,15 @@ from agentplatform.dispatch.v1 import dispatch_service_pb2 as pb
 from agentplatform.gateway.v1 import gateway_service_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 
+from services.rpc.hosted_models import HostedModelSettings
 from services.rpc.internal_auth import INTERNAL_TOKEN_HEADER, internal_channel
 from services.rpc.server import GrpcServer
-from services.rpc.settings import HostedModelSettings, SettingsError
+from services.rpc.settings import SettingsError
 from services.worker.dispatch import ControlPlane
+from services.worker.doctor import check_models
 from services.worker.execution import RunExecution, StopReason
 from services.worker.model import HostedModel
-from services.worker.providers import open_hosted_model
+from services.worker.providers import open_hosted_models
 from services.worker.settings import WorkerSettings
 from services.worker.tools import RunTools
 
@@ -41,6 +44,7 @@ class Worker:
         self._gateway_channel: grpc.aio.Channel | None = None
         self._tools: RunTools | None = None
         self._http: httpx.AsyncClient | None = None
+        self._checks: asyncio.Task[None] | None = None
         self._server = GrpcServer(
             host=settings.grpc_host,
             port=settings.grpc_port,
@@ -52,7 +56,14 @@ class Worker:
     async def start(self) -> None:
         """Connect to the control plane and start claiming."""
         if self.model.configured:
-            log.info("hosted_model", base_url=self.model.base_url, model=self.model.name)
+            for config in self.model.offered:
+                log.info(
+                    "hosted_model",
+                    id=config.id,
+                    api=config.api,
+                    base_url=config.base_url,
+                    model=config.model,
+                )
         else:
             log.warning("hosted_model_unavailable", detail="runs will fail")
         self._control_plane = ControlPlane(self.settings.control_plane_addresses, self._metadata)
@@ -60,7 +71,10 @@ class Worker:
             trust_env=False,
             limits=httpx.Limits(max_connections=self.settings.worker_concurrency * 2),
         )
-        model = open_hosted_model(self.model, self._http)
+        models = open_hosted_models(self.model, self._http)
+        # Say at once, in the log, whether each model answers; the worker starts either way
+        # (a model that is down now may be up by the first run).
+        self._checks = asyncio.create_task(self._check_models())
         if self.settings.gateway_address:
             token = self.settings.gateway_call_token
             self._gateway_channel, gateway_metadata = internal_channel(
@@ -75,13 +89,28 @@ class Worker:
                 progress_seconds=self.settings.tool_progress_seconds,
             )
         self._loops = [
-            asyncio.create_task(self._claim_forever(self._control_plane, model), name=f"claim-{i}")
+            asyncio.create_task(self._claim_forever(self._control_plane, models), name=f"claim-{i}")
             for i in range(self.settings.worker_concurrency)
         ]
         await self._server.start()
         log.info("worker_started", control_plane=self.settings.control_plane_addresses)
 
-    async def _claim_forever(self, control_plane: ControlPlane, model: HostedModel | None) -> None:
+    @property
+    def runs_in_flight(self) -> int:
+        """Return how many runs this worker holds now (each one a claim loop's slot)."""
+        return len(self._executing)
+
+    async def _check_models(self) -> None:
+        assert self._http is not None
+        for check in await check_models(self.model, self._http):
+            if check.ok:
+                log.info("hosted_model_check", model=check.model.id, detail=check.message)
+            else:
+                log.error("hosted_model_check_failed", model=check.model.id, detail=check.message)
+
+    async def _claim_forever(
+        self, control_plane: ControlPlane, models: Mapping[str, HostedModel]
+    ) -> None:
         wait = Duration()
         wait.FromMilliseconds(int(self.settings.claim_wait_seconds * 1000))
         request = pb.ClaimRunRequest(worker_id=self.settings.worker_id, wait=wait)
@@ -104,7 +133,7 @@ class Worker:
             execution = RunExecution(
                 control_plane,
                 response.claim,
-                model,
+                models,
                 tools=self._tools,
                 max_steps=self.settings.max_steps,
             )
@@ -143,6 +172,10 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._server.stop(0)
+        if self._checks is not None:
+            self._checks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checks
         if self._http is not None:
             await self._http.aclose()
         if self._control_plane is not None:

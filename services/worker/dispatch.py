@@ -8,6 +8,7 @@ the next entry, and a fenced call is tried again:
     call ─► current replica ─► reply
               │ UNAVAILABLE, DEADLINE_EXCEEDED: the replica is away ─► next replica
               │ UNAVAILABLE / DATABASE_UNAVAILABLE: the database is away ─► same replica
+              │ ABORTED / CONCURRENT_UPDATE: a deadlock was broken ──────► same replica
               ├─► back off, call again: until the run's lease would expire
               └ LEASE_LOST ─► LeaseLostError: another worker holds the run now
               └ NOT_FOUND ──► LeaseLostError: the run was deleted with its session
@@ -55,7 +56,7 @@ class LeaseLostError(Exception):
 
 def is_transient(err: grpc.aio.AioRpcError) -> bool:
     """Tell whether a failed call may succeed if made again (on this replica or another)."""
-    return err.code() in TRANSIENT
+    return err.code() in TRANSIENT or has_reason(err, Reason.CONCURRENT_UPDATE)
 
 
 class Lease:
@@ -115,7 +116,7 @@ class ControlPlane:
                 raise LeaseLostError() from None
             # A replica that answers that its database is away is healthy, and the others
             # share that database: stay, and let the caller try again.
-            if is_transient(err) and not has_reason(err, Reason.DATABASE_UNAVAILABLE):
+            if err.code() in TRANSIENT and not has_reason(err, Reason.DATABASE_UNAVAILABLE):
                 self._failed(index, err)
             raise
 
@@ -162,6 +163,13 @@ class ControlPlane:
         """End a run with its last events and its outcome."""
         return await self._fenced(
             lambda stub: stub.FinishRun(request, metadata=self._metadata, timeout=RPC_TIMEOUT),
+            lease,
+        )
+
+    async def suspend(self, request: pb.SuspendRunRequest, lease: Lease) -> pb.SuspendRunResponse:
+        """Park a run until people decide its pending tool calls; the lease ends with it."""
+        return await self._fenced(
+            lambda stub: stub.SuspendRun(request, metadata=self._metadata, timeout=RPC_TIMEOUT),
             lease,
         )
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.rpc.errors import Reason
+from services.rpc.hosted_models import HostedModelConfig
 
 # -- what the model is asked ----------------------------------------------------------------
 
@@ -71,6 +72,7 @@ class ModelSettings:
     """What a call asks of the model besides the conversation."""
 
     model: str
+    max_output_tokens: int = 4096
 
 
 @dataclass(frozen=True)
@@ -102,23 +104,43 @@ class ReasoningDelta:
 
 @dataclass(frozen=True)
 class UsageReport:
-    """Token counts of one model call."""
+    """Token counts of one model call, reported once, when its stream ends.
+
+    `input_tokens` counts every prompt token, `cached_input_tokens` those among them the
+    provider served from its prompt cache; `output_tokens` includes `reasoning_tokens`.
+    """
 
     input_tokens: int
     output_tokens: int
     reasoning_tokens: int
+    cached_input_tokens: int = 0
 
 
 ModelEvent = TextDelta | ReasoningDelta | UsageReport | ToolCallRequest
 
 
 class ModelError(Exception):
-    """The model call failed; `reason` says how (MODEL_ERROR, MODEL_TIMEOUT, …)."""
+    """The model call failed; `reason` says how (MODEL_ERROR, MODEL_TIMEOUT, …).
 
-    def __init__(self, reason: Reason.ValueType, message: str) -> None:
+    `retryable` marks a failure that asking again may cure (no connection, HTTP 429 or 5xx);
+    `retry_after` is the wait in seconds the endpoint asked for, if it asked.
+    """
+
+    def __init__(
+        self,
+        reason: Reason.ValueType,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status = status
 
 
 class ModelClient(Protocol):
@@ -128,14 +150,15 @@ class ModelClient(Protocol):
         """Call the model and yield what it streams, as it streams.
 
         Text and reasoning come as they arrive; each tool call comes once, complete; usage
-        may come at any point. A failure of the call raises ModelError.
+        comes once, at the end. A failure of the call raises ModelError.
         """
         ...
 
 
 @dataclass(frozen=True)
 class HostedModel:
-    """The model runs call: its API's client, and what to ask of it."""
+    """An offered model runs call: its API's client, what to ask of it, and its configuration."""
 
     client: ModelClient
     settings: ModelSettings
+    config: HostedModelConfig

@@ -34,7 +34,8 @@ from services.control_plane.settings import ControlPlaneSettings
 from services.gateway.app import GatewaySettings
 from services.migrate import SCHEMAS
 from services.rpc.db import role_dsn
-from services.rpc.settings import HostedModelSettings, ServiceSettings
+from services.rpc.hosted_models import HostedModelSettings
+from services.rpc.settings import ServiceSettings
 from services.vault.settings import VaultSettings
 from services.web.settings import WebSettings
 from services.worker.settings import WorkerSettings

@@ -38,7 +38,7 @@ from agentplatform.v1 import error_reason_pb2, run_pb2
 from google.protobuf import descriptor_pool
 
 from devtools.pki import issue_dev_pki
-from services.rpc.settings import HostedModelSettings
+from services.rpc.hosted_models import HostedModelSettings
 from tests.ecosystem.proxy import Proxy, tls_server_context
 from tests.harness import Stack, start_control_plane
 

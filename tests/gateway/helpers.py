@@ -283,6 +283,8 @@ async def start_gateway_stack(
     *,
     guard: LeakGuard | None = None,
     resolve: Resolver = system_resolve,
+    model_settings: dict[str, Any] | None = None,
+    control_plane_settings: dict[str, Any] | None = None,
     **gateway_settings: Any,
 ) -> AsyncIterator[GatewayStack]:
     """Start tool servers, a vault, a gateway allowlisting exactly those servers, and a stack."""
@@ -324,6 +326,7 @@ async def start_gateway_stack(
             async with start_stack(
                 admin_dsn,
                 internal_token=tokens["internal"],
+                model_settings=model_settings,
                 vault_address=vault.address,
                 vault_admin_token=SecretStr(tokens["vault_admin"]),
                 gateway_address=gateway.address,
@@ -334,6 +337,7 @@ async def start_gateway_stack(
                     "max_steps": 3,
                     "tool_progress_seconds": 0.2,
                 },
+                **(control_plane_settings or {}),
             ) as stack:
                 yield GatewayStack(stack, gateway, tools, mcp, guard, tokens)
         finally:

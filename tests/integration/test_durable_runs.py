@@ -94,17 +94,19 @@ def worker_md(stack: Stack) -> tuple[tuple[str, str], ...]:
 
 
 async def test_cancelling_a_queued_run_ends_it_at_once(no_worker: Stack) -> None:
-    """A queued run is cancelled immediately; cancelling it again changes nothing."""
+    """A queued run is cancelled immediately, the request logged first; again changes nothing."""
     client = no_worker.owner
     session = await new_session(client)
     run = await new_run(client, session.name, "never started")
     cancelled = await cancel(client, run.name)
     assert cancelled.state == run_pb2.Run.CANCELLED
     events = await client.stream(run.name)
-    assert [e.type for e in events] == ["run.queued", "run.cancelled"]
+    logged = ["run.queued", "run.cancel_requested", "run.cancelled"]
+    assert [e.type for e in events] == logged
+    assert events[1].run_cancel_requested.requested_by.startswith("users/")
     again = await cancel(client, run.name)
     assert again.state == run_pb2.Run.CANCELLED
-    assert [e.type for e in await client.stream(run.name)] == ["run.queued", "run.cancelled"]
+    assert [e.type for e in await client.stream(run.name)] == logged
 
 
 async def test_cancelling_a_running_run_stops_the_model_within_a_heartbeat(fast: Stack) -> None:
@@ -124,6 +126,10 @@ async def test_cancelling_a_running_run_stops_the_model_within_a_heartbeat(fast:
     await cancel(client, run.name)
     events = await asyncio.wait_for(client.stream(run.name), 5)
     assert events[-1].type == "run.cancelled"
+    # Asked, then done: the worker logs who asked before the one terminal event.
+    assert events[-2].type == "run.cancel_requested"
+    assert events[-2].run_cancel_requested.requested_by.startswith("users/")
+    assert [e.type for e in events].count("run.cancelled") == 1
     deltas = [e for e in events if e.type == "output_text.delta"]
     assert len(deltas) < 100, "the model call went on long after the cancel"
     assert (await get_run(client, run.name)).state == run_pb2.Run.CANCELLED

@@ -540,10 +540,14 @@ async def test_a_worker_whose_run_vanishes_stops_at_its_next_append(database: st
         call.cancel()
         conn = await asyncpg.connect(role_dsn(stack.admin_dsn, "ap_control_plane"))
         try:
-            await conn.execute(
-                "DELETE FROM sessions WHERE id = $1",
-                uuid.UUID(session.name.removeprefix("sessions/")),
-            )
+            session_id = uuid.UUID(session.name.removeprefix("sessions/"))
+            # The run before its session, in the order the worker's appends lock them: a
+            # DELETE alone locks the session first, and deadlocks with an append.
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT 1 FROM runs WHERE session_id = $1 FOR UPDATE", session_id
+                )
+                await conn.execute("DELETE FROM sessions WHERE id = $1", session_id)
         finally:
             await conn.close()
         after = await new_session(client)

@@ -29,6 +29,9 @@ OWN_OUTCOME = {
     # The matrix has no real token to spend on every cell (tests/tenancy/test_invitations.py
     # accepts real ones); every caller the policy lets through is answered for the token.
     "InvitationService/AcceptInvitation": grpc.StatusCode.NOT_FOUND,
+    # The matrix cannot build decisions for calls that wait (tests/integration/test_approvals.py
+    # decides real ones); a foreign run is still NOT_FOUND.
+    "RunService/SubmitToolApprovals": grpc.StatusCode.INVALID_ARGUMENT,
 }
 # Kinds whose names carry no workspace (it is the caller's), so "foreign" names read the same.
 WORKSPACE_IMPLIED = {"secret", "tool", "mcp_server"}
@@ -52,10 +55,10 @@ class Cell:
 def _expected_allowed(rpc: Rpc, names: list[str], foreign: Tenant | None) -> grpc.StatusCode:
     method = f"{rpc.service.name}/{rpc.method.name}"
     own = OWN_OUTCOME.get(method, OWN_OUTCOME.get(rpc.service.name, OK))
-    if foreign is None or own != OK:
+    if foreign is None:
         return own
     foreign_names = {v for k, v in foreign.names.items() if k not in WORKSPACE_IMPLIED}
-    return grpc.StatusCode.NOT_FOUND if foreign_names & set(names) else OK
+    return grpc.StatusCode.NOT_FOUND if foreign_names & set(names) else own
 
 
 async def _request(

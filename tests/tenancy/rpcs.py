@@ -106,6 +106,11 @@ def parent_kind(rpc: Rpc) -> str:
     return kind
 
 
+def _run_kind(rpc: Rpc) -> str:
+    """A top-level `run` field names a run (a command on one, e.g. SubmitToolApprovals)."""
+    return "run"
+
+
 # Valid-looking values for fields by name, so that an allowed call gets past validation.
 FIELD_DEFAULTS: Mapping[str, Any] = {
     "display_name": "Matrix",
@@ -122,8 +127,8 @@ def build_request(rpc: Rpc, names: Callable[[str], str]) -> message.Message:
     """Build a valid-looking request whose `name`/`parent` come from `names(kind)`."""
     request = rpc.request_class()()
     fields = rpc.method.input_type.fields_by_name
-    for top, kind_of in (("name", name_kind), ("parent", parent_kind)):
-        if top in fields:
+    for top, kind_of in (("name", name_kind), ("parent", parent_kind), ("run", _run_kind)):
+        if top in fields and fields[top].type == fields[top].TYPE_STRING:
             setattr(request, top, names(kind_of(rpc)))
     for field in rpc.method.input_type.fields:
         if field.message_type is None or field.message_type.name not in KIND_OF_TYPE:
@@ -143,7 +148,12 @@ def build_request(rpc: Rpc, names: Callable[[str], str]) -> message.Message:
 
 def names_in(request: message.Message) -> list[str]:
     """Return every resource name the builder put into a request."""
-    found = [getattr(request, f) for f in ("name", "parent") if hasattr(request, f)]
+    found = [
+        getattr(request, f)
+        for f in ("name", "parent", "run")
+        if f in request.DESCRIPTOR.fields_by_name
+        and request.DESCRIPTOR.fields_by_name[f].type == descriptor.FieldDescriptor.TYPE_STRING
+    ]
     for field in request.DESCRIPTOR.fields:
         if field.message_type is not None and field.message_type.name in KIND_OF_TYPE:
             found.append(getattr(request, field.name).name)  # empty on creates

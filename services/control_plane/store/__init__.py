@@ -4,6 +4,8 @@
     sessions    sessions and their transcripts (messages)
     tenancy     workspaces, users and profiles, memberships, API keys, invitations
     tool_calls  the records of the tool calls runs make
+    approvals   the tool calls runs asked people to decide
+    usage       usage rollups of ended runs, month-to-date totals, monthly budgets
 
 Names are noun first, so a store's statements sort together (`run_claim`, `run_event_append`,
 `session_get`, `member_update_role`); each statement is written once, as a module constant
@@ -12,10 +14,22 @@ or in the one call that uses it, and callers reach them all as `store.<name>`.
 
 import asyncpg
 
+from services.control_plane.store.approvals import (
+    Decision,
+    tool_approval_cancel_pending,
+    tool_approval_decide,
+    tool_approval_expired_runs,
+    tool_approval_list,
+    tool_approval_pending_count,
+    tool_approval_request_seen,
+)
 from services.control_plane.store.runs import (
+    EventFacts,
     FenceCheck,
     NewEvent,
     RunAlreadyActiveError,
+    RunUsage,
+    run_action_record,
     run_active_id,
     run_attempt,
     run_claim,
@@ -35,12 +49,14 @@ from services.control_plane.store.runs import (
     run_lock,
     run_lock_all,
     run_lock_others_nowait,
+    run_lock_skip,
     run_pending_list,
     run_promote_next,
     run_queued_count,
     run_request_cancel,
     run_requeue,
     run_stalled_session_list,
+    run_suspend,
 )
 from services.control_plane.store.sessions import (
     message_list,
@@ -95,6 +111,7 @@ from services.control_plane.store.tool_calls import (
     tool_call_list,
     tool_call_record,
 )
+from services.control_plane.store.usage import budget_get, budget_set, usage_query
 
 Record = asyncpg.Record
 
@@ -102,10 +119,13 @@ __all__ = [
     "LISTENER_APPLICATION",
     "PRINCIPALS_CHANNEL",
     "PRINCIPALS_HEARD_CHANNEL",
+    "Decision",
+    "EventFacts",
     "FenceCheck",
     "NewEvent",
     "Record",
     "RunAlreadyActiveError",
+    "RunUsage",
     "ToolCallEnd",
     "ToolCallStart",
     "api_key_create",
@@ -115,6 +135,8 @@ __all__ = [
     "api_key_revoke",
     "api_key_standing",
     "api_key_touch",
+    "budget_get",
+    "budget_set",
     "invitation_create",
     "invitation_delete",
     "invitation_get",
@@ -132,6 +154,7 @@ __all__ = [
     "message_list",
     "profile_get",
     "profile_update",
+    "run_action_record",
     "run_active_id",
     "run_attempt",
     "run_claim",
@@ -151,12 +174,14 @@ __all__ = [
     "run_lock",
     "run_lock_all",
     "run_lock_others_nowait",
+    "run_lock_skip",
     "run_pending_list",
     "run_promote_next",
     "run_queued_count",
     "run_request_cancel",
     "run_requeue",
     "run_stalled_session_list",
+    "run_suspend",
     "session_create",
     "session_creator",
     "session_delete",
@@ -166,8 +191,15 @@ __all__ = [
     "session_list",
     "session_lock",
     "session_update",
+    "tool_approval_cancel_pending",
+    "tool_approval_decide",
+    "tool_approval_expired_runs",
+    "tool_approval_list",
+    "tool_approval_pending_count",
+    "tool_approval_request_seen",
     "tool_call_list",
     "tool_call_record",
+    "usage_query",
     "user_create",
     "workspace_count",
     "workspace_create",

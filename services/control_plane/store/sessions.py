@@ -14,14 +14,16 @@ Record = asyncpg.Record
 
 _SESSION_COLUMNS = """
   s.id, s.title, s.instructions, s.metadata, s.model, s.run_timeout_seconds,
+  s.tool_approval_overrides,
   s.create_time, s.update_time,
-  (SELECT r.id FROM runs r WHERE r.session_id = s.id AND r.state IN ('queued', 'running'))
+  (SELECT r.id FROM runs r WHERE r.session_id = s.id
+   AND r.state IN ('queued', 'running', 'requires_action'))
     AS active_run_id"""
 
 _SESSION_CREATE = """
 INSERT INTO sessions (id, workspace_id, created_by, title, instructions, metadata, model,
-                      request_id, run_timeout_seconds)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                      request_id, run_timeout_seconds, tool_approval_overrides)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (workspace_id, request_id) DO NOTHING
 RETURNING id
 """
@@ -38,6 +40,7 @@ async def session_create(
     model: str,
     request_id: str | None,
     run_timeout_seconds: float | None,
+    tool_approval_overrides: dict[str, str] | None = None,
 ) -> Record:
     """Insert a session, or return the one an earlier call with the same request_id made."""
     session_id = await conn.fetchval(
@@ -51,6 +54,7 @@ async def session_create(
         model,
         request_id,
         run_timeout_seconds,
+        tool_approval_overrides or {},
     )
     if session_id is None:
         session_id = await conn.fetchval(
@@ -115,6 +119,8 @@ UPDATE sessions s SET
   title = CASE WHEN 'title' = ANY($3::text[]) THEN $4::text ELSE s.title END,
   instructions = CASE WHEN 'instructions' = ANY($3::text[]) THEN $5::text ELSE s.instructions END,
   metadata = CASE WHEN 'metadata' = ANY($3::text[]) THEN $6::jsonb ELSE s.metadata END,
+  tool_approval_overrides = CASE WHEN 'tool_approval_overrides' = ANY($3::text[])
+                                 THEN $7::jsonb ELSE s.tool_approval_overrides END,
   update_time = now()
 WHERE s.workspace_id = $1 AND s.id = $2
 RETURNING {_SESSION_COLUMNS}
@@ -130,8 +136,9 @@ async def session_update(
     title: str = "",
     instructions: str = "",
     metadata: dict[str, str] | None = None,
+    tool_approval_overrides: dict[str, str] | None = None,
 ) -> Record | None:
-    """Set the named fields (title, instructions, metadata) of a session of the workspace.
+    """Set the named fields (title, instructions, metadata, overrides) of a session.
 
     Returns the session as it is now, None if the workspace has no such session.
     """
@@ -143,6 +150,7 @@ async def session_update(
         title,
         instructions,
         metadata or {},
+        tool_approval_overrides or {},
     )
 
 

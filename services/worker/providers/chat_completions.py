@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from services.rpc.errors import Reason
-from services.rpc.settings import HostedModelSettings
+from services.rpc.hosted_models import HostedModelConfig
 from services.worker.model import (
     AssistantMessage,
     Message,
@@ -29,51 +29,27 @@ from services.worker.model import (
     UsageReport,
     UserMessage,
 )
+from services.worker.providers.sse import Frame, malformed, post_stream, timeout_of
 
 
 class ChatCompletionsClient:
     """Call one Chat Completions endpoint with streaming, translating failures to ModelError."""
 
-    def __init__(self, settings: HostedModelSettings, http: httpx.AsyncClient) -> None:
-        self._settings = settings
+    def __init__(self, config: HostedModelConfig, http: httpx.AsyncClient) -> None:
+        self._url = f"{config.base_url}/chat/completions"
         self._http = http
         self._headers = {"accept": "text/event-stream"}
-        if settings.api_key is not None:
-            self._headers["authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
-        # The read timeout bounds every wait for bytes, so a stream that goes silent fails.
-        self._timeout = httpx.Timeout(
-            connect=settings.connect_timeout_seconds,
-            read=settings.idle_timeout_seconds,
-            write=settings.connect_timeout_seconds,
-            pool=settings.connect_timeout_seconds,
-        )
+        if config.api_key is not None:
+            self._headers["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
+        self._timeout = timeout_of(config)
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
         """Yield reply pieces as the model streams them; the tool calls it asks for come last."""
-        try:
-            async with self._http.stream(
-                "POST",
-                f"{self._settings.base_url}/chat/completions",
-                json=request_body(request),
-                headers=self._headers,
-                timeout=self._timeout,
-            ) as response:
-                if response.status_code != 200:
-                    detail = (await response.aread())[:500].decode(errors="replace")
-                    raise ModelError(
-                        Reason.MODEL_ERROR,
-                        f"The model endpoint answered HTTP {response.status_code}: {detail}",
-                    )
-                async for event in _parse_stream(response.aiter_lines()):
-                    yield event
-        except httpx.TimeoutException as err:
-            raise ModelError(
-                Reason.MODEL_TIMEOUT, f"The model endpoint timed out ({type(err).__name__})."
-            ) from None
-        except httpx.HTTPError as err:
-            raise ModelError(
-                Reason.MODEL_ERROR, f"The model endpoint failed: {type(err).__name__}: {err}"
-            ) from None
+        async with post_stream(
+            self._http, self._url, request_body(request), self._headers, self._timeout
+        ) as stream:
+            async for event in _parse_stream(stream):
+                yield event
 
 
 def request_body(request: ModelRequest) -> dict[str, Any]:
@@ -126,29 +102,28 @@ def _tool(tool: ToolSpec) -> dict[str, Any]:
     }
 
 
-async def _parse_stream(lines: AsyncIterator[str]) -> AsyncIterator[ModelEvent]:
+async def _parse_stream(frames: AsyncIterator[Frame]) -> AsyncIterator[ModelEvent]:
     done = False
     # Tool calls stream as fragments keyed by index: the id and name first, then pieces of
     # the arguments' JSON; they are complete only at the end of the stream.
     calls: dict[int, dict[str, str]] = {}
-    async for line in lines:
-        if not line.startswith("data:"):
-            continue  # blank separators, comments and other SSE fields
-        data = line[5:].strip()
-        if data == "[DONE]":
+    usage: UsageReport | None = None
+    async for frame in frames:
+        if frame.data == "[DONE]":
             # Keep reading to the end of the body so the connection goes back to the pool.
             done = True
             continue
         if done:
             continue
         try:
-            chunk = json.loads(data)
+            chunk = json.loads(frame.data)
             for event in _chunk_events(chunk, calls):
-                yield event
+                if isinstance(event, UsageReport):
+                    usage = event
+                else:
+                    yield event
         except (ValueError, TypeError, KeyError, AttributeError):
-            raise ModelError(
-                Reason.MODEL_ERROR, "The model endpoint sent a malformed stream chunk."
-            ) from None
+            raise malformed("a malformed stream chunk") from None
     if not done:
         raise ModelError(Reason.MODEL_ERROR, "The model stream ended without [DONE].")
     for index in sorted(calls):
@@ -158,6 +133,8 @@ async def _parse_stream(lines: AsyncIterator[str]) -> AsyncIterator[ModelEvent]:
         yield ToolCallRequest(
             call["id"] or f"call_{index}", call["name"], call["arguments"] or "{}"
         )
+    if usage is not None:
+        yield usage
 
 
 def _chunk_events(chunk: dict[str, Any], calls: dict[int, dict[str, str]]) -> list[ModelEvent]:
@@ -182,11 +159,13 @@ def _chunk_events(chunk: dict[str, Any], calls: dict[int, dict[str, str]]) -> li
     usage = chunk.get("usage")
     if usage:
         details = usage.get("completion_tokens_details") or {}
+        prompt_details = usage.get("prompt_tokens_details") or {}
         events.append(
             UsageReport(
                 input_tokens=int(usage.get("prompt_tokens") or 0),
                 output_tokens=int(usage.get("completion_tokens") or 0),
                 reasoning_tokens=int(details.get("reasoning_tokens") or 0),
+                cached_input_tokens=int(prompt_details.get("cached_tokens") or 0),
             )
         )
     return events

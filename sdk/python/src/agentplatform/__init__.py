@@ -17,6 +17,8 @@ from agentplatform._config import ClientConfig, ConfigError, default_config_path
 from agentplatform._errors import (
     AlreadyExists,
     APError,
+    BudgetExceeded,
+    ConcurrentUpdate,
     DeadlineExceeded,
     FailedPrecondition,
     HostedModelUnavailable,
@@ -30,13 +32,14 @@ from agentplatform._errors import (
     RunCancelled,
     RunError,
     RunFailed,
+    ToolCallNotPending,
     Unauthenticated,
     Unavailable,
     Unimplemented,
     VersionMismatch,
     error_from_rpc,
 )
-from agentplatform._methods import MAX_INPUT_BYTES, ConcurrencyPolicy
+from agentplatform._methods import MAX_INPUT_BYTES, ConcurrencyPolicy, UsageDimension
 from agentplatform._streams import AsyncRunEventStream, ReconnectHook, RunEventStream
 from agentplatform._transport import SDK_VERSION as __version__
 from agentplatform.events import event_type, is_terminal
@@ -47,9 +50,11 @@ __all__ = [
     "AlreadyExists",
     "AsyncClient",
     "AsyncRunEventStream",
+    "BudgetExceeded",
     "Client",
     "ClientConfig",
     "ConcurrencyPolicy",
+    "ConcurrentUpdate",
     "ConfigError",
     "DeadlineExceeded",
     "FailedPrecondition",
@@ -66,9 +71,11 @@ __all__ = [
     "RunError",
     "RunEventStream",
     "RunFailed",
+    "ToolCallNotPending",
     "Unauthenticated",
     "Unavailable",
     "Unimplemented",
+    "UsageDimension",
     "VersionMismatch",
     "__version__",
     "default_config_path",

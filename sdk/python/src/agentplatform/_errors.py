@@ -12,12 +12,16 @@ Every error status of the platform carries a `google.rpc.ErrorInfo` whose reason
      ├── AlreadyExists             ALREADY_EXISTS                         .resource
      ├── FailedPrecondition        LAST_OWNER, LEASE_LOST, SEQUENCE_MISMATCH, DECRYPTION_FAILED,
      │    │                        MASTER_KEYS_READ_ONLY
+     │    │                        APPROVAL_EXPIRED (a denial's reason, not a call's)
      │    ├── RunAlreadyActive     RUN_ALREADY_ACTIVE                     .active_run
+     │    ├── ToolCallNotPending   TOOL_CALL_NOT_PENDING                  .run .call_id
      │    └── HostedModelUnavailable  HOSTED_MODEL_UNAVAILABLE
      ├── VersionMismatch           VERSION_MISMATCH                       .current_version
      ├── RateLimited               RATE_LIMITED                           .retry_after
+     ├── BudgetExceeded            BUDGET_EXCEEDED                        .budget
      ├── Unavailable               UNAVAILABLE without a reason, SERVER_SHUTTING_DOWN,
      │                             DATABASE_UNAVAILABLE, SERVICE_UNAVAILABLE, ...
+     ├── ConcurrentUpdate          CONCURRENT_UPDATE (nothing applied; safe to repeat)
      ├── DeadlineExceeded          the call's timeout passed
      ├── Unimplemented             NOT_IMPLEMENTED
      ├── InternalError             INTERNAL_ERROR
@@ -142,6 +146,21 @@ class RunAlreadyActive(FailedPrecondition):
         return self.metadata.get("active_run")
 
 
+class ToolCallNotPending(FailedPrecondition):
+    """The tool call is not waiting for approval: decided, expired, unknown, or its run is not
+    in REQUIRES_ACTION; `run` and `call_id` name it."""
+
+    @property
+    def run(self) -> str | None:
+        """Return the run's name."""
+        return self.metadata.get("run")
+
+    @property
+    def call_id(self) -> str | None:
+        """Return the call's id."""
+        return self.metadata.get("call_id")
+
+
 class HostedModelUnavailable(FailedPrecondition):
     """No hosted model is configured; the operator sets AP_MODEL_BASE_URL and AP_MODEL_NAME."""
 
@@ -165,11 +184,31 @@ class RateLimited(APError):
         return self._retry_after
 
 
+class BudgetExceeded(APError):
+    """The workspace has used its monthly budget; no run starts until it is raised or renews.
+
+    `budget` names it ("workspaces/{workspace}"); `metadata` says which limit ("limit":
+    "tokens" or "cost_micros"), its value, what was used and when the month began.
+    """
+
+    @property
+    def budget(self) -> str:
+        """Return the budget that was used up."""
+        return self.metadata.get("budget", "")
+
+
 class Unavailable(APError):
     """The platform, or a service it depends on, cannot be reached right now; retry later.
 
     Idempotent calls (reads, cancels, creates with a request_id) were already retried with
     backoff before this was raised.
+    """
+
+
+class ConcurrentUpdate(APError):
+    """A concurrent change conflicted with the call and nothing was applied; repeat it.
+
+    Idempotent calls were already retried with backoff before this was raised.
     """
 
 
@@ -221,9 +260,12 @@ REASON_ERRORS: Mapping[int, type[APError]] = {
     _R.DECRYPTION_FAILED: FailedPrecondition,
     _R.MASTER_KEYS_READ_ONLY: FailedPrecondition,
     _R.RUN_ALREADY_ACTIVE: RunAlreadyActive,
+    _R.TOOL_CALL_NOT_PENDING: ToolCallNotPending,
+    _R.APPROVAL_EXPIRED: FailedPrecondition,
     _R.HOSTED_MODEL_UNAVAILABLE: HostedModelUnavailable,
     _R.VERSION_MISMATCH: VersionMismatch,
     _R.RATE_LIMITED: RateLimited,
+    _R.BUDGET_EXCEEDED: BudgetExceeded,
     _R.SERVER_SHUTTING_DOWN: Unavailable,
     _R.DATABASE_UNAVAILABLE: Unavailable,
     _R.SERVICE_UNAVAILABLE: Unavailable,
@@ -231,6 +273,7 @@ REASON_ERRORS: Mapping[int, type[APError]] = {
     _R.AUDIT_UNAVAILABLE: Unavailable,
     _R.CREDENTIAL_UNAVAILABLE: Unavailable,
     _R.TOOL_SERVER_UNAVAILABLE: Unavailable,
+    _R.CONCURRENT_UPDATE: ConcurrentUpdate,
     _R.NOT_IMPLEMENTED: Unimplemented,
     _R.INTERNAL_ERROR: InternalError,
     _R.MODEL_ERROR: RunFailed,
@@ -290,6 +333,11 @@ def run_error(run: str, event_reason: str, message: str, *, cancelled: bool) -> 
         return RunCancelled(message or "the run was cancelled", reason="RUN_CANCELLED", run=run)
     reason = event_reason or "UNKNOWN"
     return RunFailed(message or "the run failed", reason=reason, run=run)
+
+
+def reason_of(err: grpc.Call | grpc.aio.AioRpcError) -> str:
+    """Return the `ErrorInfo` reason of a failed call, "" when it carries none."""
+    return _details(err)[0]
 
 
 def _details(err: grpc.Call | grpc.aio.AioRpcError) -> tuple[str, dict[str, str], float | None]:

@@ -59,6 +59,8 @@ from agentplatform.v1 import (
     tool_pb2,
     tool_service_pb2,
     tool_service_pb2_grpc,
+    usage_service_pb2,
+    usage_service_pb2_grpc,
     workspace_pb2,
     workspace_service_pb2,
     workspace_service_pb2_grpc,
@@ -71,6 +73,7 @@ ResponseT = TypeVar("ResponseT")
 ItemT = TypeVar("ItemT")
 
 ConcurrencyPolicy = Literal["reject", "enqueue", "interrupt"]
+UsageDimension = Literal["session", "api_key", "model", "day"]
 
 # The longest input_text CreateRun accepts by default (AP_MAX_INPUT_BYTES); the CLI refuses
 # longer input before it creates anything.
@@ -279,14 +282,18 @@ def _create_session(
     instructions: str = "",
     metadata: Mapping[str, str] | None = None,
     run_timeout: dt.timedelta | None = None,
+    model: str = "",
     request_id: str | None = None,
 ) -> session_service_pb2.CreateSessionRequest:
     """Create a session and return it.
 
     `instructions` are added to the system prompt of every run; `run_timeout` overrides the
-    platform's longest run. A retry reuses one `request_id`, so it cannot create two.
+    platform's longest run; `model` picks one of the platform's offered models (default: its
+    default). A retry reuses one `request_id`, so it cannot create two.
     """
-    session = session_pb2.Session(title=title, instructions=instructions, metadata=metadata)
+    session = session_pb2.Session(
+        title=title, instructions=instructions, metadata=metadata, model=model
+    )
     if run_timeout is not None:
         session.run_timeout.CopyFrom(_duration(run_timeout))
     return session_service_pb2.CreateSessionRequest(
@@ -400,9 +407,35 @@ def _list_run_events(run: str, *, page_size: int = 0) -> run_service_pb2.ListRun
 def _cancel_run(name: str) -> run_service_pb2.CancelRunRequest:
     """Cancel a run and return it; a finished run is returned as it is.
 
-    A queued run ends at once; a running one within a heartbeat, with run.cancelled.
+    The run logs run.cancel_requested (who asked), then one run.cancelled when it stopped: a
+    queued run or one waiting for approval at once, a running one within a heartbeat.
     """
     return run_service_pb2.CancelRunRequest(name=name)
+
+
+def _submit_tool_approvals(
+    run: str,
+    *,
+    approve: Iterable[str] = (),
+    deny: Mapping[str, str] | Iterable[str] = (),
+    request_id: str | None = None,
+) -> run_service_pb2.SubmitToolApprovalsRequest:
+    """Approve or deny pending tool calls of a run in REQUIRES_ACTION, and return the run.
+
+    `approve` names call ids to run; `deny` names call ids not to run, or maps each to a
+    message for the model. Calls not named stay pending; once none is, the run continues.
+    A call that is not pending raises `ToolCallNotPending`. A retry reuses one `request_id`,
+    so a decision is never applied twice.
+    """
+    Decision = run_service_pb2.ToolApprovalDecision
+    denied = dict(deny) if isinstance(deny, Mapping) else dict.fromkeys(deny, "")
+    decisions = [Decision(call_id=c, decision=Decision.APPROVE) for c in approve]
+    decisions += [Decision(call_id=c, decision=Decision.DENY, message=m) for c, m in denied.items()]
+    if not decisions:
+        raise ValueError("give at least one call id to approve or deny")
+    return run_service_pb2.SubmitToolApprovalsRequest(
+        run=run, decisions=decisions, request_id=_new_request_id(request_id)
+    )
 
 
 def _stream_run_events(
@@ -510,6 +543,38 @@ def _get_tool(name: str) -> tool_service_pb2.GetToolRequest:
     return tool_service_pb2.GetToolRequest(name=name)
 
 
+ApprovalPolicy = Literal["always_allow", "always_ask", "never"]
+
+
+def _approval_policy(policy: ApprovalPolicy) -> tool_pb2.ApprovalPolicy.ValueType:
+    try:
+        return tool_pb2.ApprovalPolicy.Value(policy.upper())
+    except (ValueError, AttributeError):
+        raise ValueError(
+            f"approval_policy must be 'always_allow', 'always_ask' or 'never', not {policy!r}"
+        ) from None
+
+
+def _update_tool(
+    name: str, *, approval_policy: ApprovalPolicy
+) -> tool_service_pb2.UpdateToolRequest:
+    """Change a tool's approval policy ("tools/{tool}", HTTP or of an MCP server); return it."""
+    return tool_service_pb2.UpdateToolRequest(
+        tool=tool_pb2.Tool(name=name, approval_policy=_approval_policy(approval_policy)),
+        update_mask=field_mask_pb2.FieldMask(paths=["approval_policy"]),
+    )
+
+
+def _update_mcp_server(
+    name: str, *, approval_policy: ApprovalPolicy
+) -> tool_service_pb2.UpdateMcpServerRequest:
+    """Change an MCP server's approval policy and that of all its tools; return the server."""
+    return tool_service_pb2.UpdateMcpServerRequest(
+        mcp_server=tool_pb2.McpServer(name=name, approval_policy=_approval_policy(approval_policy)),
+        update_mask=field_mask_pb2.FieldMask(paths=["approval_policy"]),
+    )
+
+
 def _delete_tool(name: str) -> tool_service_pb2.DeleteToolRequest:
     """Remove an HTTP tool, "tools/{tool}"."""
     return tool_service_pb2.DeleteToolRequest(name=name)
@@ -559,12 +624,33 @@ def _list_workspaces(*, page_size: int = 0) -> workspace_service_pb2.ListWorkspa
 
 
 def _update_workspace(
-    name: str, *, display_name: str | None = None
+    name: str,
+    *,
+    display_name: str | None = None,
+    monthly_token_limit: int | None = None,
+    monthly_cost_limit_micros: int | None = None,
 ) -> workspace_service_pb2.UpdateWorkspaceRequest:
-    """Change the caller's workspace (owners only) and return it."""
+    """Change the caller's workspace (owners only) and return it.
+
+    A limit of the monthly budget changes only when given; 0 removes it. Costs are in
+    millionths of a US dollar.
+    """
+    mask = _mask(
+        display_name=display_name,
+        monthly_token_limit=monthly_token_limit,
+        monthly_cost_limit_micros=monthly_cost_limit_micros,
+    )
+    mask.paths[:] = [p if p == "display_name" else f"budget.{p}" for p in mask.paths]
     return workspace_service_pb2.UpdateWorkspaceRequest(
-        workspace=workspace_pb2.Workspace(name=name, display_name=display_name or ""),
-        update_mask=_mask(display_name=display_name),
+        workspace=workspace_pb2.Workspace(
+            name=name,
+            display_name=display_name or "",
+            budget=workspace_pb2.Budget(
+                monthly_token_limit=monthly_token_limit or 0,
+                monthly_cost_limit_micros=monthly_cost_limit_micros or 0,
+            ),
+        ),
+        update_mask=mask,
     )
 
 
@@ -602,6 +688,48 @@ def _update_member(name: str, *, role: str) -> workspace_service_pb2.UpdateMembe
 def _delete_member(name: str) -> workspace_service_pb2.DeleteMemberRequest:
     """Remove a member and revoke their API keys of this workspace at once."""
     return workspace_service_pb2.DeleteMemberRequest(name=name)
+
+
+# -- usage ----------------------------------------------------------------------------------
+
+_USAGE = usage_service_pb2_grpc.UsageServiceStub
+_DIMENSIONS: Mapping[str, usage_service_pb2.UsageDimension.ValueType] = {
+    "session": usage_service_pb2.SESSION,
+    "api_key": usage_service_pb2.API_KEY,
+    "model": usage_service_pb2.MODEL,
+    "day": usage_service_pb2.DAY,
+}
+
+
+def _query_usage(
+    *,
+    start_time: dt.datetime | None = None,
+    end_time: dt.datetime | None = None,
+    group_by: Iterable[UsageDimension] = (),
+    session: str = "",
+    api_key: str = "",
+    page_size: int = 0,
+) -> usage_service_pb2.QueryUsageRequest:
+    """Iterate what the workspace's runs that ended in a range consumed, grouped as asked.
+
+    The range defaults to this month so far (UTC); `group_by` takes "session", "api_key",
+    "model" and "day" (none: one total). `session` and `api_key` narrow it to one session's
+    or one key's runs; by API key is for owners only.
+    """
+    unknown = [d for d in group_by if d not in _DIMENSIONS]
+    if unknown:
+        raise ValueError(f"group_by takes {', '.join(_DIMENSIONS)}; not {', '.join(unknown)}")
+    request = usage_service_pb2.QueryUsageRequest(
+        group_by=[_DIMENSIONS[d] for d in group_by],
+        session=session,
+        api_key=api_key,
+        page_size=page_size,
+    )
+    if start_time is not None:
+        request.start_time.FromDatetime(start_time)
+    if end_time is not None:
+        request.end_time.FromDatetime(end_time)
+    return request
 
 
 # -- invitations ----------------------------------------------------------------------------
@@ -771,6 +899,11 @@ class Methods:
     cancel_run = unary(
         rpc(_RUNS, lambda s: s.CancelRun, retryable=True), _cancel_run, returns=run_pb2.Run
     )
+    submit_tool_approvals = unary(
+        rpc(_RUNS, lambda s: s.SubmitToolApprovals, retryable=True),
+        _submit_tool_approvals,
+        returns=run_pb2.Run,
+    )
     stream_run_events = streamed(_stream_run_events)
     stream_session_events = streamed(_stream_session_events)
     get_secret = unary(
@@ -800,6 +933,9 @@ class Methods:
     get_tool = unary(
         rpc(_TOOLS, lambda s: s.GetTool, retryable=True), _get_tool, returns=tool_pb2.Tool
     )
+    update_tool = unary(
+        rpc(_TOOLS, lambda s: s.UpdateTool, retryable=True), _update_tool, returns=tool_pb2.Tool
+    )
     delete_tool = deleting(rpc(_TOOLS, lambda s: s.DeleteTool, retryable=False), _delete_tool)
     create_mcp_server = unary(
         rpc(_TOOLS, lambda s: s.CreateMcpServer, retryable=False),
@@ -811,6 +947,11 @@ class Methods:
         _list_mcp_servers,
         lambda p: p.mcp_servers,
         of=tool_pb2.McpServer,
+    )
+    update_mcp_server = unary(
+        rpc(_TOOLS, lambda s: s.UpdateMcpServer, retryable=True),
+        _update_mcp_server,
+        returns=tool_pb2.McpServer,
     )
     delete_mcp_server = deleting(
         rpc(_TOOLS, lambda s: s.DeleteMcpServer, retryable=False), _delete_mcp_server
@@ -836,6 +977,12 @@ class Methods:
         rpc(_WORKSPACES, lambda s: s.UpdateWorkspace, retryable=True),
         _update_workspace,
         returns=workspace_pb2.Workspace,
+    )
+    query_usage = paged(
+        rpc(_USAGE, lambda s: s.QueryUsage, retryable=True),
+        _query_usage,
+        lambda p: p.groups,
+        of=usage_service_pb2.UsageGroup,
     )
     create_member = unary(
         rpc(_WORKSPACES, lambda s: s.CreateMember, retryable=False),

@@ -18,7 +18,7 @@ from typing import Any, Generic, Protocol, Self, TypeVar, cast
 import grpc
 
 from agentplatform._config import ClientConfig
-from agentplatform._errors import error_from_rpc
+from agentplatform._errors import error_from_rpc, reason_of
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -56,9 +56,10 @@ class Retry:
 
 
 def should_retry(err: grpc.RpcError) -> bool:
-    """Say whether a call failed only because the server could not be reached right now."""
+    """Say whether a call failed only for now: the server was away, or a conflict aborted it."""
     return isinstance(err, grpc.Call | grpc.aio.AioRpcError) and (
         err.code() == grpc.StatusCode.UNAVAILABLE
+        or (err.code() == grpc.StatusCode.ABORTED and reason_of(err) == "CONCURRENT_UPDATE")
     )
 
 

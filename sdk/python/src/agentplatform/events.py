@@ -11,11 +11,17 @@ renderer in `ap_cli/render.py`.
     lifecycle   run_queued                 run.queued
                 run_started                run.started
                 run_attempt_started        run.attempt_started
+                run_cancel_requested       run.cancel_requested
+                model_retry                model.retry
+                transcript_compacted       transcript.compacted
     text        reasoning_summary_delta    reasoning.summary.delta
                 output_text_delta          output_text.delta
     tool        tool_call_started          tool_call.started
                 tool_call_progress         tool_call.progress
                 tool_call_completed        tool_call.completed
+                tool_call_approval_requested  tool_call.approval_requested
+                tool_call_approved         tool_call.approved
+                tool_call_denied           tool_call.denied
     usage       usage                      usage
     terminal    run_completed              run.completed
                 run_failed                 run.failed
@@ -34,9 +40,9 @@ from agentplatform.v1 import run_pb2
 class Category(enum.Enum):
     """What an event says about its run."""
 
-    LIFECYCLE = "lifecycle"  # the run was stored, claimed, or restarted as a new attempt
+    LIFECYCLE = "lifecycle"  # the run was stored, claimed, restarted, or asked to stop
     TEXT = "text"  # model output: reply or reasoning text
-    TOOL = "tool"  # a tool call's progress
+    TOOL = "tool"  # a tool call's progress, approval request or decision
     USAGE = "usage"  # one model call's token counts
     TERMINAL = "terminal"  # the run ended; exactly one per run, always the last
 
@@ -56,11 +62,17 @@ KINDS: Mapping[str, EventKind] = {
         EventKind("run_queued", "run.queued", Category.LIFECYCLE),
         EventKind("run_started", "run.started", Category.LIFECYCLE),
         EventKind("run_attempt_started", "run.attempt_started", Category.LIFECYCLE),
+        EventKind("run_cancel_requested", "run.cancel_requested", Category.LIFECYCLE),
+        EventKind("model_retry", "model.retry", Category.LIFECYCLE),
+        EventKind("transcript_compacted", "transcript.compacted", Category.LIFECYCLE),
         EventKind("reasoning_summary_delta", "reasoning.summary.delta", Category.TEXT),
         EventKind("output_text_delta", "output_text.delta", Category.TEXT),
         EventKind("tool_call_started", "tool_call.started", Category.TOOL),
         EventKind("tool_call_progress", "tool_call.progress", Category.TOOL),
         EventKind("tool_call_completed", "tool_call.completed", Category.TOOL),
+        EventKind("tool_call_approval_requested", "tool_call.approval_requested", Category.TOOL),
+        EventKind("tool_call_approved", "tool_call.approved", Category.TOOL),
+        EventKind("tool_call_denied", "tool_call.denied", Category.TOOL),
         EventKind("usage", "usage", Category.USAGE),
         EventKind("run_completed", "run.completed", Category.TERMINAL),
         EventKind("run_failed", "run.failed", Category.TERMINAL),
