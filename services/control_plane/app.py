@@ -122,6 +122,7 @@ class ControlPlane:
             on_principal_heard=revocations.acknowledged,
             on_reconnect=listening_again,
             on_lost=revocations.deaf,
+            own_backends=runtime.notifier.own_backends,
         )
         bus.start()
         runtime.notifier.start()
