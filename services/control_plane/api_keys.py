@@ -7,6 +7,7 @@ no chain of keys an owner made turns into a key that speaks for someone.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -115,8 +116,13 @@ class ApiKeyService(api_key_service_pb2_grpc.ApiKeyServiceServicer):
     ) -> empty_pb2.Empty:
         principal: Principal = current_principal()
         key_id = parse_api_key_name(request.name)
+        since = asyncio.get_running_loop().time()
         async with self._rt.pool.acquire() as conn:
             # The revocation notifies every replica, which ends the key's open streams.
             if not await store.api_key_revoke(conn, principal.workspace_id, key_id):
                 raise not_found(request.name)
+        # This replica refuses the key from now on; the others once they hear the change,
+        # which they do by the time this replica hears it too.
+        self._rt.revocations.keys.forget_key(key_id)
+        await self._rt.revocations.until_applied_everywhere(f"key:{key_id}", since=since)
         return empty_pb2.Empty()

@@ -163,15 +163,23 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         settings = self._rt.settings
         wait = min(request.wait.ToTimedelta().total_seconds(), settings.claim_max_wait_seconds)
         deadline = asyncio.get_running_loop().time() + max(wait, 0.0)
+        waiters = self._rt.claim_waiters
+        woken: bool | None = False  # the first attempt is made as if woken
         while True:
-            claim = await self._claim(request.worker_id or "unknown")
-            if claim is not None:
-                return pb.ClaimRunResponse(claim=claim)
+            polling = woken is None
+            if woken is not None or waiters.take_poll(settings.poll_interval_seconds):
+                claim = await self._claim(request.worker_id or "unknown")
+                if claim is not None:
+                    if polling or woken:
+                        # A run no wake announced: there may be more behind it.
+                        waiters.wake_one(cascade=True)
+                    return pb.ClaimRunResponse(claim=claim)
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return pb.ClaimRunResponse()
-            # Woken at once by a local create or a peer's NOTIFY; the poll interval is the net.
-            await self._rt.claim_waiters.wait(min(remaining, settings.poll_interval_seconds))
+            # Woken at once by a local create or a peer's NOTIFY; one poll per interval among
+            # all waiters is the net.
+            woken = await waiters.wait(min(remaining, settings.poll_interval_seconds))
 
     async def _claim(self, worker_id: str) -> pb.RunClaim | None:
         settings = self._rt.settings

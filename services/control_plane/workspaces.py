@@ -9,6 +9,7 @@ invitations.py), and only a personal key lists its user's other workspaces.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -218,10 +219,15 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         if set(request.update_mask.paths) - {"role"}:
             raise invalid_argument("update_mask", "Only role can be updated.")
         role = check_role("member.role", request.member.role)
+        since = asyncio.get_running_loop().time()
         async with self._rt.pool.acquire() as conn, conn.transaction():
             await self._locked_member(conn, principal, user_id, request.member.name, role)
             await store.member_update_role(conn, principal.workspace_id, user_id, role)
             row = await store.member_get(conn, principal.workspace_id, user_id)
+        self._rt.revocations.keys.forget_member(principal.workspace_id, user_id)
+        await self._rt.revocations.until_applied_everywhere(
+            f"member:{principal.workspace_id}:{user_id}", since=since
+        )
         assert row is not None
         return member_to_proto(row)
 
@@ -230,9 +236,14 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     ) -> empty_pb2.Empty:
         principal: Principal = current_principal()
         user_id = parse_member_name(request.name)
+        since = asyncio.get_running_loop().time()
         async with self._rt.pool.acquire() as conn, conn.transaction():
             await self._locked_member(conn, principal, user_id, request.name, None)
             await store.member_remove(conn, principal.workspace_id, user_id)
+        self._rt.revocations.keys.forget_member(principal.workspace_id, user_id)
+        await self._rt.revocations.until_applied_everywhere(
+            f"member:{principal.workspace_id}:{user_id}", since=since
+        )
         return empty_pb2.Empty()
 
     async def _locked_member(

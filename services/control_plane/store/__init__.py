@@ -71,7 +71,9 @@ from services.control_plane.store.sessions import (
     session_update,
 )
 from services.control_plane.store.tenancy import (
+    LISTENER_APPLICATION,
     PRINCIPALS_CHANNEL,
+    PRINCIPALS_HEARD_CHANNEL,
     api_key_create,
     api_key_get,
     api_key_list,
@@ -84,6 +86,7 @@ from services.control_plane.store.tenancy import (
     invitation_get,
     invitation_list,
     invitation_take,
+    listening_replicas,
     member_add,
     member_first_owner,
     member_get,
@@ -120,7 +123,9 @@ from services.control_plane.store.usage import (
 Record = asyncpg.Record
 
 __all__ = [
+    "LISTENER_APPLICATION",
     "PRINCIPALS_CHANNEL",
+    "PRINCIPALS_HEARD_CHANNEL",
     "Decision",
     "EventFacts",
     "FenceCheck",
@@ -146,6 +151,7 @@ __all__ = [
     "invitation_get",
     "invitation_list",
     "invitation_take",
+    "listening_replicas",
     "member_add",
     "member_first_owner",
     "member_get",

@@ -18,6 +18,21 @@ from services.rpc.db import Connection
 Record = asyncpg.Record
 
 PRINCIPALS_CHANNEL = "ap_principals"
+# Each replica that applied a principal change says so here (revocation.Revocations).
+PRINCIPALS_HEARD_CHANNEL = "ap_principals_heard"
+# The application_name of a control plane's one LISTEN connection (events.Listener).
+LISTENER_APPLICATION = "ap-listener"
+
+
+async def listening_replicas(conn: Connection) -> int:
+    """Count the control-plane replicas listening on this database now."""
+    count = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE application_name = $1 AND datname = current_database()",
+        LISTENER_APPLICATION,
+    )
+    return int(count)
+
 
 # ── workspaces ──────────────────────────────────────────────────────────────────────────────
 
