@@ -11,6 +11,7 @@ from typing import TextIO
 from agentplatform import MAX_INPUT_BYTES, APError, RunAlreadyActive
 from agentplatform.v1 import session_pb2
 
+from ap_cli.approvals import Ask, decide_at_prompt
 from ap_cli.commands import print_messages, resume_command
 from ap_cli.context import Context
 from ap_cli.render import EventRenderer, shorten
@@ -32,10 +33,15 @@ class ChatTurns:
     The session is created with the first line (titled after it) unless one was given.
     """
 
-    def __init__(self, ctx: Context, args: argparse.Namespace) -> None:
-        """Chat in `args.session`, or in a session made from `args.title`/`instructions`."""
+    def __init__(self, ctx: Context, args: argparse.Namespace, ask: Ask | None = None) -> None:
+        """Chat in `args.session`, or in a session made from `args.title`/`instructions`.
+
+        `ask` reads a person's answer to a tool approval (a terminal); without it the chat
+        prints how to decide and waits.
+        """
         self._ctx = ctx
         self._args = args
+        self.ask = ask
         self.session: str | None = None
         self.run: str | None = None
         self.last_sequence = 0
@@ -117,6 +123,10 @@ class ChatTurns:
             for event in stream:
                 renderer.render(event)
                 self.last_sequence = stream.last_sequence
+                if event.HasField("tool_call_approval_requested"):
+                    asked = event.tool_call_approval_requested
+                    if asked.call_id in renderer.pending_approvals:
+                        decide_at_prompt(ctx, run.name, asked, self.ask)
         except KeyboardInterrupt:
             renderer.finish()
             self.unfinished = run.name
@@ -158,7 +168,7 @@ def chat(ctx: Context, args: argparse.Namespace, stdin: TextIO | None = None) ->
     if interactive:
         # Importing readline gives input() line editing and history.
         import readline  # noqa: F401
-    turns = ChatTurns(ctx, args)
+    turns = ChatTurns(ctx, args, input if interactive and stdin is sys.stdin else None)
     if args.session:
         turns.open_existing(args.session)
     while True:

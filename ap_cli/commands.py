@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterable
 
 from agentplatform import RunAlreadyActive, RunEventStream
 from agentplatform.v1 import run_pb2, session_pb2
 
+from ap_cli.approvals import Ask, decide_at_prompt
 from ap_cli.context import Context
 from ap_cli.format import (
     format_fields,
@@ -146,7 +148,10 @@ def runs_cancel(ctx: Context, args: argparse.Namespace) -> int:
     elif run.state in (run_pb2.Run.COMPLETED, run_pb2.Run.FAILED):
         ctx.say(f"{run.name} had already ended ({state_name(run.state)}); nothing to cancel")
     else:
-        ctx.say(f"{run.name} is stopping; its worker ends it within a heartbeat")
+        ctx.say(
+            f"{run.name}: cancel requested; its worker ends it within a heartbeat "
+            "(run.cancelled in its events says it did)"
+        )
     return 0
 
 
@@ -201,14 +206,24 @@ def runs_show(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
-def follow(ctx: Context, stream: RunEventStream, renderer: EventRenderer | None) -> None:
-    """Render (or, with `--json`, print) a stream's events; on Ctrl-C say how to resume."""
+def follow(
+    ctx: Context, stream: RunEventStream, renderer: EventRenderer | None, ask: Ask | None = None
+) -> None:
+    """Render (or, with `--json`, print) a stream's events; on Ctrl-C say how to resume.
+
+    A call that waits for approval is asked about with `ask` (a terminal), or the commands
+    that decide it are printed.
+    """
     try:
         for event in stream:
             if renderer is None:
                 ctx.emit(event)
-            else:
-                renderer.render(event)
+                continue
+            renderer.render(event)
+            if event.HasField("tool_call_approval_requested"):
+                asked = event.tool_call_approval_requested
+                if asked.call_id in renderer.pending_approvals:
+                    decide_at_prompt(ctx, stream.name, asked, ask)
     except KeyboardInterrupt:
         if renderer is not None:
             renderer.finish()
@@ -231,7 +246,7 @@ def runs_watch(ctx: Context, args: argparse.Namespace) -> int:
         after_sequence=args.after,
         on_reconnect=ctx.reconnect_notices(renderer.finish if renderer else None),
     )
-    follow(ctx, stream, renderer)
+    follow(ctx, stream, renderer, input if sys.stdin.isatty() else None)
     if stream.terminal is not None:
         return 0 if stream.terminal.WhichOneof("payload") == "run_completed" else 1
     final = stream.final_run

@@ -11,7 +11,7 @@ import shtab
 from agentplatform import APError, Client, ConfigError
 from agentplatform import __version__ as sdk_version
 
-from ap_cli import chat, commands, secrets, tenancy, tools, usage
+from ap_cli import approvals, chat, commands, secrets, tenancy, tools, usage
 from ap_cli.context import Context, invoked_as, json_option
 from ap_cli.names import run_name, session_name
 
@@ -123,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     runs_cancel = run_cmds.add_parser("cancel", help="cancel a run (a finished run stays as it is)")
     runs_cancel.add_argument("run", type=run_name, help="sessions/{session}/runs/{run}")
     runs_cancel.set_defaults(handler=commands.runs_cancel)
+    approve = run_cmds.add_parser("approve", help="approve a tool call that waits for approval")
+    approve.add_argument("run", type=run_name, help="sessions/{session}/runs/{run}")
+    approve.add_argument("call", help="the call id its tool_call.approval_requested names")
+    approve.set_defaults(handler=approvals.runs_approve)
+    deny = run_cmds.add_parser("deny", help="deny a tool call that waits for approval")
+    deny.add_argument("run", type=run_name, help="sessions/{session}/runs/{run}")
+    deny.add_argument("call", help="the call id its tool_call.approval_requested names")
+    deny.add_argument("--message", default="", help="told to the model with the denial")
+    deny.set_defaults(handler=approvals.runs_deny)
     watch = run_cmds.add_parser(
         "watch",
         parents=[json_flag],

@@ -1,4 +1,4 @@
-"""Implement `ap tools add-http|add-mcp|list|show|rm|calls`."""
+"""Implement `ap tools add-http|add-mcp|list|show|policy|rm|calls`."""
 
 from __future__ import annotations
 
@@ -33,6 +33,28 @@ def parameters_schema(text: str) -> struct_pb2.Struct:
     return out
 
 
+_POLICIES = {
+    "always_allow": tool_pb2.ALWAYS_ALLOW,
+    "always_ask": tool_pb2.ALWAYS_ASK,
+    "never": tool_pb2.NEVER,
+}
+
+
+def _policy_name(policy: int) -> str:
+    return next((k for k, v in _POLICIES.items() if v == policy), "always_allow")
+
+
+def tools_policy(ctx: Context, args: argparse.Namespace) -> int:
+    """Set the approval policy of a tool, or of an MCP server and all its tools."""
+    name: str = args.name
+    if name.startswith("mcpServers/"):
+        ctx.client.update_mcp_server(name, approval_policy=args.policy)
+    else:
+        ctx.client.update_tool(tool_name(name), approval_policy=args.policy)
+    ctx.say(f"{name}: approval policy {args.policy}")
+    return 0
+
+
 def tools_add_http(ctx: Context, args: argparse.Namespace) -> int:
     """Register an HTTP tool; print its name."""
     credential = args.credential or ""
@@ -44,6 +66,7 @@ def tools_add_http(ctx: Context, args: argparse.Namespace) -> int:
             description=args.description,
             parameters=args.parameters,
             timeout_ms=args.timeout_ms,
+            approval_policy=_POLICIES[args.approval],
             http=tool_pb2.HttpEndpoint(
                 method=args.method,
                 url_template=args.url,
@@ -68,7 +91,9 @@ def tools_add_mcp(ctx: Context, args: argparse.Namespace) -> int:
     """Register an MCP server and print the tools discovered on it."""
     created = ctx.client.with_options(timeout=TIMEOUT_S).create_mcp_server(
         args.id or server_id_for(args.url),
-        tool_pb2.McpServer(url=args.url, timeout_ms=args.timeout_ms),
+        tool_pb2.McpServer(
+            url=args.url, timeout_ms=args.timeout_ms, approval_policy=_POLICIES[args.approval]
+        ),
     )
     ctx.say(f"registered {created.name} with {len(created.tools)} tools")
     for tool in created.tools:
@@ -120,6 +145,7 @@ def tools_show(ctx: Context, args: argparse.Namespace) -> int:
         ("endpoint", endpoint),
         ("credential", credential),
         ("timeout", f"{tool.timeout_ms} ms" if tool.timeout_ms else "the platform's default"),
+        ("approval", _policy_name(tool.approval_policy)),
         ("registered", format_time(tool.create_time)),
         ("parameters", json.dumps(json_format.MessageToDict(tool.parameters), indent=2)),
     ]
@@ -180,6 +206,12 @@ def add_commands(groups: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--inject", default="bearer", help='"bearer" (default), "header:NAME" or "query:NAME"'
     )
     http.add_argument("--timeout-ms", type=int, default=0, help="per-call timeout")
+    http.add_argument(
+        "--approval",
+        choices=sorted(_POLICIES),
+        default="always_allow",
+        help="whether a person approves each call (default always_allow)",
+    )
     http.set_defaults(handler=tools_add_http)
     mcp = cmds.add_parser("add-mcp", help="register an MCP server (streamable HTTP)")
     mcp.add_argument("url", help="the server's MCP endpoint, e.g. https://host/mcp")
@@ -187,6 +219,12 @@ def add_commands(groups: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--id", help="server id; its tools are named ID__TOOL (default: from the URL's host)"
     )
     mcp.add_argument("--timeout-ms", type=int, default=0, help="per-call timeout")
+    mcp.add_argument(
+        "--approval",
+        choices=sorted(_POLICIES),
+        default="always_allow",
+        help="the approval policy of all its tools (default always_allow)",
+    )
     mcp.set_defaults(handler=tools_add_mcp)
     listing = cmds.add_parser("list", parents=[json_flag], help="list the workspace's tools")
     listing.set_defaults(handler=tools_list)
@@ -195,6 +233,12 @@ def add_commands(groups: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     show.add_argument("name", type=tool_name, help="tools/NAME or the bare NAME")
     show.set_defaults(handler=tools_show)
+    policy = cmds.add_parser(
+        "policy", help="set the approval policy of tools/NAME, or of mcpServers/ID and its tools"
+    )
+    policy.add_argument("name", help="tools/NAME, the bare NAME, or mcpServers/ID")
+    policy.add_argument("policy", choices=sorted(_POLICIES))
+    policy.set_defaults(handler=tools_policy)
     rm = cmds.add_parser("rm", help="remove tools/NAME, or mcpServers/ID with its tools")
     rm.add_argument("name")
     rm.set_defaults(handler=tools_rm)

@@ -105,10 +105,13 @@ def _show_budget(ctx: Context, workspace: workspace_pb2.Workspace) -> None:
     if ctx.json:
         ctx.emit(workspace.budget)
         return
-    b = workspace.budget
+    _say_budget(ctx, workspace.name, workspace.budget)
+
+
+def _say_budget(ctx: Context, owner: str, b: workspace_pb2.Budget) -> None:
     tokens = f"{b.monthly_token_limit}" if b.monthly_token_limit else "no limit"
     cost = dollars(b.monthly_cost_limit_micros) if b.monthly_cost_limit_micros else "no limit"
-    ctx.say(f"budget of {workspace.name} since {format_time(b.period_start)}")
+    ctx.say(f"budget of {owner} since {format_time(b.period_start)}")
     ctx.say(f"  tokens  {b.month_tokens} used of {tokens}")
     ctx.say(f"  cost    {dollars(b.month_cost_micros)} used of {cost}")
 
@@ -131,6 +134,21 @@ def budget_set(ctx: Context, args: argparse.Namespace) -> int:
         monthly_cost_limit_micros=args.cost,
     )
     _show_budget(ctx, workspace)
+    return 0
+
+
+def key_budget(ctx: Context, args: argparse.Namespace) -> int:
+    """Set one or both monthly limits of an API key's runs (owners only); 0 removes a limit."""
+    if args.tokens is None and args.cost is None:
+        ctx.error("give --tokens, --cost or both")
+        return 2
+    key = ctx.client.update_api_key(
+        args.key, monthly_token_limit=args.tokens, monthly_cost_limit_micros=args.cost
+    )
+    if ctx.json:
+        ctx.emit(key)
+        return 0
+    _say_budget(ctx, key.name, key.budget)
     return 0
 
 
@@ -174,3 +192,10 @@ def add_commands(groups: argparse._SubParsersAction) -> None:  # type: ignore[ty
     setter.add_argument("--tokens", type=_non_negative, help="tokens per month, input + output")
     setter.add_argument("--cost", type=dollars_to_micros, help="US dollars per month, e.g. 25")
     setter.set_defaults(handler=budget_set)
+    for_key = budget_cmds.add_parser(
+        "set-key", parents=[json_flag], help="set an API key's monthly limits (owners)"
+    )
+    for_key.add_argument("key", type=api_key_name, help="apiKeys/ID or ID")
+    for_key.add_argument("--tokens", type=_non_negative, help="tokens per month, input + output")
+    for_key.add_argument("--cost", type=dollars_to_micros, help="US dollars per month, e.g. 25")
+    for_key.set_defaults(handler=key_budget)

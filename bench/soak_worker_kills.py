@@ -24,6 +24,12 @@ victim held; any other: those of runs it hit, up to the next fault that hit them
 kill burns one attempt per run it held; a Postgres restart shorter than the lease and a
 replica kill should burn none. The rescue latency is from a worker kill to the
 run.attempt_started of each run the victim held.
+
+Resources: the soak samples the resident memory of every control-plane replica and worker
+every `--sample-seconds` and prints the first, the largest and the last sample of each that
+lived through the soak, and the CPU per completed run of the replicas, workers and Postgres
+(devtools.resources) with the Postgres statements per run. `--duration 600 --faults 0`
+is the 10-minute steady soak: load without faults, to show that memory does not grow.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from typing import TypeVar
 
 import asyncpg
 import grpc
+import psutil
 from agentplatform.events import TERMINAL_TYPES
 from agentplatform.v1 import (
     run_pb2,
@@ -62,9 +69,10 @@ from agentplatform.v1 import (
 )
 
 from devtools.devmodel import DevModel
-from devtools.embedded_pg import EmbeddedPostgres
+from devtools.embedded_pg import EmbeddedPostgres, running_server
 from devtools.measure import percentile
 from devtools.processes import Cluster, Service, cluster
+from devtools.resources import Processes, Window, describe_cpu
 from services.control_plane.bootstrap import create_workspace
 from services.migrate import migrate_all
 from services.rpc.db import role_dsn
@@ -262,7 +270,7 @@ class Soak:
 async def soak(args: argparse.Namespace) -> None:
     """Run the soak and print its findings."""
     data_dir = Path(tempfile.mkdtemp(prefix="ap-soak-pg-"))
-    server = EmbeddedPostgres(data_dir, fast_unsafe=True)
+    server = EmbeddedPostgres(data_dir, fast_unsafe=True, track_statements=True)
     admin = await asyncio.to_thread(server.start)
     model = DevModel()
     await model.start()
@@ -296,8 +304,15 @@ async def run_soak(state: Soak, key: str) -> list[str]:
         )
         for i in range(args.clients)
     ]
+    memory = Memory(state)
+    sampling = asyncio.create_task(memory.sample_forever(args.sample_seconds))
+    window = Window(None)
+    window.use(memory.processes(), state.admin)
+    await window.start()
     rng = random.Random(args.seed)  # noqa: S311 - a reproducible schedule, not a secret
     kinds = itertools.cycle(args.kinds)
+    if args.duration:
+        await asyncio.sleep(args.duration)  # steady load, the faults (if any) follow
     for n in range(args.faults):
         await asyncio.sleep(rng.uniform(0.1, 2 * args.mean_interval - 0.1))
         await state.inject(next(kinds), rng)
@@ -307,7 +322,77 @@ async def run_soak(state: Soak, key: str) -> list[str]:
     await asyncio.sleep(2 * args.lease_seconds)
     stop.set()
     await asyncio.wait_for(asyncio.gather(*clients), 180)
+    window.use(memory.processes())
+    await window.stop()
+    sampling.cancel()
+    memory.report()
+    completed = await completed_runs(state.admin)
+    print()
+    if args.faults:
+        print("  (CPU of processes killed during the soak is not counted)")
+    counts = window.end.count if window.end else {}
+    print("\n".join(describe_cpu(window.used, completed, counts=counts)))
+    print(f"  Postgres statements per run  {(window.statements or 0) / max(completed, 1):.2f}")
     return created
+
+
+async def completed_runs(admin: str) -> int:
+    """Count the runs that completed."""
+    conn = await asyncpg.connect(role_dsn(admin, "ap_control_plane"))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM runs WHERE state = 'completed'"))
+    finally:
+        await conn.close()
+
+
+class Memory:
+    """Resident memory of every replica and worker over the soak, sampled periodically."""
+
+    def __init__(self, state: Soak) -> None:
+        self._state = state
+        self.samples: dict[str, list[tuple[float, int]]] = {}
+        self._start = time.monotonic()
+
+    def processes(self) -> Processes:
+        """Return the replicas and workers alive now, and Postgres."""
+        pids = [s.proc.pid for s in (*self._state.replicas, *self._state.workers)]
+        postmaster = running_server(self._state.server.data_dir)
+        return Processes(pids, postmaster.pid if postmaster else None)
+
+    def sample(self) -> None:
+        """Record every live replica's and worker's RSS now."""
+        now = time.monotonic() - self._start
+        for service in (*self._state.replicas, *self._state.workers):
+            if service.returncode is not None:
+                continue
+            try:
+                rss = psutil.Process(service.proc.pid).memory_info().rss
+            except psutil.Error:
+                continue
+            self.samples.setdefault(f"{service.name} (pid {service.proc.pid})", []).append(
+                (now, rss)
+            )
+
+    async def sample_forever(self, every: float) -> None:
+        """Sample until cancelled."""
+        while True:
+            self.sample()
+            await asyncio.sleep(every)
+
+    def report(self) -> None:
+        """Print first, largest and last RSS of each process sampled more than once."""
+        self.sample()
+        print()
+        print("  resident memory (MB)     first   largest   last   over")
+        for name, series in sorted(self.samples.items()):
+            if len(series) < 2:
+                continue
+            values = [rss / 1e6 for _, rss in series]
+            span = series[-1][0] - series[0][0]
+            print(
+                f"  {name:<24} {values[0]:6.0f}   {max(values):6.0f}   {values[-1]:5.0f}"
+                f"   {span:5.0f} s"
+            )
 
 
 @dataclass
@@ -481,6 +566,12 @@ def main() -> None:
     parser.add_argument("--pg-outage-seconds", type=float, default=0.0)
     parser.add_argument("--replica-down-seconds", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--duration", type=float, default=0.0, help="seconds of steady load before the faults (0)"
+    )
+    parser.add_argument(
+        "--sample-seconds", type=float, default=10.0, help="resident memory sampling (10)"
+    )
     args = parser.parse_args()
     unknown = set(args.kinds) - set(KINDS)
     if unknown:

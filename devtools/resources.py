@@ -274,6 +274,12 @@ class Window:
         self.statements: int | None = None
         self.top: list[tuple[int, str]] = []
 
+    def use(self, processes: Processes, admin_dsn: str | None = None) -> None:
+        """Measure these processes from now on (and count statements through `admin_dsn`)."""
+        self._processes = processes
+        if admin_dsn is not None:
+            self._statements = StatementCounter(admin_dsn)
+
     async def start(self) -> None:
         """Zero the statement counters and take the first sample."""
         if self._statements is not None:

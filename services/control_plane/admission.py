@@ -9,7 +9,8 @@ that line even for racing creates. A create while a run is active follows its po
                the new run is stored, waiting behind a run whose worker is still stopping
 
 A create whose request_id was used before returns that first run instead, whichever policy.
-A workspace over its monthly budget gets RESOURCE_EXHAUSTED / BUDGET_EXCEEDED (budgets.py).
+A workspace or key over its monthly budget gets RESOURCE_EXHAUSTED / BUDGET_EXCEEDED
+(budgets.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ from services.control_plane.lifecycle import Announcement, RunLifecycle
 from services.control_plane.runtime import Runtime
 from services.rpc.db import Connection
 from services.rpc.errors import ApiError, Reason, not_found
-from services.rpc.names import message_name, run_name, session_name
+from services.rpc.names import (
+    api_key_name,
+    message_name,
+    run_name,
+    session_name,
+    workspace_name,
+)
 
 
 class Concurrency(enum.Enum):
@@ -179,8 +186,14 @@ class Admission:
 async def _refusal(conn: Connection, new: NewRun) -> ApiError:
     """Explain a create that stored nothing: a spent budget, else a missing session."""
     budget = await store.budget_get(conn, new.workspace_id)
-    if budget is not None and (err := budget_exceeded(new.workspace_id, budget)) is not None:
+    if budget is not None and (err := budget_exceeded(workspace_name(new.workspace_id), budget)):
         return err
+    if new.api_key_id is not None:
+        key_budget = await store.api_key_budget_get(conn, new.workspace_id, new.api_key_id)
+        if key_budget is not None and (
+            err := budget_exceeded(api_key_name(new.api_key_id), key_budget)
+        ):
+            return err
     return not_found(session_name(new.session_id))
 
 

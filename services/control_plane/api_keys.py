@@ -7,18 +7,20 @@ no chain of keys an owner made turns into a key that speaks for someone.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
-from agentplatform.v1 import api_key_service_pb2, api_key_service_pb2_grpc
+from agentplatform.v1 import api_key_pb2, api_key_service_pb2, api_key_service_pb2_grpc
 from google.protobuf import empty_pb2
 
 from services.control_plane import store
 from services.control_plane.auth import Principal, new_api_key
+from services.control_plane.budgets import BUDGET_PATHS, budget_change
 from services.control_plane.convert import api_key_to_proto
 from services.control_plane.runtime import Runtime
 from services.rpc import validate
-from services.rpc.errors import not_found
+from services.rpc.errors import invalid_argument, not_found
 from services.rpc.interceptors import current_principal
 from services.rpc.names import parse_api_key_name, parse_user_name
 from services.rpc.pagination import KEYSET, Page
@@ -81,13 +83,46 @@ class ApiKeyService(api_key_service_pb2_grpc.ApiKeyServiceServicer):
             api_keys=[api_key_to_proto(r) for r in rows], next_page_token=token
         )
 
+    async def UpdateApiKey(
+        self, request: api_key_service_pb2.UpdateApiKeyRequest, context: Context
+    ) -> api_key_pb2.ApiKey:
+        principal: Principal = current_principal()
+        key_id = parse_api_key_name(request.api_key.name, "api_key.name")
+        paths = set(request.update_mask.paths) or {"budget"}  # the one writable field
+        if paths - BUDGET_PATHS:
+            raise invalid_argument(
+                "update_mask",
+                "update_mask must name budget or one of its limits; other fields do not change.",
+            )
+        change = budget_change("api_key", request.api_key.budget, paths)
+        assert change is not None
+        async with self._rt.pool.acquire() as conn, conn.transaction():
+            if not await store.api_key_budget_set(
+                conn,
+                principal.workspace_id,
+                key_id,
+                tokens=change.tokens,
+                cost_micros=change.cost_micros,
+                set_tokens=change.set_tokens,
+                set_cost=change.set_cost,
+            ):
+                raise not_found(request.api_key.name)
+            row = await store.api_key_get(conn, principal.workspace_id, key_id)
+        assert row is not None
+        return api_key_to_proto(row)
+
     async def DeleteApiKey(
         self, request: api_key_service_pb2.DeleteApiKeyRequest, context: Context
     ) -> empty_pb2.Empty:
         principal: Principal = current_principal()
         key_id = parse_api_key_name(request.name)
+        since = asyncio.get_running_loop().time()
         async with self._rt.pool.acquire() as conn:
             # The revocation notifies every replica, which ends the key's open streams.
             if not await store.api_key_revoke(conn, principal.workspace_id, key_id):
                 raise not_found(request.name)
+        # This replica refuses the key from now on; the others once they hear the change,
+        # which they do by the time this replica hears it too.
+        self._rt.revocations.keys.forget_key(key_id)
+        await self._rt.revocations.until_applied_everywhere(f"key:{key_id}", since=since)
         return empty_pb2.Empty()

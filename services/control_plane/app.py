@@ -25,7 +25,7 @@ from agentplatform.v1 import (
 
 from services.control_plane import metrics
 from services.control_plane.api_keys import ApiKeyService
-from services.control_plane.auth import Authenticator
+from services.control_plane.auth import Authenticator, KeyCache
 from services.control_plane.dispatch import DispatchService
 from services.control_plane.events import ClaimWaiters, EventBus, Listener, Notifier
 from services.control_plane.invitations import InvitationService
@@ -102,7 +102,8 @@ class ControlPlane:
         )
         bus = EventBus(pool, poll_interval=settings.poll_interval_seconds)
         waiters = ClaimWaiters()
-        revocations = Revocations(pool)
+        keys = KeyCache()
+        revocations = Revocations(pool, keys)
         runtime = Runtime(settings, self.model, pool, bus, Notifier(pool), waiters, revocations)
         self._runtime = runtime
         lifecycle = RunLifecycle(runtime)
@@ -118,23 +119,27 @@ class ControlPlane:
             on_events=bus.hint,
             on_queued=waiters.wake_one,
             on_principal=revocations.hear,
+            on_principal_heard=revocations.acknowledged,
             on_reconnect=listening_again,
             on_lost=revocations.deaf,
+            own_backends=runtime.notifier.own_backends,
         )
         bus.start()
         runtime.notifier.start()
         self._listener.start()
         lifecycle.start()
         self._unwatch_queue = metrics.watch_queue_depth(pool)
+        for offered in self.model.offered:
+            log.info("hosted_model_offered", id=offered.id, api=offered.api)
         if not self.model.configured:
             log.warning(
                 "hosted_model_unavailable",
-                detail="AP_MODEL_BASE_URL / AP_MODEL_NAME unset: CreateSession will fail",
+                detail="no AP_MODEL_BASE_URL / AP_MODEL_NAME or AP_MODELS: CreateSession fails",
             )
         self._server = GrpcServer(
             host=settings.grpc_host,
             port=settings.grpc_port,
-            authenticator=Authenticator(pool, settings.internal_token.get_secret_value()),
+            authenticator=Authenticator(pool, settings.internal_token.get_secret_value(), keys),
             max_message_bytes=settings.max_message_bytes,
             quiet_methods={
                 "/agentplatform.dispatch.v1.DispatchService/AppendRunEvents",

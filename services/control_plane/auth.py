@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import grpc
@@ -24,6 +25,10 @@ KEY_PREFIX = "ap_"
 # last_used_time is written at most this often per key: a write per call would cost the run
 # path a round trip, and listings show the time to the minute.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+# How long a cached key is trusted without a change heard to it: the bound on what no
+# notification reports (a profile's new display name).
+KEY_CACHE_SECONDS = 10.0
+KEY_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -113,16 +118,90 @@ def _split_key(key: str) -> tuple[str, str] | None:
     return prefix, secret
 
 
+@dataclass
+class _CachedKey:
+    row: Mapping[str, Any]
+    last_used: datetime | None
+    expires: float
+
+
+class KeyCache:
+    """The principals of recently used API keys, forgotten the moment a change to them is heard.
+
+    A revoked key, a removed member or a changed role NOTIFY `ap_principals` in the statement
+    that makes the change (store/tenancy.py); every replica's Listener hears it and
+    `revocation.Revocations` calls `forget_key` / `forget_member` before anything else. The
+    replica that made the change forgets at once, before it answers. While the LISTEN
+    connection is down nothing is served from the cache (every call reads Postgres, as with
+    no cache), and it starts empty when the connection is back. A lookup that raced a change
+    is not cached: `generation` moves with every change heard. Entries also expire after
+    `KEY_CACHE_SECONDS`, for what no notification reports (a new display name).
+    """
+
+    def __init__(self, *, ttl: float = KEY_CACHE_SECONDS, size: int = KEY_CACHE_SIZE) -> None:
+        self._ttl = ttl
+        self._size = size
+        self._entries: dict[str, _CachedKey] = {}
+        self.generation = 0
+        self.enabled = False
+        self.hits = 0
+
+    def get(self, prefix: str, now: float) -> _CachedKey | None:
+        """Return the cached key of `prefix`, if it may be trusted now."""
+        if not self.enabled:
+            return None
+        entry = self._entries.get(prefix)
+        if entry is None or entry.expires <= now:
+            return None
+        self.hits += 1
+        return entry
+
+    def put(self, prefix: str, row: store.Record, generation: int, now: float) -> None:
+        """Cache a key read from Postgres, unless a change was heard since the read began."""
+        if not self.enabled or generation != self.generation:
+            return
+        if len(self._entries) >= self._size:
+            self._entries.clear()
+        self._entries[prefix] = _CachedKey(
+            dict(row.items()), row["last_used_time"], now + self._ttl
+        )
+
+    def forget_key(self, key_id: uuid.UUID) -> None:
+        """Forget a key (revoked)."""
+        self.generation += 1
+        for prefix in [p for p, e in self._entries.items() if e.row["id"] == key_id]:
+            del self._entries[prefix]
+
+    def forget_member(self, workspace_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        """Forget every key of a membership (removed, or its role changed)."""
+        self.generation += 1
+        for prefix in [
+            p
+            for p, e in self._entries.items()
+            if (e.row["workspace_id"], e.row["user_id"]) == (workspace_id, user_id)
+        ]:
+            del self._entries[prefix]
+
+    def listening(self, listening: bool) -> None:
+        """Serve from the cache only while changes can be heard; start empty either way."""
+        self.generation += 1
+        self._entries.clear()
+        self.enabled = listening
+
+
 class Authenticator:
     """Resolve the caller and enforce the policy table (services/control_plane/policy.py).
 
-    API keys are looked up in Postgres on every call, with no cache, so a revoked key or a
-    removed member is refused from the next call on, on every replica.
+    API keys are read from Postgres, or from the `KeyCache` that notifications keep current,
+    so a revoked key or a removed member is refused from the next call on, on every replica.
     """
 
-    def __init__(self, pool: asyncpg.Pool, internal_token: str) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, internal_token: str, keys: KeyCache | None = None
+    ) -> None:
         self._pool = pool
         self._internal = InternalTokenAuthenticator(internal_token)
+        self._keys = keys if keys is not None else KeyCache()
 
     async def __call__(
         self, method: str, metadata: Mapping[str, str]
@@ -147,13 +226,26 @@ class Authenticator:
         prefix, secret = parts
         digest = hashlib.sha256(secret.encode()).digest()
         authenticated_at = asyncio.get_running_loop().time()
-        async with self._pool.acquire() as conn:
-            row = await store.api_key_principal(conn, prefix)
-            if row is None or not hmac.compare_digest(digest, row["secret_sha256"]):
-                raise unauthenticated("Unknown or revoked API key.")
-            last_used = row["last_used_time"]
+        cached = self._keys.get(prefix, authenticated_at)
+        row: Mapping[str, Any]
+        if cached is not None and hmac.compare_digest(digest, cached.row["secret_sha256"]):
+            row = cached.row
+            last_used = cached.last_used
             if last_used is None or datetime.now(UTC) - last_used >= LAST_USED_RESOLUTION:
-                await store.api_key_touch(conn, row["id"])
+                cached.last_used = datetime.now(UTC)
+                async with self._pool.acquire() as conn:
+                    await store.api_key_touch(conn, row["id"])
+        else:
+            generation = self._keys.generation
+            async with self._pool.acquire() as conn:
+                found = await store.api_key_principal(conn, prefix)
+                if found is None or not hmac.compare_digest(digest, found["secret_sha256"]):
+                    raise unauthenticated("Unknown or revoked API key.")
+                last_used = found["last_used_time"]
+                if last_used is None or datetime.now(UTC) - last_used >= LAST_USED_RESOLUTION:
+                    await store.api_key_touch(conn, found["id"])
+            row = dict(found.items())
+            self._keys.put(prefix, found, generation, authenticated_at)
         return Principal(
             workspace_id=row["workspace_id"],
             user_id=row["user_id"],

@@ -1,6 +1,7 @@
-"""Monthly budgets: a workspace's limits on tokens and cost, and the refusals they cause.
+"""Monthly budgets: limits on tokens and cost of a workspace, or of the runs one API key
+creates, and the refusals they cause.
 
-    CreateRun while the month's total has reached a limit ─► RESOURCE_EXHAUSTED / BUDGET_EXCEEDED
+    CreateRun while a month's total has reached a limit ─► RESOURCE_EXHAUSTED / BUDGET_EXCEEDED
     a run whose own usage goes past what was left at claim ─► run.failed / BUDGET_EXCEEDED
                                                               after its current model call
 
@@ -12,14 +13,13 @@ running side by side may together go past a limit by what they use after their c
 
 from __future__ import annotations
 
-import uuid
+from dataclasses import dataclass
 
 import grpc
 from agentplatform.v1 import workspace_pb2
 
 from services.control_plane import store
 from services.rpc.errors import ApiError, Reason, invalid_argument
-from services.rpc.names import workspace_name
 
 
 def budget_to_proto(row: store.Record) -> workspace_pb2.Budget:
@@ -34,11 +34,38 @@ def budget_to_proto(row: store.Record) -> workspace_pb2.Budget:
     return budget
 
 
-def budget_limits(budget: workspace_pb2.Budget) -> tuple[int | None, int | None]:
-    """Read the limits an UpdateWorkspace sets: (tokens, cost in micros), None for none."""
+BUDGET_PATHS = frozenset(
+    {"budget", "budget.monthly_token_limit", "budget.monthly_cost_limit_micros"}
+)
+
+
+@dataclass(frozen=True)
+class BudgetChange:
+    """The limits an update sets: each None to remove it, and which of the two it sets."""
+
+    tokens: int | None
+    cost_micros: int | None
+    set_tokens: bool
+    set_cost: bool
+
+
+def budget_change(
+    resource: str, budget: workspace_pb2.Budget, paths: set[str]
+) -> BudgetChange | None:
+    """Read the limits an update mask names on `resource` ("workspace", "api_key"); None: none."""
+    set_tokens = bool(paths & {"budget", "budget.monthly_token_limit"})
+    set_cost = bool(paths & {"budget", "budget.monthly_cost_limit_micros"})
+    if not (set_tokens or set_cost):
+        return None
+    tokens, cost = budget_limits(resource, budget)
+    return BudgetChange(tokens, cost, set_tokens, set_cost)
+
+
+def budget_limits(resource: str, budget: workspace_pb2.Budget) -> tuple[int | None, int | None]:
+    """Read the limits an update sets: (tokens, cost in micros), None for none."""
     for field, value in (
-        ("workspace.budget.monthly_token_limit", budget.monthly_token_limit),
-        ("workspace.budget.monthly_cost_limit_micros", budget.monthly_cost_limit_micros),
+        (f"{resource}.budget.monthly_token_limit", budget.monthly_token_limit),
+        (f"{resource}.budget.monthly_cost_limit_micros", budget.monthly_cost_limit_micros),
     ):
         if value < 0:
             raise invalid_argument(field, f"{field} must be 0 (no limit) or positive.")
@@ -55,19 +82,22 @@ def exceeded(row: store.Record) -> tuple[str, int, int] | None:
     return None
 
 
-def budget_exceeded(workspace_id: uuid.UUID, row: store.Record) -> ApiError | None:
-    """Build the refusal of a run in a workspace over its budget; None when it is not."""
+def budget_exceeded(budget: str, row: store.Record) -> ApiError | None:
+    """Build the refusal of a run under a budget that is used up; None when it is not.
+
+    `budget` names its owner: "workspaces/{workspace}" or "apiKeys/{api_key}".
+    """
     over = exceeded(row)
     if over is None:
         return None
     limit, value, used = over
-    budget = workspace_name(workspace_id)
     unit = "tokens" if limit == "tokens" else "micro-USD of cost"
+    raise_it = "UpdateApiKey" if budget.startswith("apiKeys/") else "UpdateWorkspace"
     return ApiError(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         Reason.BUDGET_EXCEEDED,
         f"The monthly budget of {budget} is used up: {used} of {value} {unit} this month. "
-        "An owner can raise it (UpdateWorkspace), or wait for next month.",
+        f"An owner can raise it ({raise_it}), or wait for next month.",
         metadata={
             "budget": budget,
             "limit": limit,

@@ -14,6 +14,7 @@ from agentplatform.v1 import (
 )
 
 from services.control_plane import store
+from services.control_plane.budgets import budget_to_proto
 from services.rpc.names import (
     api_key_name,
     invitation_name,
@@ -149,6 +150,7 @@ def api_key_to_proto(row: store.Record) -> api_key_pb2.ApiKey:
     key.create_time.FromDatetime(row["create_time"])
     if row["last_used_time"] is not None:
         key.last_use_time.FromDatetime(row["last_used_time"])
+    key.budget.CopyFrom(budget_to_proto(row))
     return key
 
 

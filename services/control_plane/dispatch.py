@@ -26,7 +26,14 @@ from services.control_plane.policy import roles_allowed
 from services.control_plane.runtime import Runtime
 from services.rpc.db import Connection
 from services.rpc.errors import ApiError, Reason, invalid_argument, not_found
-from services.rpc.names import message_name, parse_run_name, run_name, user_name, workspace_name
+from services.rpc.names import (
+    api_key_name,
+    message_name,
+    parse_run_name,
+    run_name,
+    user_name,
+    workspace_name,
+)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -86,28 +93,31 @@ def _tool_calls(
 _OUTPUT_PAYLOADS = frozenset({"output_text_delta", "reasoning_summary_delta"})
 
 
-def _event_facts(
-    events: Sequence[run_pb2.RunEvent], reported: run_pb2.Usage | None = None
-) -> store.EventFacts:
-    """Read what a batch says about its run: the latest usage, the model, any output.
+def _event_facts(events: Sequence[run_pb2.RunEvent]) -> store.EventFacts:
+    """Read what a batch says about its run: its usage events' sum, the model, any output.
 
-    `reported`: the usage a finish reports for the whole run, which wins over its events'.
+    Each usage event carries one model call's counts, so the run's row adds them up: a
+    batch is stored once (a retried one is refused by the sequence check), and a new attempt
+    adds to what the ones before it used.
     """
-    usage = reported
+    usage = run_pb2.Usage()
     model: str | None = None
     output = False
     for event in events:
         kind = event.WhichOneof("payload")
-        if kind == "usage" and reported is None:
-            usage = event.usage
+        if kind == "usage":
+            u = event.usage
+            usage.input_tokens += u.input_tokens
+            usage.output_tokens += u.output_tokens
+            usage.reasoning_tokens += u.reasoning_tokens
+            usage.cached_input_tokens += u.cached_input_tokens
+            usage.cost_micros += u.cost_micros
         elif kind == "run_started":
             model = event.run_started.model
         elif kind in _OUTPUT_PAYLOADS:
             output = True
     return store.EventFacts(
-        usage=None
-        if usage is None
-        else store.RunUsage(
+        usage=store.RunUsage(
             usage.input_tokens,
             usage.output_tokens,
             usage.reasoning_tokens,
@@ -126,14 +136,20 @@ def _transaction_if(
     return conn.transaction() if needed else contextlib.nullcontext()
 
 
-def _budget_left(row: store.Record) -> pb.BudgetLeft | None:
-    """Say what is left of the claimed run's workspace budget; None when it has none."""
-    tokens, cost = row["budget_tokens_left"], row["budget_cost_left"]
-    if tokens is None and cost is None:
-        return None
-    return pb.BudgetLeft(
-        budget=workspace_name(row["workspace_id"]), tokens=tokens, cost_micros=cost
-    )
+def _budgets_left(row: store.Record) -> list[pb.BudgetLeft]:
+    """Say what is left of the claimed run's budgets: its workspace's and its key's."""
+    left = []
+    for budget, tokens, cost in (
+        (workspace_name(row["workspace_id"]), row["budget_tokens_left"], row["budget_cost_left"]),
+        (
+            api_key_name(row["api_key_id"]) if row["api_key_id"] else "",
+            row["key_budget_tokens_left"],
+            row["key_budget_cost_left"],
+        ),
+    ):
+        if tokens is not None or cost is not None:
+            left.append(pb.BudgetLeft(budget=budget, tokens=tokens, cost_micros=cost))
+    return left
 
 
 class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
@@ -147,15 +163,23 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         settings = self._rt.settings
         wait = min(request.wait.ToTimedelta().total_seconds(), settings.claim_max_wait_seconds)
         deadline = asyncio.get_running_loop().time() + max(wait, 0.0)
+        waiters = self._rt.claim_waiters
+        woken: bool | None = False  # the first attempt is made as if woken
         while True:
-            claim = await self._claim(request.worker_id or "unknown")
-            if claim is not None:
-                return pb.ClaimRunResponse(claim=claim)
+            polling = woken is None
+            if woken is not None or waiters.take_poll(settings.poll_interval_seconds):
+                claim = await self._claim(request.worker_id or "unknown")
+                if claim is not None:
+                    if polling or woken:
+                        # A run no wake announced: there may be more behind it.
+                        waiters.wake_one(cascade=True)
+                    return pb.ClaimRunResponse(claim=claim)
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return pb.ClaimRunResponse()
-            # Woken at once by a local create or a peer's NOTIFY; the poll interval is the net.
-            await self._rt.claim_waiters.wait(min(remaining, settings.poll_interval_seconds))
+            # Woken at once by a local create or a peer's NOTIFY; one poll per interval among
+            # all waiters is the net.
+            woken = await waiters.wait(min(remaining, settings.poll_interval_seconds))
 
     async def _claim(self, worker_id: str) -> pb.RunClaim | None:
         settings = self._rt.settings
@@ -201,7 +225,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 cached_input_tokens=row["cached_input_tokens"],
                 cost_micros=row["cost_micros"],
             ),
-            budget_left=_budget_left(row),
+            budgets_left=_budgets_left(row),
             tool_approval_overrides={
                 tool: APPROVAL_POLICIES[policy]
                 for tool, policy in row["tool_approval_overrides"].items()
@@ -326,7 +350,6 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
         terminal, state, reason, message = self._terminal(
             request, name.session_id, output_message_id
         )
-        reported = request.completed.usage if request.completed.HasField("usage") else None
         all_events = [*events, terminal]
         row = await self._store_with_tool_calls(
             name.run_id,
@@ -341,7 +364,7 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
                 reply_text=request.completed.text if outcome == "completed" else None,
                 error_reason=reason,
                 error_message=message,
-                facts=_event_facts(events, reported),
+                facts=_event_facts(events),
                 model_latency_ms=request.model_latency.ToMilliseconds(),
                 output_message_id=output_message_id,
             ),

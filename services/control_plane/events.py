@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
@@ -431,6 +432,10 @@ class Notifier:
         self._queued = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The server pids of the connections this process notified on: its own
+        # ap_runs_queued comes back through its Listener, and the local create that sent it
+        # has woken a local waiter already.
+        self.own_backends: set[int] = set()
 
     def start(self) -> None:
         """Start sending."""
@@ -478,6 +483,7 @@ class Notifier:
             try:
                 async with self._pool.acquire() as conn:
                     if queued:
+                        self.own_backends.add(conn.get_server_pid())
                         await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)
                     for payload in payloads:
                         await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, payload)
@@ -496,13 +502,17 @@ class Listener:
         on_events: Callable[[uuid.UUID, int, uuid.UUID, int], None],
         on_queued: Callable[[], None],
         on_principal: Callable[[str], None],
+        on_principal_heard: Callable[[str], None],
         on_reconnect: Callable[[], None],
         on_lost: Callable[[], None],
+        own_backends: set[int] | None = None,
     ) -> None:
         self._dsn = dsn
+        self._own_backends = own_backends if own_backends is not None else set()
         self._on_events = on_events
         self._on_queued = on_queued
         self._on_principal = on_principal
+        self._on_principal_heard = on_principal_heard
         self._on_reconnect = on_reconnect
         self._on_lost = on_lost
         self._task: asyncio.Task[None] | None = None
@@ -526,12 +536,16 @@ class Listener:
         while self.reconnects <= after:
             await self._reconnected.wait()
 
-    def _handle(self, _conn: Any, _pid: int, channel: str, payload: object) -> None:
+    def _handle(self, _conn: Any, pid: int, channel: str, payload: object) -> None:
         if channel == QUEUE_CHANNEL:
-            self._on_queued()
+            if pid not in self._own_backends:
+                self._on_queued()
             return
         if channel == store.PRINCIPALS_CHANNEL:
             self._on_principal(str(payload))
+            return
+        if channel == store.PRINCIPALS_HEARD_CHANNEL:
+            self._on_principal_heard(str(payload))
             return
         for item in str(payload).split(","):
             try:
@@ -548,13 +562,14 @@ class Listener:
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(
-                    self._dsn, server_settings={"application_name": "ap-listener"}
+                    self._dsn, server_settings={"application_name": store.LISTENER_APPLICATION}
                 )
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(EVENTS_CHANNEL, self._handle)
                 await conn.add_listener(QUEUE_CHANNEL, self._handle)
                 await conn.add_listener(store.PRINCIPALS_CHANNEL, self._handle)
+                await conn.add_listener(store.PRINCIPALS_HEARD_CHANNEL, self._handle)
                 self.connected.set()
                 self.reconnects += 1
                 self._reconnected.set()
@@ -578,27 +593,42 @@ class Listener:
 
 
 class ClaimWaiters:
-    """Workers waiting in ClaimRun; a new run wakes one of them at once."""
+    """Workers waiting in ClaimRun; a new run wakes one of them at once.
+
+    While they wait, one claim attempt per poll interval among all of this process's
+    waiters is the safety net for a run no wake announced (a lost NOTIFY): each waiter
+    that times out asks `take_poll`, and only the first in an interval tries. A poll that
+    finds a run wakes one more waiter, which does the same, until the queue is empty.
+    """
 
     def __init__(self) -> None:
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[bool]] = []
+        self._last_poll = -math.inf
 
-    def wake_one(self) -> None:
-        """Wake the longest-waiting worker, if any."""
+    def wake_one(self, *, cascade: bool = False) -> None:
+        """Wake the longest-waiting worker, if any; `cascade`: to go on draining a poll's find."""
         while self._waiters:
             waiter = self._waiters.pop(0)
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(cascade)
                 return
 
-    async def wait(self, timeout: float) -> None:
-        """Wait until woken or the timeout passes."""
-        waiter = asyncio.get_running_loop().create_future()
+    def take_poll(self, interval: float) -> bool:
+        """Return whether this waiter should make the interval's safety-net claim attempt."""
+        now = asyncio.get_running_loop().time()
+        if now - self._last_poll < interval:
+            return False
+        self._last_poll = now
+        return True
+
+    async def wait(self, timeout: float) -> bool | None:
+        """Wait until woken (True: by a poll's cascade) or the timeout passes (None)."""
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(waiter, timeout)
+            return await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
-            pass
+            return None
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)

@@ -84,9 +84,10 @@ POLICY: Final[dict[str, str]] = {
     f"{_V1}InvitationService/ListInvitations": "admin",
     f"{_V1}InvitationService/DeleteInvitation": "admin",
     f"{_V1}InvitationService/AcceptInvitation": "viewer",
-    # API keys act as their user: only owners mint, list and revoke them.
+    # API keys act as their user: only owners mint, list, budget and revoke them.
     f"{_V1}ApiKeyService/CreateApiKey": "owner",
     f"{_V1}ApiKeyService/ListApiKeys": "owner",
+    f"{_V1}ApiKeyService/UpdateApiKey": "owner",
     f"{_V1}ApiKeyService/DeleteApiKey": "owner",
     # Usage: everyone reads what runs consumed (as GetRun shows each run's); by API key is
     # for owners only, the role that sees keys (usage.py). Budgets are set with

@@ -30,7 +30,7 @@ import grpc
 import structlog
 
 from services.control_plane import store
-from services.control_plane.auth import Principal
+from services.control_plane.auth import KeyCache, Principal
 from services.control_plane.policy import at_least
 from services.rpc.errors import DATABASE_ERRORS, ApiError, Reason, unauthenticated
 
@@ -42,6 +42,8 @@ K = TypeVar("K")
 # that took longer than this from lookup to registration is re-checked in the database.
 RECENT_SECONDS = 60.0
 _RECHECK_RETRY_SECONDS = 1.0
+# How long a servicer that revoked something waits for every replica to have applied it.
+HEAR_ALL_SECONDS = 2.0
 
 
 def key_revoked() -> ApiError:
@@ -112,6 +114,14 @@ class Change:
     member: tuple[uuid.UUID, uuid.UUID] | None = None
     role: str | None = None
 
+    @property
+    def subject(self) -> str:
+        """Name what changed: "key:<id>" or "member:<workspace>:<user>"."""
+        if self.key_id is not None:
+            return f"key:{self.key_id}"
+        assert self.member is not None
+        return f"member:{self.member[0]}:{self.member[1]}"
+
     @classmethod
     def parse(cls, payload: str, heard_at: float) -> Change:
         """Read "key:{key}" or "member:{workspace}:{user}:{role}" (ValueError if neither)."""
@@ -127,8 +137,10 @@ class Change:
 class Revocations:
     """The open streams of this process by principal, ended as principal changes are heard."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, keys: KeyCache | None = None) -> None:
         self._pool = pool
+        # The authenticator's cache of keys: a change heard here is forgotten there first.
+        self.keys = keys if keys is not None else KeyCache()
         self._by_key: dict[uuid.UUID, set[Watch]] = {}
         self._by_member: dict[tuple[uuid.UUID, uuid.UUID], set[Watch]] = {}
         self._recent: deque[Change] = deque()
@@ -138,6 +150,9 @@ class Revocations:
         self._recheck_again = False
         self.heard = 0
         self._heard_more = asyncio.Event()
+        self._acks: deque[tuple[float, str]] = deque()
+        self._acked_more = asyncio.Event()
+        self._acking: set[asyncio.Task[None]] = set()
 
     @contextlib.contextmanager
     def watch(self, principal: Principal, needed: str) -> Iterator[Watch]:
@@ -173,6 +188,11 @@ class Revocations:
         except ValueError:
             log.warning("principal_payload_malformed", payload=payload[:100])
             return
+        if change.key_id is not None:
+            self.keys.forget_key(change.key_id)
+        else:
+            assert change.member is not None
+            self.keys.forget_member(*change.member)
         self._recent.append(change)
         while self._recent and now - self._recent[0].heard_at > RECENT_SECONDS:
             self._recent.popleft()
@@ -186,6 +206,58 @@ class Revocations:
         self.heard += 1
         self._heard_more.set()
         self._heard_more = asyncio.Event()
+        # Tell the replica that made the change (it waits for every replica's word).
+        self._send_ack(change.subject)
+
+    def _send_ack(self, subject: str) -> None:
+        task = asyncio.create_task(self._ack(subject), name="principal-ack")
+        self._acking.add(task)
+        task.add_done_callback(self._acking.discard)
+
+    async def _ack(self, subject: str) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute(
+                    "SELECT pg_notify($1, $2)", store.PRINCIPALS_HEARD_CHANNEL, subject
+                )
+        except DATABASE_ERRORS as err:
+            log.warning("principal_ack_failed", error=str(err))
+
+    def acknowledged(self, subject: str) -> None:
+        """Note that a replica has applied a change (the Listener calls it)."""
+        now = asyncio.get_running_loop().time()
+        self._acks.append((now, subject))
+        while self._acks and now - self._acks[0][0] > RECENT_SECONDS:
+            self._acks.popleft()
+        self._acked_more.set()
+        self._acked_more = asyncio.Event()
+
+    async def until_applied_everywhere(self, subject: str, *, since: float) -> None:
+        """Wait (HEAR_ALL_SECONDS at most) until every listening replica applied a change.
+
+        The servicer that committed a change to a key or membership (`subject`: "key:<id>" or
+        "member:<workspace>:<user>") waits for this before it answers, so a caller's next
+        call, on any replica, finds the key or membership gone from that replica's cache
+        (auth.KeyCache) and its streams ended. Every replica that hears the change NOTIFYs
+        `ap_principals_heard`; the replicas are counted by their LISTEN connections. A replica
+        that does not answer in time still drops the key when it hears the change, and a
+        deaf one serves nothing from its cache.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HEAR_ALL_SECONDS
+        try:
+            async with self._pool.acquire() as conn:
+                replicas = await store.listening_replicas(conn)
+        except DATABASE_ERRORS as err:
+            log.warning("principal_replicas_unknown", error=str(err))
+            return
+        while sum(1 for at, s in self._acks if s == subject and at >= since) < replicas:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.warning("principal_change_unacknowledged", subject=subject)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._acked_more.wait(), remaining)
 
     async def wait_heard(self, *, after: int) -> None:
         """Wait until more than `after` changes have been heard."""
@@ -195,18 +267,20 @@ class Revocations:
     def listening(self) -> None:
         """Note that LISTEN is (re)established; re-check for changes missed while it was not."""
         self._listening_since = asyncio.get_running_loop().time()
+        self.keys.listening(True)
         self._schedule_recheck()
 
     def deaf(self) -> None:
         """Note that the LISTEN connection is down: changes may go unheard until it is back."""
         self._listening_since = None
+        self.keys.listening(False)
 
     async def stop(self) -> None:
-        """Stop a re-check in progress."""
-        if self._recheck is not None:
-            self._recheck.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recheck
+        """Stop a re-check and acknowledgements in progress."""
+        tasks = [*self._acking, *([self._recheck] if self._recheck is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _schedule_recheck(self) -> None:
         if self._recheck is not None and not self._recheck.done():

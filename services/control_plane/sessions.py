@@ -97,8 +97,10 @@ def chosen_model(models: HostedModelSettings, requested: str) -> str:
     if not requested:
         return default.id
     if models.find(requested) is None:
+        # FAILED_PRECONDITION like "none configured": the same reason, the same class in
+        # the SDK; the field says which input it was.
         raise ApiError(
-            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.FAILED_PRECONDITION,
             Reason.HOSTED_MODEL_UNAVAILABLE,
             f"session.model {requested!r} is not a model this platform offers; offered: "
             f"{', '.join(m.id for m in models.offered)}.",

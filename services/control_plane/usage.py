@@ -22,6 +22,7 @@ from services.rpc.errors import ApiError, Reason, invalid_argument
 from services.rpc.interceptors import current_principal
 from services.rpc.names import api_key_name, parse_api_key_name, parse_session_name, session_name
 from services.rpc.pagination import POSITION, Page
+from services.rpc.validate import timestamp
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -86,8 +87,10 @@ class UsageService(usage_service_pb2_grpc.UsageServiceServicer):
     ) -> usage_service_pb2.QueryUsageResponse:
         principal: Principal = current_principal()
         now = datetime.now(UTC)
-        start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
-        end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else now
+        start = (
+            timestamp(request.start_time, "start_time") if request.HasField("start_time") else None
+        )
+        end = timestamp(request.end_time, "end_time") if request.HasField("end_time") else now
         start = start or month_start(end)
         if end <= start:
             raise invalid_argument("end_time", "end_time must be after start_time.")

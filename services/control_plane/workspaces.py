@@ -9,6 +9,7 @@ invitations.py), and only a personal key lists its user's other workspaces.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -18,7 +19,7 @@ from google.protobuf import empty_pb2
 
 from services.control_plane import store
 from services.control_plane.auth import Principal
-from services.control_plane.budgets import budget_limits, budget_to_proto
+from services.control_plane.budgets import BUDGET_PATHS, budget_change, budget_to_proto
 from services.control_plane.convert import member_to_proto, workspace_to_proto
 from services.control_plane.policy import ROLES
 from services.control_plane.runtime import Runtime
@@ -37,9 +38,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 DISPLAY_NAME_MAX = 100
 # What UpdateWorkspace changes; an empty update_mask means the display name only, so a
 # rename never clears a budget.
-_TOKEN_LIMIT = "budget.monthly_token_limit"
-_COST_LIMIT = "budget.monthly_cost_limit_micros"
-_UPDATABLE = frozenset({"display_name", "budget", _TOKEN_LIMIT, _COST_LIMIT})
+_UPDATABLE = frozenset({"display_name"} | BUDGET_PATHS)
 
 
 def check_role(field: str, role: str) -> str:
@@ -138,21 +137,18 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
             if "display_name" in paths
             else None
         )
-        set_tokens = bool(paths & {"budget", _TOKEN_LIMIT})
-        set_cost = bool(paths & {"budget", _COST_LIMIT})
-        limits = budget_limits(request.workspace.budget) if set_tokens or set_cost else None
+        change = budget_change("workspace", request.workspace.budget, paths)
         async with self._rt.pool.acquire() as conn, conn.transaction():
             if display_name is not None:
                 await store.workspace_rename(conn, principal.workspace_id, display_name)
-            if limits is not None:
-                tokens, cost_micros = limits
+            if change is not None:
                 await store.budget_set(
                     conn,
                     principal.workspace_id,
-                    tokens=tokens,
-                    cost_micros=cost_micros,
-                    set_tokens=set_tokens,
-                    set_cost=set_cost,
+                    tokens=change.tokens,
+                    cost_micros=change.cost_micros,
+                    set_tokens=change.set_tokens,
+                    set_cost=change.set_cost,
                 )
             row = await store.workspace_get(conn, principal.workspace_id, principal.user_id)
             budget = await store.budget_get(conn, principal.workspace_id)
@@ -223,10 +219,15 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         if set(request.update_mask.paths) - {"role"}:
             raise invalid_argument("update_mask", "Only role can be updated.")
         role = check_role("member.role", request.member.role)
+        since = asyncio.get_running_loop().time()
         async with self._rt.pool.acquire() as conn, conn.transaction():
             await self._locked_member(conn, principal, user_id, request.member.name, role)
             await store.member_update_role(conn, principal.workspace_id, user_id, role)
             row = await store.member_get(conn, principal.workspace_id, user_id)
+        self._rt.revocations.keys.forget_member(principal.workspace_id, user_id)
+        await self._rt.revocations.until_applied_everywhere(
+            f"member:{principal.workspace_id}:{user_id}", since=since
+        )
         assert row is not None
         return member_to_proto(row)
 
@@ -235,9 +236,14 @@ class WorkspaceService(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     ) -> empty_pb2.Empty:
         principal: Principal = current_principal()
         user_id = parse_member_name(request.name)
+        since = asyncio.get_running_loop().time()
         async with self._rt.pool.acquire() as conn, conn.transaction():
             await self._locked_member(conn, principal, user_id, request.name, None)
             await store.member_remove(conn, principal.workspace_id, user_id)
+        self._rt.revocations.keys.forget_member(principal.workspace_id, user_id)
+        await self._rt.revocations.until_applied_everywhere(
+            f"member:{principal.workspace_id}:{user_id}", since=since
+        )
         return empty_pb2.Empty()
 
     async def _locked_member(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from datetime import UTC, datetime
 
 import grpc
-from google.protobuf import field_mask_pb2, message
+from google.protobuf import field_mask_pb2, message, timestamp_pb2
 
 from services.rpc.errors import ApiError, Reason, invalid_argument, limit_exceeded
 
@@ -84,3 +85,15 @@ def _bad_path(path: str, message: str) -> ApiError:
         field="update_mask",
         metadata={"path": path},
     )
+
+
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+_TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)
+
+
+def timestamp(value: timestamp_pb2.Timestamp, field: str) -> datetime:
+    """Return a request's Timestamp as an aware datetime, refusing one out of its range."""
+    low, high = _TIMESTAMP_SECONDS
+    if not low <= value.seconds <= high or not 0 <= value.nanos < 1_000_000_000:
+        raise invalid_argument(field, f"{field} must be a time between years 1 and 9999.")
+    return value.ToDatetime(UTC)

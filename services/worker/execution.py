@@ -114,26 +114,25 @@ def finish_request(
 
 
 def budget_crossed(claim: pb.RunClaim, usage: run_pb2.Usage) -> Failed | None:
-    """Say whether the run's usage has gone past what its workspace's budget had left.
+    """Say whether the run's usage has gone past what one of its budgets had left.
 
-    The claim carries what was left when the run was claimed (unset: no budget); the usage
-    is the run's, earlier attempts included.
+    The claim carries what was left of each (the workspace's, the creating key's) when the
+    run was claimed; the usage is the run's, earlier attempts included.
     """
-    if not claim.HasField("budget_left"):
-        return None
-    left = claim.budget_left
     tokens = usage.input_tokens + usage.output_tokens
-    if left.HasField("tokens") and tokens > left.tokens:
-        used, limit = f"{tokens} tokens", f"{left.tokens} tokens"
-    elif left.HasField("cost_micros") and usage.cost_micros > left.cost_micros:
-        used, limit = f"{usage.cost_micros} micro-USD", f"{left.cost_micros} micro-USD"
-    else:
-        return None
-    return Failed(
-        Reason.BUDGET_EXCEEDED,
-        f"The run used {used}, past the {limit} left of the monthly budget of "
-        f"{left.budget}; it stopped after its current model call.",
-    )
+    for left in claim.budgets_left:
+        if left.HasField("tokens") and tokens > left.tokens:
+            used, limit = f"{tokens} tokens", f"{left.tokens} tokens"
+        elif left.HasField("cost_micros") and usage.cost_micros > left.cost_micros:
+            used, limit = f"{usage.cost_micros} micro-USD", f"{left.cost_micros} micro-USD"
+        else:
+            continue
+        return Failed(
+            Reason.BUDGET_EXCEEDED,
+            f"The run used {used}, past the {limit} left of the monthly budget of "
+            f"{left.budget}; it stopped after its current model call.",
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -420,11 +419,12 @@ class RunExecution:
         messages: list[Message] = conversation(self._claim)
         reply: list[str] = []
         usage = run_pb2.Usage()
-        usage.CopyFrom(self._claim.usage)  # earlier attempts' usage: events carry run totals
+        # What the run's stored usage events add up to: earlier attempts' calls and, for a
+        # resumed run, the calls before it waited. Budgets are checked against the whole.
+        usage.CopyFrom(self._claim.usage)
         steps_done = 0
         if resumed is not None:
             steps_done = await self._resume(sink, resumed, offered_names, messages, reply)
-            usage.CopyFrom(resumed.usage)
         compaction = Compaction(sink, model.config.context_window)
         try:
             for _step in range(steps_done, self._max_steps):
@@ -479,7 +479,8 @@ class RunExecution:
                         run_pb2.RunEvent(reasoning_summary_delta=run_pb2.TextDelta(text=text))
                     )
                 case UsageReport():
-                    # The event carries this call's counts; the run's total goes on.
+                    # The event carries this call's counts and cost (the control plane adds
+                    # them to the run's row); the run's total goes on for the budget check.
                     call_usage = run_pb2.Usage()
                     add_usage(call_usage, item, model.config.prices)
                     add_usage(usage, item, model.config.prices)

@@ -13,6 +13,7 @@ from agentplatform.v1 import (
     session_pb2,
     session_service_pb2,
     tool_pb2,
+    tool_service_pb2,
 )
 
 from services.rpc.names import parse_workspace_name
@@ -297,3 +298,39 @@ async def test_the_sdk_decides_with_typed_methods_and_errors(gw_stack: GatewaySt
         assert raised.value.call_id == call and raised.value.run == run
     events = await gw_stack.owner.stream(run)
     assert "use the other one" in reply(events)
+
+
+async def test_a_worker_lost_while_an_approved_call_runs_leaves_no_call_without_result(
+    gw_stack: GatewayStack,
+) -> None:
+    """The worker stops while the approved call hangs; the next attempt resumes from the log,
+    does not make the call again, gives it a result, and the session's next run works."""
+    await gw_stack.add_http_tool(gw_stack.owner, "ask_hang", gw_stack.tools.base + "/wait")
+    await gw_stack.tool_api(gw_stack.owner).UpdateTool(
+        tool_service_pb2.UpdateToolRequest(
+            tool=tool_pb2.Tool(name="tools/ask_hang", approval_policy=tool_pb2.ALWAYS_ASK)
+        ),
+        metadata=gw_stack.owner.auth,
+        timeout=10,
+    )
+    owner = gw_stack.owner
+    run, (call,) = await _waiting(gw_stack, "Hang [[tool=ask_hang]]")
+    waits = sum(1 for r in gw_stack.tools.received if r.get("path") == "/wait")
+    await decide(owner, run, approve(call))
+    await events_until(owner, run, 1, "tool_call.started")
+    await restart_workers(gw_stack)  # the old worker hands the run back mid-call
+    events = await owner.stream(run)
+    types = [e.type for e in events]
+    assert types[-1] == "run.completed", types
+    assert "run.attempt_started" in types and types.count("tool_call.approved") == 1
+    assert sum(1 for r in gw_stack.tools.received if r.get("path") == "/wait") == waits + 1
+    results = [e.tool_call_completed for e in events if e.type == "tool_call.completed"]
+    assert results and all(r.call_id == call and r.is_error for r in results)
+    assert results[-1].error_code in ("CANCELLED", "WORKER_LOST")
+    session = run.rsplit("/runs/", 1)[0]
+    after = await owner.runs.CreateRun(
+        run_service_pb2.CreateRunRequest(parent=session, input_text="next [[tokens=2]]"),
+        metadata=owner.auth,
+        timeout=10,
+    )
+    assert (await owner.stream(after.name))[-1].type == "run.completed"

@@ -46,6 +46,12 @@ async def test_usage_and_budget_commands(workspace: tuple[Ap, AsyncClient]) -> N
     assert "monthlyTokenLimit" not in lifted and lifted["monthlyCostLimitMicros"] == "2500000"
     refused = await ap("budget", "set")
     assert refused.code == 2 and "--tokens" in refused.err
+    (key,) = json_lines((await ap("keys", "list", "--json")).out)
+    (capped,) = json_lines(
+        (await ap("budget", "set-key", key["name"], "--tokens", "7", "--json")).out
+    )
+    assert capped["budget"]["monthlyTokenLimit"] == "7"
+    assert capped["budget"]["monthTokens"] == str(used)
 
 
 def budget_workspace(shown: str) -> str:

@@ -57,7 +57,9 @@ def settings_defaults() -> dict[str, set[str]]:
                 shown = f"{default:g}"
             else:
                 shown = str(default)
-            defaults.setdefault((prefix + name).upper(), set()).add(shown)
+            alias = field.validation_alias
+            variable = alias if isinstance(alias, str) else prefix + name
+            defaults.setdefault(variable.upper(), set()).add(shown)
     return defaults
 
 

@@ -104,3 +104,23 @@ async def test_a_half_set_model_stops_the_doctor_naming_both_variables() -> None
     code, out = await doctor({"AP_MODEL_BASE_URL": "http://127.0.0.1:9/v1"})
     assert code == 2
     assert "AP_MODEL_BASE_URL is set but AP_MODEL_NAME is not" in out
+
+
+@pytest.mark.parametrize("service", ["worker", "control_plane"])
+async def test_a_service_with_a_half_set_model_stops_at_start_up(service: str) -> None:
+    """The worker and the control plane refuse to start, naming both variables."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AP_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services",
+        service,
+        env=clean | {"AP_MODEL_NAME": "gpt-4.1-mini", "AP_GRPC_PORT": "0"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await process.communicate()
+    assert await process.wait() == 2
+    text = out.decode()
+    assert "AP_MODEL_NAME is set but AP_MODEL_BASE_URL is not" in text
+    assert "Traceback" not in text

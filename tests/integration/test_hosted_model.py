@@ -8,6 +8,7 @@ import secrets
 import grpc
 from agentplatform.v1 import run_pb2, session_pb2, session_service_pb2
 
+from devtools.processes import free_port
 from tests.harness import Stack, expect_error, start_stack
 from tests.integration.helpers import get_run, new_run, new_session
 
@@ -89,7 +90,7 @@ async def test_a_session_cannot_pick_a_model_that_is_not_offered(stack: Stack) -
             metadata=stack.owner.auth,
             timeout=10,
         ),
-        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
         "HOSTED_MODEL_UNAVAILABLE",
     )
     assert info.metadata["field"] == "session.model"
@@ -123,3 +124,21 @@ async def test_a_long_transcript_is_compacted_to_the_context_window(database: st
             timeout=10,
         )
         assert len(listed.messages) == 8  # the stored transcript keeps everything
+
+
+async def test_an_unreachable_model_is_retried_then_fails_saying_so(database: str) -> None:
+    """No connection: retried (model.retry without a status), then MODEL_ERROR."""
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    async with start_stack(
+        database,
+        internal_token=secrets.token_urlsafe(16),
+        model_settings={"base_url": dead, "max_retries": 1},
+    ) as stack:
+        client = stack.owner
+        session = await new_session(client)
+        run = await new_run(client, session.name, "anyone there?")
+        events = await client.stream(run.name)
+        (retry,) = [e.model_retry for e in events if e.type == "model.retry"]
+        assert retry.status_code == 0 and "could not be reached" in retry.message
+        failed = events[-1].run_failed
+        assert failed.reason == "MODEL_ERROR" and "could not be reached" in failed.message

@@ -23,6 +23,9 @@ from agentplatform.v1 import (
     run_pb2,
     run_service_pb2,
     run_service_pb2_grpc,
+    session_pb2,
+    session_service_pb2,
+    session_service_pb2_grpc,
     workspace_pb2,
     workspace_service_pb2,
     workspace_service_pb2_grpc,
@@ -346,3 +349,115 @@ async def test_a_revocation_heard_before_a_stream_registers_still_ends_it(stack:
         assert watch.ended is None  # viewers may stream
     with revocations.watch(looked_up(other, before), "member") as watch:
         assert watch.ended is not None and watch.ended.metadata["role"] == "viewer"
+
+
+# ── the API-key cache (auth.KeyCache): unary calls see a change at once too ──────────────
+
+
+async def list_sessions(channel: grpc.aio.Channel, key: str) -> grpc.StatusCode:
+    """Make one unary call with a key; return its status code."""
+    try:
+        await session_service_pb2_grpc.SessionServiceStub(channel).ListSessions(
+            session_service_pb2.ListSessionsRequest(),
+            metadata=(("authorization", f"Bearer {key}"),),
+            timeout=10,
+        )
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+async def create_session_with(channel: grpc.aio.Channel, key: str) -> grpc.StatusCode:
+    """Create a session with a key; return the status code."""
+    try:
+        await session_service_pb2_grpc.SessionServiceStub(channel).CreateSession(
+            session_service_pb2.CreateSessionRequest(session=session_pb2.Session(title="c")),
+            metadata=(("authorization", f"Bearer {key}"),),
+            timeout=10,
+        )
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+async def warm(replicas: list[ControlPlane], channels: list[grpc.aio.Channel], key: str) -> None:
+    """Use a key on every replica until each serves it from its cache."""
+    for cp, channel in zip(replicas, channels, strict=True):
+        hits = cp.runtime.revocations.keys.hits
+        assert await list_sessions(channel, key) == grpc.StatusCode.OK
+        assert await list_sessions(channel, key) == grpc.StatusCode.OK
+        assert cp.runtime.revocations.keys.hits > hits, "the second call was not a cache hit"
+
+
+async def test_a_cached_key_revoked_on_either_replica_is_refused_at_once_on_both(
+    stack: Stack, replica: ControlPlane
+) -> None:
+    """No waiting: the first call after DeleteApiKey answered is refused on every replica."""
+    owner = stack.owner
+    replicas = [stack.control_plane, replica]
+    async with channel_to(replica.address) as remote:
+        channels = [owner.channel, remote]
+        for attempt in range(6):
+            made = await new_key(owner)
+            await warm(replicas, channels, made.key)
+            via = channels[attempt % 2]  # revoked through this replica, then the other
+            await api_key_service_pb2_grpc.ApiKeyServiceStub(via).DeleteApiKey(
+                api_key_service_pb2.DeleteApiKeyRequest(name=made.api_key.name),
+                metadata=owner.auth,
+                timeout=10,
+            )
+            for channel in (channels[(attempt + 1) % 2], via):
+                assert await list_sessions(channel, made.key) == grpc.StatusCode.UNAUTHENTICATED
+        # The owner's own key, cached all along, still works.
+        for channel in channels:
+            assert await list_sessions(channel, owner.api_key) == grpc.StatusCode.OK
+
+
+async def test_a_cached_members_lowered_role_and_removal_apply_at_once_on_both(
+    stack: Stack, replica: ControlPlane
+) -> None:
+    """A member lowered to viewer cannot create at once; removed, their key is refused."""
+    owner = stack.owner
+    replicas = [stack.control_plane, replica]
+    async with channel_to(replica.address) as remote:
+        channels = [owner.channel, remote]
+        member, key = await new_member(owner, "member")
+        await warm(replicas, channels, key)
+        for channel in channels:
+            assert await create_session_with(channel, key) == grpc.StatusCode.OK
+        await set_role(owner, member, "viewer")
+        for channel in (remote, owner.channel):
+            assert await create_session_with(channel, key) == grpc.StatusCode.PERMISSION_DENIED
+        await warm(replicas, channels, key)
+        await workspace_service_pb2_grpc.WorkspaceServiceStub(remote).DeleteMember(
+            workspace_service_pb2.DeleteMemberRequest(name=member),
+            metadata=owner.auth,
+            timeout=10,
+        )
+        for channel in (owner.channel, remote):
+            assert await list_sessions(channel, key) == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_key_cache_starts_empty_when_listen_reconnects(
+    stack: Stack, replica: ControlPlane
+) -> None:
+    """A change no notification reported (made behind the API) is seen after a reconnect."""
+    owner = stack.owner
+    made = await new_key(owner)
+    admin = await asyncpg.connect(stack.admin_dsn)
+    try:
+        async with channel_to(replica.address) as remote:
+            await warm([replica], [remote], made.key)
+            await admin.execute(
+                "UPDATE control_plane.api_keys SET revoke_time = now() WHERE id = $1",
+                uuid.UUID(made.api_key.name.removeprefix("apiKeys/")),
+            )
+            reconnects = replica.listener.reconnects
+            await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'ap-listener' AND datname = current_database()"
+            )
+            await asyncio.wait_for(replica.listener.wait_reconnected(after=reconnects), 10)
+            assert await list_sessions(remote, made.key) == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await admin.close()

@@ -2,7 +2,7 @@
 
 The dev model's directives fix what each run produces ([[tokens=N]] content tokens,
 [[reasoning=N]] reasoning tokens), so output counts are known exactly; input counts are
-whatever the worker reported in the run's usage event, and every rollup must add up to them.
+whatever the worker reported in the run's usage events, and every rollup must add up to them.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ async def _finished(
 async def test_run_usage_is_recorded_and_rollups_add_up_across_runs_keys_and_sessions(
     database: str,
 ) -> None:
-    """Each run's usage is its last usage event; every grouping sums to the same totals."""
+    """Each run's usage is its usage events' sum; every grouping sums to the same totals."""
     async with start_stack(database, internal_token=secrets.token_urlsafe(16)) as stack:
         owner = stack.owner
         ci, ci_key = await _second_key(stack, owner)
@@ -124,8 +124,11 @@ async def test_run_usage_is_recorded_and_rollups_add_up_across_runs_keys_and_ses
             session = sessions[i % 2].name
             run, events = await _finished(client, session, text)
             assert run.state == run_pb2.Run.COMPLETED, run.error_message
-            reported = [e.usage for e in events if e.WhichOneof("payload") == "usage"][-1]
-            assert run.usage == reported
+            reported: Totals = Counter()
+            for e in events:
+                if e.WhichOneof("payload") == "usage":
+                    reported += _totals(e.usage)
+            assert _totals(run.usage) == reported
             assert run.usage.output_tokens == content + reasoning
             assert run.usage.reasoning_tokens == reasoning
             assert run.usage.input_tokens > 0
@@ -249,3 +252,133 @@ async def test_budgets_and_usage_queries_refuse_bad_input(database: str) -> None
             "INVALID_ARGUMENT",
         )
         assert info.reason == "INVALID_ARGUMENT"
+        # Times outside Timestamp's range (before year 1, or negative nanos) are the caller's
+        # mistake, not a crash in the conversion.
+        for seconds, nanos in ((-(10**12), 0), (0, -1)):
+            out_of_range = usage_service_pb2.QueryUsageRequest()
+            out_of_range.start_time.seconds, out_of_range.start_time.nanos = seconds, nanos
+            bad = await expect_error(
+                _usage_stub(owner).QueryUsage(out_of_range, metadata=owner.auth, timeout=10),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "INVALID_ARGUMENT",
+            )
+            assert bad.metadata["field"] == "start_time"
+
+
+async def test_a_key_budget_caps_the_runs_that_key_creates(database: str) -> None:
+    """A key past its budget fails its crossing run and is refused; other keys run on."""
+    async with start_stack(database, internal_token=secrets.token_urlsafe(16)) as stack:
+        owner = stack.owner
+        ci, ci_key = await _second_key(stack, owner)
+        keys = api_key_service_pb2_grpc.ApiKeyServiceStub(owner.channel)
+        updated = await keys.UpdateApiKey(
+            api_key_service_pb2.UpdateApiKeyRequest(
+                api_key=api_key_pb2.ApiKey(
+                    name=ci_key, budget=workspace_pb2.Budget(monthly_token_limit=10)
+                ),
+                update_mask=FieldMask(paths=["budget.monthly_token_limit"]),
+            ),
+            metadata=owner.auth,
+            timeout=10,
+        )
+        assert updated.budget.monthly_token_limit == 10 and updated.budget.month_tokens == 0
+        session = await new_session(owner)
+        run, events = await _finished(ci, session.name, "[[tokens=20]] [[reasoning=0]] long")
+        assert run.error_reason == "BUDGET_EXCEEDED"
+        assert ci_key in events[-1].run_failed.message
+        info = await expect_error(
+            new_run(ci, session.name, "more"), grpc.StatusCode.RESOURCE_EXHAUSTED, "BUDGET_EXCEEDED"
+        )
+        assert info.metadata["budget"] == ci_key
+        # The workspace has no budget, so the owner's key runs on.
+        other, _ = await _finished(owner, session.name, "[[tokens=2]] fine")
+        assert other.state == run_pb2.Run.COMPLETED
+        listed = await keys.ListApiKeys(
+            api_key_service_pb2.ListApiKeysRequest(), metadata=owner.auth, timeout=10
+        )
+        by_name = {k.name: k.budget for k in listed.api_keys}
+        assert by_name[ci_key].month_tokens == run.usage.input_tokens + run.usage.output_tokens
+        assert by_name[ci_key].monthly_token_limit == 10
+
+        await expect_error(
+            keys.UpdateApiKey(
+                api_key_service_pb2.UpdateApiKeyRequest(
+                    api_key=api_key_pb2.ApiKey(name=ci_key, display_name="x"),
+                    update_mask=FieldMask(paths=["display_name"]),
+                ),
+                metadata=owner.auth,
+                timeout=10,
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+        )
+        elsewhere = await stack.new_workspace("Elsewhere")
+        await expect_error(
+            api_key_service_pb2_grpc.ApiKeyServiceStub(elsewhere.channel).UpdateApiKey(
+                api_key_service_pb2.UpdateApiKeyRequest(
+                    api_key=api_key_pb2.ApiKey(name=ci_key),
+                    update_mask=FieldMask(paths=["budget"]),
+                ),
+                metadata=elsewhere.auth,
+                timeout=10,
+            ),
+            grpc.StatusCode.NOT_FOUND,
+            "NOT_FOUND",
+        )
+
+
+async def test_a_cost_budget_counts_the_configured_prices(database: str) -> None:
+    """With prices set, usage carries cost; a cost limit stops and then refuses runs."""
+    prices = {"price_input": 2.0, "price_cached_input": 0.5, "price_output": 8.0}
+    async with start_stack(
+        database, internal_token=secrets.token_urlsafe(16), model_settings=prices
+    ) as stack:
+        owner = stack.owner
+        session = await new_session(owner)
+        await _set_budget(owner, monthly_cost_limit_micros=1)
+        run, events = await _finished(owner, session.name, "[[tokens=20]] [[reasoning=0]] pricey")
+        assert run.usage.cost_micros > 1
+        assert events[-1].run_failed.reason == "BUDGET_EXCEEDED"
+        assert "micro-USD" in events[-1].run_failed.message
+        (whole,) = await _query(owner)
+        assert whole.usage.cost_micros == run.usage.cost_micros
+        info = await expect_error(
+            new_run(owner, session.name, "more"),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "BUDGET_EXCEEDED",
+        )
+        assert info.metadata["limit"] == "cost_micros"
+        assert info.metadata["used"] == str(run.usage.cost_micros)
+
+
+async def test_usage_by_api_key_is_for_owners(database: str) -> None:
+    """A member queries usage by session but not by key: PERMISSION_DENIED naming owner."""
+    async with start_stack(database, internal_token=secrets.token_urlsafe(16)) as stack:
+        owner = stack.owner
+        member = await _workspaces(owner).CreateMember(
+            workspace_service_pb2.CreateMemberRequest(
+                member=workspace_pb2.Member(role="member", display_name="Grace")
+            ),
+            metadata=owner.auth,
+            timeout=10,
+        )
+        made = await api_key_service_pb2_grpc.ApiKeyServiceStub(owner.channel).CreateApiKey(
+            api_key_service_pb2.CreateApiKeyRequest(
+                api_key=api_key_pb2.ApiKey(display_name="grace", user=member.user)
+            ),
+            metadata=owner.auth,
+            timeout=10,
+        )
+        grace = stack.client(made.key, owner.workspace)
+        session = await new_session(grace)
+        await _finished(grace, session.name, "[[tokens=2]] hi")
+        (mine,) = await _query(grace, usage_service_pb2.SESSION)
+        assert mine.session == session.name and mine.run_count == 1
+        for call in (
+            _query(grace, usage_service_pb2.API_KEY),
+            _query(grace, api_key=made.api_key.name),
+        ):
+            info = await expect_error(call, grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
+            assert info.metadata["required_role"] == "owner"
+        (by_key,) = await _query(owner, usage_service_pb2.API_KEY)
+        assert by_key.api_key == made.api_key.name

@@ -193,3 +193,13 @@ async def test_tool_call_round_trip(
         reply = joined(events, "output_text_delta")
         assert reply.startswith("Tool lookup returned:") and "a-b" in reply
         assert types.count("usage") == 2  # one per model call
+
+
+async def test_retry_after_is_waited_in_full(api_stack: Stack) -> None:
+    """The wait a 429 asks for (Retry-After / retry-after-ms) is the least the retry waits."""
+    _, events = await run_events(
+        api_stack.owner, "hello [[rate_limit=1]] [[retry_after_ms=300]] [[reasoning=0]]"
+    )
+    (retry,) = [e.model_retry for e in events if e.type == "model.retry"]
+    assert 300 <= retry.delay_ms <= 1100  # retry-after-ms (OpenAI) or whole seconds (Anthropic)
+    assert events[-1].type == "run.completed"

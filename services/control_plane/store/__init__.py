@@ -71,7 +71,9 @@ from services.control_plane.store.sessions import (
     session_update,
 )
 from services.control_plane.store.tenancy import (
+    LISTENER_APPLICATION,
     PRINCIPALS_CHANNEL,
+    PRINCIPALS_HEARD_CHANNEL,
     api_key_create,
     api_key_get,
     api_key_list,
@@ -84,6 +86,7 @@ from services.control_plane.store.tenancy import (
     invitation_get,
     invitation_list,
     invitation_take,
+    listening_replicas,
     member_add,
     member_first_owner,
     member_get,
@@ -109,12 +112,20 @@ from services.control_plane.store.tool_calls import (
     tool_call_list_workspace,
     tool_call_record,
 )
-from services.control_plane.store.usage import budget_get, budget_set, usage_query
+from services.control_plane.store.usage import (
+    api_key_budget_get,
+    api_key_budget_set,
+    budget_get,
+    budget_set,
+    usage_query,
+)
 
 Record = asyncpg.Record
 
 __all__ = [
+    "LISTENER_APPLICATION",
     "PRINCIPALS_CHANNEL",
+    "PRINCIPALS_HEARD_CHANNEL",
     "Decision",
     "EventFacts",
     "FenceCheck",
@@ -124,6 +135,8 @@ __all__ = [
     "RunUsage",
     "ToolCallEnd",
     "ToolCallStart",
+    "api_key_budget_get",
+    "api_key_budget_set",
     "api_key_create",
     "api_key_get",
     "api_key_list",
@@ -138,6 +151,7 @@ __all__ = [
     "invitation_get",
     "invitation_list",
     "invitation_take",
+    "listening_replicas",
     "member_add",
     "member_first_owner",
     "member_get",

@@ -18,7 +18,7 @@ from datetime import datetime
 
 import asyncpg
 
-from services.control_plane.store.usage import MONTH_USED, OVER_BUDGET
+from services.control_plane.store.usage import KEY_MONTH_USED, MONTH_USED, over_budget
 from services.rpc.db import Connection
 
 Record = asyncpg.Record
@@ -53,7 +53,7 @@ class NewEvent:
 
 @dataclass(frozen=True)
 class RunUsage:
-    """A run's usage so far, as its latest `usage` event reports it."""
+    """Token counts and cost: the sum of a batch's `usage` events (one per model call)."""
 
     input_tokens: int
     output_tokens: int
@@ -66,7 +66,7 @@ class RunUsage:
 class EventFacts:
     """What a batch of a worker's events says about the run, for its row.
 
-    `usage`: the latest usage event's totals (None: the batch has none); `model`: from
+    `usage`: what the batch's usage events add to the run's (None: nothing); `model`: from
     run.started (None: not in the batch); `output`: the batch holds text or reasoning.
     """
 
@@ -97,11 +97,11 @@ class EventFacts:
 def _facts_set(n: int) -> str:
     """Return the SET items that store a batch's `EventFacts`, from parameter $n on."""
     return f"""
-      input_tokens = coalesce(${n}::bigint, input_tokens),
-      output_tokens = coalesce(${n + 1}::bigint, output_tokens),
-      reasoning_tokens = coalesce(${n + 2}::bigint, reasoning_tokens),
-      cached_input_tokens = coalesce(${n + 3}::bigint, cached_input_tokens),
-      cost_micros = coalesce(${n + 4}::bigint, cost_micros),
+      input_tokens = input_tokens + coalesce(${n}::bigint, 0),
+      output_tokens = output_tokens + coalesce(${n + 1}::bigint, 0),
+      reasoning_tokens = reasoning_tokens + coalesce(${n + 2}::bigint, 0),
+      cached_input_tokens = cached_input_tokens + coalesce(${n + 3}::bigint, 0),
+      cost_micros = cost_micros + coalesce(${n + 4}::bigint, 0),
       model = coalesce(${n + 5}::text, model),
       first_output_time = CASE WHEN ${n + 6}::boolean THEN coalesce(first_output_time, now())
                                ELSE first_output_time END"""
@@ -190,12 +190,15 @@ WITH pending AS (
     AND state IN ('waiting', 'queued', 'running', 'requires_action')
   FOR UPDATE),
 over AS (
-  SELECT {OVER_BUDGET} AS over
-  FROM workspaces w CROSS JOIN LATERAL ({MONTH_USED}) u WHERE w.id = $3),
+  SELECT {over_budget("w", "u")} AS over
+  FROM workspaces w CROSS JOIN LATERAL ({MONTH_USED}) u WHERE w.id = $3
+  UNION ALL
+  SELECT {over_budget("k", "u")}
+  FROM api_keys k CROSS JOIN LATERAL ({KEY_MONTH_USED}) u WHERE k.id = $11),
 s AS (
   SELECT id FROM sessions
   WHERE id = $4 AND workspace_id = $3 AND (SELECT count(*) FROM pending) >= 0
-    AND NOT coalesce((SELECT over FROM over), false)
+    AND NOT coalesce((SELECT bool_or(over) FROM over), false)
   FOR NO KEY UPDATE),
 m AS (
   INSERT INTO messages (id, session_id, role, text, run_id, author_user_id)
@@ -230,7 +233,7 @@ async def run_create(
     wait_behind_active: bool,
 ) -> Record | None:
     """Store the input message, the run and its first event; None if there is no such session
-    or the workspace is over its monthly budget (`usage.budget_get` says which).
+    or the workspace or the creating key is over its monthly budget (budgets.py says which).
 
     The run is 'queued' (claimable) unless `wait_behind_active` and the session already has
     a run, in which case it is 'waiting' behind it. One statement: one round trip, one
@@ -511,10 +514,13 @@ c AS (
   RETURNING r.id, r.session_id, r.workspace_id, r.created_by, r.input_message_id, r.attempt,
             r.fencing_token, r.lease_expire_time, r.last_event_sequence, r.start_time,
             r.create_time, r.awaited_approval, r.waited_seconds, r.input_tokens,
-            r.output_tokens, r.reasoning_tokens, r.cached_input_tokens, r.cost_micros)
+            r.output_tokens, r.reasoning_tokens, r.cached_input_tokens, r.cost_micros,
+            r.api_key_id)
 SELECT c.*, w.display_name AS workspace_display_name, w.tools_version,
        w.budget_monthly_tokens - u.tokens_used AS budget_tokens_left,
        w.budget_monthly_cost_micros - u.cost_used AS budget_cost_left,
+       k.budget_monthly_tokens - ku.tokens_used AS key_budget_tokens_left,
+       k.budget_monthly_cost_micros - ku.cost_used AS key_budget_cost_left,
        c.start_time + make_interval(secs => coalesce(s.run_timeout_seconds, $3)
                                             + c.waited_seconds) AS deadline,
        s.tool_approval_overrides,
@@ -531,6 +537,8 @@ FROM c
 JOIN sessions s ON s.id = c.session_id
 JOIN workspaces w ON w.id = c.workspace_id
 CROSS JOIN LATERAL ({MONTH_USED}) u
+LEFT JOIN api_keys k ON k.id = c.api_key_id
+LEFT JOIN LATERAL ({KEY_MONTH_USED}) ku ON true
 JOIN messages i ON i.id = c.input_message_id
 LEFT JOIN profiles p ON p.user_id = c.created_by
 LEFT JOIN memberships m ON m.workspace_id = c.workspace_id AND m.user_id = c.created_by
@@ -544,7 +552,8 @@ async def run_claim(
 
     The same statement loads what the worker needs: workspace, caller, session instructions
     and model, the input text and the transcript before it, the run's usage so far (earlier
-    attempts) and what is left of the workspace's monthly budget (NULL: no limit).
+    attempts) and what is left of the workspace's and the creating key's monthly budgets
+    (NULL: no limit).
     """
     return await conn.fetchrow(_RUN_CLAIM, worker_id, lease_seconds, default_timeout_seconds)
 

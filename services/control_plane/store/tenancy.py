@@ -12,11 +12,27 @@ from datetime import datetime
 
 import asyncpg
 
+from services.control_plane.store.usage import THIS_MONTH
 from services.rpc.db import Connection
 
 Record = asyncpg.Record
 
 PRINCIPALS_CHANNEL = "ap_principals"
+# Each replica that applied a principal change says so here (revocation.Revocations).
+PRINCIPALS_HEARD_CHANNEL = "ap_principals_heard"
+# The application_name of a control plane's one LISTEN connection (events.Listener).
+LISTENER_APPLICATION = "ap-listener"
+
+
+async def listening_replicas(conn: Connection) -> int:
+    """Count the control-plane replicas listening on this database now."""
+    count = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE application_name = $1 AND datname = current_database()",
+        LISTENER_APPLICATION,
+    )
+    return int(count)
+
 
 # ── workspaces ──────────────────────────────────────────────────────────────────────────────
 
@@ -308,9 +324,17 @@ async def api_key_touch(conn: Connection, key_id: uuid.UUID) -> None:
     await conn.execute("UPDATE api_keys SET last_used_time = now() WHERE id = $1", key_id)
 
 
-_API_KEY_FROM = """
-SELECT k.id, k.name, k.prefix, k.user_id, m.role, k.personal, k.create_time, k.last_used_time
+# With the key's monthly budget and this month's totals of the runs it created.
+_API_KEY_FROM = f"""
+SELECT k.id, k.name, k.prefix, k.user_id, m.role, k.personal, k.create_time, k.last_used_time,
+       k.budget_monthly_tokens, k.budget_monthly_cost_micros, u.tokens_used, u.cost_used,
+       {THIS_MONTH}::timestamp AT TIME ZONE 'UTC' AS period_start
 FROM api_keys k JOIN memberships m USING (workspace_id, user_id)
+CROSS JOIN LATERAL (
+  SELECT coalesce(sum(tokens), 0)::bigint AS tokens_used,
+         coalesce(sum(cost_micros), 0)::bigint AS cost_used
+  FROM usage_monthly
+  WHERE workspace_id = k.workspace_id AND month = {THIS_MONTH} AND api_key_id = k.id) u
 """
 _API_KEY_GET = f"""
 {_API_KEY_FROM}

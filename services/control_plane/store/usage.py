@@ -27,10 +27,23 @@ FROM usage_monthly
 WHERE workspace_id = w.id AND month = {THIS_MONTH}
   AND (w.budget_monthly_tokens IS NOT NULL OR w.budget_monthly_cost_micros IS NOT NULL)"""
 
-# Over budget: a limit is set and this month's total has reached it.
-OVER_BUDGET = """
-((w.budget_monthly_tokens IS NOT NULL AND u.tokens_used >= w.budget_monthly_tokens)
- OR (w.budget_monthly_cost_micros IS NOT NULL AND u.cost_used >= w.budget_monthly_cost_micros))"""
+# The same for API key `k` (a row in scope): the runs it created this month.
+KEY_MONTH_USED = f"""
+SELECT coalesce(sum(tokens), 0)::bigint AS tokens_used,
+       coalesce(sum(cost_micros), 0)::bigint AS cost_used
+FROM usage_monthly
+WHERE workspace_id = k.workspace_id AND month = {THIS_MONTH} AND api_key_id = k.id
+  AND (k.budget_monthly_tokens IS NOT NULL OR k.budget_monthly_cost_micros IS NOT NULL)"""
+
+
+def over_budget(limits: str, used: str) -> str:
+    """Return the condition: a limit of `limits` is set and `used`'s total has reached it."""
+    return f"""
+(({limits}.budget_monthly_tokens IS NOT NULL
+  AND {used}.tokens_used >= {limits}.budget_monthly_tokens)
+ OR ({limits}.budget_monthly_cost_micros IS NOT NULL
+  AND {used}.cost_used >= {limits}.budget_monthly_cost_micros))"""
+
 
 _BUDGET_GET = f"""
 SELECT w.budget_monthly_tokens, w.budget_monthly_cost_micros,
@@ -47,6 +60,52 @@ GROUP BY w.id
 async def budget_get(conn: Connection, workspace_id: uuid.UUID) -> Record | None:
     """Return a workspace's monthly limits (NULL: none) and this month's totals so far."""
     return await conn.fetchrow(_BUDGET_GET, workspace_id)
+
+
+_KEY_BUDGET_GET = f"""
+SELECT k.budget_monthly_tokens, k.budget_monthly_cost_micros,
+       coalesce(sum(u.tokens), 0)::bigint AS tokens_used,
+       coalesce(sum(u.cost_micros), 0)::bigint AS cost_used,
+       {THIS_MONTH}::timestamp AT TIME ZONE 'UTC' AS period_start
+FROM api_keys k
+LEFT JOIN usage_monthly u
+  ON u.workspace_id = k.workspace_id AND u.month = {THIS_MONTH} AND u.api_key_id = k.id
+WHERE k.workspace_id = $1 AND k.id = $2
+GROUP BY k.id
+"""
+
+
+async def api_key_budget_get(
+    conn: Connection, workspace_id: uuid.UUID, key_id: uuid.UUID
+) -> Record | None:
+    """Return a key's monthly limits (NULL: none) and this month's totals of its runs."""
+    return await conn.fetchrow(_KEY_BUDGET_GET, workspace_id, key_id)
+
+
+_KEY_BUDGET_SET = """
+UPDATE api_keys
+SET budget_monthly_tokens = CASE WHEN $5 THEN $3 ELSE budget_monthly_tokens END,
+    budget_monthly_cost_micros = CASE WHEN $6 THEN $4 ELSE budget_monthly_cost_micros END
+WHERE workspace_id = $1 AND id = $2 AND revoke_time IS NULL
+RETURNING id
+"""
+
+
+async def api_key_budget_set(
+    conn: Connection,
+    workspace_id: uuid.UUID,
+    key_id: uuid.UUID,
+    *,
+    tokens: int | None,
+    cost_micros: int | None,
+    set_tokens: bool,
+    set_cost: bool,
+) -> bool:
+    """Set a live key's monthly limits (those flagged); False when there is no such key."""
+    found = await conn.fetchval(
+        _KEY_BUDGET_SET, workspace_id, key_id, tokens, cost_micros, set_tokens, set_cost
+    )
+    return found is not None
 
 
 _BUDGET_SET = """

@@ -162,7 +162,7 @@ class ToolCallNotPending(FailedPrecondition):
 
 
 class HostedModelUnavailable(FailedPrecondition):
-    """No hosted model is configured; the operator sets AP_MODEL_BASE_URL and AP_MODEL_NAME."""
+    """No hosted model is configured, or the session asked for one the platform does not offer."""
 
 
 class VersionMismatch(APError):

@@ -812,6 +812,33 @@ def _list_api_keys(*, page_size: int = 0) -> api_key_service_pb2.ListApiKeysRequ
     return api_key_service_pb2.ListApiKeysRequest(page_size=page_size)
 
 
+def _update_api_key(
+    name: str,
+    *,
+    monthly_token_limit: int | None = None,
+    monthly_cost_limit_micros: int | None = None,
+) -> api_key_service_pb2.UpdateApiKeyRequest:
+    """Change an API key's monthly budget (owners only) and return the key.
+
+    A limit changes only when given; 0 removes it. Costs are in millionths of a US dollar.
+    """
+    mask = _mask(
+        monthly_token_limit=monthly_token_limit,
+        monthly_cost_limit_micros=monthly_cost_limit_micros,
+    )
+    mask.paths[:] = [f"budget.{p}" for p in mask.paths]
+    return api_key_service_pb2.UpdateApiKeyRequest(
+        api_key=api_key_pb2.ApiKey(
+            name=name,
+            budget=workspace_pb2.Budget(
+                monthly_token_limit=monthly_token_limit or 0,
+                monthly_cost_limit_micros=monthly_cost_limit_micros or 0,
+            ),
+        ),
+        update_mask=mask,
+    )
+
+
 def _delete_api_key(name: str) -> api_key_service_pb2.DeleteApiKeyRequest:
     """Revoke an API key, "apiKeys/{api_key}"; it is refused from the next call on."""
     return api_key_service_pb2.DeleteApiKeyRequest(name=name)
@@ -1042,6 +1069,11 @@ class Methods:
         _list_api_keys,
         lambda p: p.api_keys,
         of=api_key_pb2.ApiKey,
+    )
+    update_api_key = unary(
+        rpc(_API_KEYS, lambda s: s.UpdateApiKey, retryable=True),
+        _update_api_key,
+        returns=api_key_pb2.ApiKey,
     )
     delete_api_key = deleting(
         rpc(_API_KEYS, lambda s: s.DeleteApiKey, retryable=False), _delete_api_key
