@@ -23,6 +23,7 @@ from agentplatform.v1 import (
     api_key_service_pb2_grpc,
     secret_service_pb2,
     secret_service_pb2_grpc,
+    tool_pb2,
     workspace_pb2,
     workspace_service_pb2,
     workspace_service_pb2_grpc,
@@ -30,6 +31,7 @@ from agentplatform.v1 import (
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from services.web.app import Edge
+from tests.approvals.helpers import add_tool
 from tests.conftest import clone_database
 from tests.gateway.helpers import GatewayStack, start_gateway_stack
 from tests.harness import Client
@@ -220,6 +222,30 @@ async def test_run_inspector_shows_tool_call_arguments_and_result(site: Site) ->
     assert (await row.locator("[data-col=median]").text_content()) != "—"
     await site.shots.take(tools, "tools")
     await tools.close()
+
+
+async def test_a_tool_call_waiting_for_approval_is_approved_from_the_inspector(
+    site: Site,
+) -> None:
+    """A call of an ALWAYS_ASK tool shows a card with its arguments; Approve runs it once."""
+    gw, owner = site.gw, site.gw.owner
+    await add_tool(gw, "guarded", tool_pb2.ALWAYS_ASK)
+    session = await new_session(owner, "Needs a yes")
+    run = await new_run(
+        owner, session.name, 'Fetch [[tool=guarded args={"item": "plum"}]] [[tokens=4]]'
+    )
+    page = await site.page(f"/{run.name}")
+    card = page.get_by_test_id("approvals")
+    await expect(card).to_contain_text("guarded", timeout=15000)
+    await expect(card).to_contain_text('"item": "plum"')
+    await site.shots.take(page, "run-approval")
+    await card.get_by_test_id("approve").click()
+    await expect(page.get_by_test_id("ending")).to_contain_text("Completed", timeout=15000)
+    await expect(card).to_be_hidden()
+    await expect(page.get_by_test_id("tool-result")).to_contain_text("plum")
+    await expect(page.locator(".filter[data-type='tool_call.approved']")).to_contain_text("1")
+    await expect(page.locator(".filter[data-type='tool_call.completed']")).to_contain_text("1")
+    await page.close()
 
 
 async def test_cancel_a_running_run_from_the_inspector(site: Site) -> None:

@@ -153,3 +153,14 @@ export function notFound(detail) {
     h("p.muted", detail || "It does not exist, or it is not in this workspace."),
     h("a.button", {href: "/sessions"}, "Back to sessions"));
 }
+
+// A request id: crypto.randomUUID where the page is a secure context, else the same from
+// getRandomValues (plain HTTP on a LAN address has no randomUUID).
+export function uuid() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const x = [...b].map((v) => v.toString(16).padStart(2, "0")).join("");
+  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`;
+}

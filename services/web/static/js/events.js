@@ -104,6 +104,12 @@ export class RunModel {
     this.firstTokenAt = null;
     this.model = "";
     this.types = new Map();  // type → count
+    this.approvals = new Map();  // call id → the approval request and, once made, its decision
+  }
+
+  // The approval requests no decision has answered yet, in the order they were asked.
+  get pendingApprovals() {
+    return [...this.approvals.values()].filter((a) => a.decision === null);
   }
 
   // Fold one event in; false when it is one already seen.
@@ -162,6 +168,29 @@ export class RunModel {
         }
         break;
       }
+      case "tool_call.approval_requested":
+        this.approvals.set(p.callId, {
+          callId: p.callId, tool: p.tool, argumentsJson: p.argumentsJson || "{}",
+          approverRoles: p.approverRoles || [], expireTime: p.expireTime || "", sequence,
+          decision: null,
+        });
+        break;
+      case "tool_call.approved":
+      case "tool_call.denied": {
+        const asked = this.approvals.get(p.callId);
+        if (asked) {
+          asked.decision = {approved: event.type === "tool_call.approved", by: p.decidedBy || "",
+            reason: p.reason || "", message: p.message || ""};
+        }
+        break;
+      }
+      case "run.cancelled":
+        // A run cancelled while it waited answers its pending calls with the cancel itself.
+        for (const asked of this.approvals.values()) {
+          if (asked.decision === null) asked.decision = {approved: false, by: "", reason: "CANCELLED", message: ""};
+        }
+        this.terminal = {type: event.type, at: time, ...p};
+        break;
       case "usage":
         this.usage.inputTokens += Number(p.inputTokens || 0);
         this.usage.outputTokens += Number(p.outputTokens || 0);

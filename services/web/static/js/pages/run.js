@@ -3,7 +3,7 @@
 // calls, usage, timings and how it ended — live while the run goes on.
 
 import * as api from "../api.js";
-import {badge, clear, clock, copyText, download, h, isActive, ms, notFound, num, pretty} from "../dom.js";
+import {badge, clear, clock, copyText, download, h, isActive, ms, notFound, num, pretty, stamp, uuid} from "../dom.js";
 import {kindOf, payloadOf, RunModel, summary, TERMINAL} from "../events.js";
 import {LiveStream} from "../live.js";
 
@@ -39,6 +39,7 @@ export function render(app, [sessionId, runId], query) {
     ui.ending = h("div.ending");
     ui.output = h("div.output", {"data-testid": "run-output"});
     ui.tools = h("div.tool-calls", {"data-testid": "tool-calls"});
+    ui.approvals = h("div.approvals", {"data-testid": "approvals", hidden: true});
     ui.filters = h("div.filters", {role: "group", "aria-label": "Filter by event type"});
     ui.spacer = h("div.timeline-spacer");
     ui.rows = h("div.timeline-rows");
@@ -61,6 +62,7 @@ export function render(app, [sessionId, runId], query) {
           h("button.ghost", {type: "button", "data-testid": "export", onclick: exportJson}, "Export JSON"))),
       ui.stats,
       ui.ending,
+      ui.approvals,
       h("div.run-grid",
         h("div.card", h("h2.card-title", "Reply"), ui.output),
         h("div.card", h("h2.card-title", "Tool calls"), ui.tools)),
@@ -134,6 +136,7 @@ export function render(app, [sessionId, runId], query) {
       paintRun();
       paintOutput();
       paintTools();
+      paintApprovals();
       paintFilters();
       reindex();
       paint();
@@ -223,6 +226,50 @@ export function render(app, [sessionId, runId], query) {
         h("pre.code", {"data-testid": "tool-result"}, pretty(c.result)),
         c.truncated ? h("p.muted.small", "Cut at the gateway's size limit.") : null) : null))
       : h("p.muted", "No tool calls."));
+  }
+
+  // --- approvals: a card per call that waits for a person ------------------------------------
+
+  function paintApprovals() {
+    const pending = model.pendingApprovals;
+    ui.approvals.hidden = pending.length === 0;
+    clear(ui.approvals, pending.length ? h("div.card.approval-card",
+      h("h2.card-title", pending.length === 1 ? "A tool call waits for approval"
+        : `${pending.length} tool calls wait for approval`),
+      pending.map((a) => approvalRow(a))) : null);
+  }
+
+  function approvalRow(a) {
+    const message = h("input.deny-message", {type: "text", maxlength: "4096",
+      placeholder: "Message to the model if denied (optional)", "aria-label": `Message if ${a.tool} is denied`});
+    const may = app.can("member");
+    return h("div.approval", {dataset: {call: a.callId}},
+      h("div.approval-head",
+        h("span.tool-name", a.tool),
+        h("span.muted.small", {title: a.expireTime}, a.expireTime ? ` expires ${stamp(a.expireTime)}` : ""),
+        h("a.small", {href: `?event=${a.sequence}`, onclick: (e) => { e.preventDefault(); focusEvent(a.sequence); }}, `#${a.sequence}`)),
+      h("div.kv", h("div.k", "Arguments"), h("pre.code", pretty(a.argumentsJson))),
+      may ? h("div.approval-actions", message,
+        h("button.primary", {type: "button", "data-testid": "approve",
+          onclick: (e) => decide(a, "APPROVE", "", e.currentTarget)}, "Approve"),
+        h("button.danger-ghost", {type: "button", "data-testid": "deny",
+          onclick: (e) => decide(a, "DENY", message.value, e.currentTarget)}, "Deny"))
+        : h("p.muted.small", `Waiting for ${a.approverRoles.join(" or ") || "a member"} to decide.`));
+  }
+
+  async function decide(asked, decision, message, button) {
+    const buttons = button.parentElement.querySelectorAll("button");
+    for (const b of buttons) b.disabled = true;
+    try {
+      // The request id makes a double click (or a retried request) one decision.
+      await api.post(`/v1/${name}:submitToolApprovals`, {
+        decisions: [{callId: asked.callId, decision, message}],
+        requestId: uuid(),
+      });
+    } catch (err) {
+      app.toast(err.message, "bad");
+      for (const b of buttons) b.disabled = false;
+    }
   }
 
   function paintFilters() {

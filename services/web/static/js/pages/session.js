@@ -2,7 +2,7 @@
 // a run started anywhere (the CLI, the API, another tab) appears and streams here.
 
 import * as api from "../api.js";
-import {ago, badge, clear, h, idOf, isActive, ms, notFound, num} from "../dom.js";
+import {ago, badge, clear, h, idOf, isActive, ms, notFound, num, uuid} from "../dom.js";
 import {payloadOf, RunModel, runOfEvent, TERMINAL} from "../events.js";
 import {LiveStream} from "../live.js";
 import {bars} from "../plot.js";
@@ -290,15 +290,6 @@ function terminalState(type) {
 function durationOf(run) {
   if (!run.endTime) return null;
   return Date.parse(run.endTime) - Date.parse(run.createTime);
-}
-
-function uuid() {
-  if (crypto.randomUUID) return crypto.randomUUID();
-  const b = crypto.getRandomValues(new Uint8Array(16));
-  b[6] = (b[6] & 0x0f) | 0x40;
-  b[8] = (b[8] & 0x3f) | 0x80;
-  const x = [...b].map((v) => v.toString(16).padStart(2, "0")).join("");
-  return `${x.slice(0, 8)}-${x.slice(8, 12)}-${x.slice(12, 16)}-${x.slice(16, 20)}-${x.slice(20)}`;
 }
 
 // The reply of a run still streaming: text appended as it comes (no re-render, so no jump),
