@@ -327,6 +327,7 @@ async def fan_out(
     peak_rss = (rss_mb(edge.proc.pid), rss_mb(control_plane_pid))
     connections = (tcp_connections(edge.proc.pid), tcp_connections(control_plane_pid))
     upstreams = await edge.metric(paths.http, "ap_sse_upstream_streams")
+    guards = await edge.metric(paths.http, "ap_sse_guard_streams")
     cpu = (cpu_seconds(edge.proc.pid), cpu_seconds(control_plane_pid), cpu_seconds(own))
     text = f"[[tokens={args.fanout_tokens}]] [[delay_ms={args.fanout_delay_ms}]] [[reasoning=0]]"
     await paths.runs.CreateRun(
@@ -342,7 +343,7 @@ async def fan_out(
         args,
         keys,
         latencies=latencies,
-        upstreams=upstreams,
+        upstreams=(upstreams, guards),
         rss=(before, peak_rss),
         connections=connections,
         cpu=cpu,
@@ -354,7 +355,7 @@ def _report(
     keys: list[str],
     *,
     latencies: list[float],
-    upstreams: float,
+    upstreams: tuple[float, float],
     rss: tuple[tuple[float, float], tuple[float, float]],
     connections: tuple[int, int],
     cpu: tuple[float, float, float],
@@ -367,7 +368,10 @@ def _report(
         f"{args.fanout_tokens} tokens every {args.fanout_delay_ms} ms"
     )
     print(describe("event delivery (createTime → subscriber)", latencies))
-    print(f"  upstream gRPC streams from the edge            {upstreams:.0f}")
+    print(
+        f"  gRPC streams from the edge                     {upstreams[0]:.0f} carrying events, "
+        f"{upstreams[1]:.0f} guards (no events; end on revocation)"
+    )
     print(
         f"  edge RSS            before {before[0]:7.1f} MB   with subscribers {peak_rss[0]:7.1f} MB"
     )
@@ -462,6 +466,9 @@ async def run_phases(args: argparse.Namespace, c: Cluster, key: str) -> None:
             )
             if args.fanout_only:
                 await fan_out(paths, edge, [key] * args.subscribers, cp.proc.pid, args)
+                if args.distinct_keys:
+                    keys = await make_keys(paths, args.subscribers)
+                    await fan_out(paths, edge, keys, cp.proc.pid, args)
                 return
             for _ in range(0 if args.unary_only else 20):  # warm-up
                 await paths.grpc_run(session)
@@ -507,7 +514,7 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--fanout-tokens", type=int, default=30)
     parser.add_argument("--fanout-delay-ms", type=int, default=100)
-    parser.add_argument("--fanout-only", action="store_true", help="only the shared fan-out")
+    parser.add_argument("--fanout-only", action="store_true", help="only the fan-out phases")
     parser.add_argument("--unary-only", action="store_true", help="only the unary round trips")
     parser.add_argument(
         "--no-distinct-keys",
