@@ -17,6 +17,7 @@ from services.web.streams import EventStreamResponse
 from services.web.transcode import build_request
 from tests.harness import Stack
 from tests.integration.helpers import new_run, new_session
+from tests.integration.test_revocation import new_member
 from tests.web.helpers import EventReader, SseEvent, bearer, read_events, running_edge
 
 
@@ -367,6 +368,34 @@ async def test_revoking_the_key_a_shared_upstream_runs_as_hands_it_over_without_
             ids = [int(e.id) for e in before[1] + after]
             assert ids == list(range(ids[0], ids[0] + len(ids)))
             assert edge.hub.upstream_count == 1
+
+
+async def test_removing_a_joined_member_ends_only_their_subscriber(
+    stack: Stack, edge: Edge
+) -> None:
+    """DeleteMember ends the member's guard with PERMISSION_DENIED; the owner's stream goes on."""
+    owner = bearer(stack.owner.api_key)
+    session = await new_session(stack.owner)
+    url = f"/v1/{session.name}:streamEvents"
+    member, key = await new_member(stack.owner, "member")
+    async with (
+        httpx.AsyncClient(base_url=edge.url, timeout=15) as http,
+        http.stream("GET", url, headers=owner) as first,
+        http.stream("GET", url, headers=bearer(key)) as second,
+    ):
+        assert edge.hub is not None and edge.hub.upstream_count == 1
+        readers = [EventReader(first), EventReader(second)]
+        await new_run(stack.owner, session.name, "hi [[tokens=2]]")
+        before = [await reader.read(until=TERMINAL) for reader in readers]
+        removed = await http.delete(f"/v1/{member}", headers=owner)
+        assert removed.status_code == 200, removed.text
+        async with asyncio.timeout(5.0):
+            (*_, last) = await readers[1].read(until={"error"})
+            assert await readers[1].read() == []
+        assert last.data["error"]["status"] == "PERMISSION_DENIED"
+        await new_run(stack.owner, session.name, "again [[tokens=2]]")
+        after = await readers[0].read(until=TERMINAL)
+        assert int(after[0].id) == int(before[0][-1].id) + 1
 
 
 async def test_a_client_that_stops_reading_is_dropped_and_resumes_exactly(stack: Stack) -> None:
