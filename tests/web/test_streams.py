@@ -16,8 +16,7 @@ from services.web.login import Credentials
 from services.web.streams import EventStreamResponse
 from services.web.transcode import build_request
 from tests.harness import Stack
-from tests.integration.helpers import new_run, new_session
-from tests.integration.test_revocation import new_member
+from tests.integration.helpers import new_member, new_run, new_session
 from tests.web.helpers import EventReader, SseEvent, bearer, read_events, running_edge
 
 
