@@ -217,16 +217,58 @@ async def _events(response: httpx.Response) -> AsyncIterator[bytes]:
             yield event
 
 
-async def unary(paths: Paths, session: str, count: int) -> tuple[list[float], list[float]]:
-    """Time GetSession over both paths, alternating."""
+class RawHttp:
+    """One keep-alive HTTP/1.1 connection over asyncio streams: a client that costs ~nothing.
+
+    httpx spends ~1 ms of this process's CPU per request (building, parsing, its pool), which
+    the bench would otherwise count as the edge's; this is what the edge adds, measured.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.host, port = url.removeprefix("http://").split(":")
+        self.port = int(port)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str, authorization: str) -> bytes:
+        """GET `path` on the connection; return the body (raise on a status other than 200)."""
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        assert self._reader is not None
+        self._writer.write(
+            f"GET {path} HTTP/1.1\r\nhost: {self.host}\r\nauthorization: {authorization}"
+            "\r\n\r\n".encode()
+        )
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
+        length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+        return await self._reader.readexactly(length)
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+
+
+async def unary(
+    paths: Paths, session: str, count: int, raw: RawHttp | None = None
+) -> tuple[list[float], list[float]]:
+    """Time GetSession over both paths, alternating (HTTP with httpx, or `raw` if given)."""
     grpc_s, http_s = [], []
     request = session_service_pb2.GetSessionRequest(name=session)
+    authorization = f"Bearer {paths.key}"
     for _ in range(count):
         start = time.perf_counter()
         await paths.sessions.GetSession(request, metadata=paths.md)
         grpc_s.append(time.perf_counter() - start)
         start = time.perf_counter()
-        (await paths.http.get(f"/v1/{session}", headers=paths.headers)).raise_for_status()
+        if raw is not None:
+            await raw.get(f"/v1/{session}", authorization)
+        else:
+            (await paths.http.get(f"/v1/{session}", headers=paths.headers)).raise_for_status()
         http_s.append(time.perf_counter() - start)
     return grpc_s, http_s
 
@@ -285,6 +327,7 @@ async def fan_out(
     peak_rss = (rss_mb(edge.proc.pid), rss_mb(control_plane_pid))
     connections = (tcp_connections(edge.proc.pid), tcp_connections(control_plane_pid))
     upstreams = await edge.metric(paths.http, "ap_sse_upstream_streams")
+    guards = await edge.metric(paths.http, "ap_sse_guard_streams")
     cpu = (cpu_seconds(edge.proc.pid), cpu_seconds(control_plane_pid), cpu_seconds(own))
     text = f"[[tokens={args.fanout_tokens}]] [[delay_ms={args.fanout_delay_ms}]] [[reasoning=0]]"
     await paths.runs.CreateRun(
@@ -300,7 +343,7 @@ async def fan_out(
         args,
         keys,
         latencies=latencies,
-        upstreams=upstreams,
+        upstreams=(upstreams, guards),
         rss=(before, peak_rss),
         connections=connections,
         cpu=cpu,
@@ -312,7 +355,7 @@ def _report(
     keys: list[str],
     *,
     latencies: list[float],
-    upstreams: float,
+    upstreams: tuple[float, float],
     rss: tuple[tuple[float, float], tuple[float, float]],
     connections: tuple[int, int],
     cpu: tuple[float, float, float],
@@ -325,7 +368,10 @@ def _report(
         f"{args.fanout_tokens} tokens every {args.fanout_delay_ms} ms"
     )
     print(describe("event delivery (createTime → subscriber)", latencies))
-    print(f"  upstream gRPC streams from the edge            {upstreams:.0f}")
+    print(
+        f"  gRPC streams from the edge                     {upstreams[0]:.0f} carrying events, "
+        f"{upstreams[1]:.0f} guards (no events; end on revocation)"
+    )
     print(
         f"  edge RSS            before {before[0]:7.1f} MB   with subscribers {peak_rss[0]:7.1f} MB"
     )
@@ -377,6 +423,32 @@ async def bench(args: argparse.Namespace) -> None:
         await asyncio.to_thread(server.stop)
 
 
+async def unary_phase(
+    paths: Paths, edge: Edge, control_plane_pid: int, session: str, count: int
+) -> None:
+    """Print the unary round trips with a raw client and with httpx, and the CPU per call."""
+    raw = RawHttp(edge.url)
+    for client, label in ((raw, "raw keep-alive socket"), (None, "httpx")):
+        await unary(paths, session, 50, client)
+        own = cpu_seconds(os.getpid())
+        cpu, cp_cpu = cpu_seconds(edge.proc.pid), cpu_seconds(control_plane_pid)
+        grpc_unary, http_unary = await unary(paths, session, count, client)
+        cpu = cpu_seconds(edge.proc.pid) - cpu
+        cp_cpu = (cpu_seconds(control_plane_pid) - cp_cpu) / 2
+        own = cpu_seconds(os.getpid()) - own
+        print(f"\n  unary GetSession, {count} each, alternating; HTTP client {label}")
+        print(describe("gRPC", grpc_unary))
+        print(describe("HTTP/JSON through the edge", http_unary))
+        added = percentile(http_unary, 50) - percentile(grpc_unary, 50)
+        print(f"  edge adds p50 {added * 1000:.2f} ms")
+        print(
+            f"  CPU per call: edge {cpu / count * 1000:.3f} ms, "
+            f"control plane {cp_cpu / count * 1000:.3f} ms, bench client (both "
+            f"paths) {own / count * 1000:.3f} ms"
+        )
+    await raw.close()
+
+
 async def run_phases(args: argparse.Namespace, c: Cluster, key: str) -> None:
     """Run every phase against the cluster."""
     cp = await c.control_plane(AP_RUN_RATE_PER_MINUTE="0", AP_LOG_LEVEL="warning")
@@ -394,24 +466,16 @@ async def run_phases(args: argparse.Namespace, c: Cluster, key: str) -> None:
             )
             if args.fanout_only:
                 await fan_out(paths, edge, [key] * args.subscribers, cp.proc.pid, args)
+                if args.distinct_keys:
+                    keys = await make_keys(paths, args.subscribers)
+                    await fan_out(paths, edge, keys, cp.proc.pid, args)
                 return
-            for _ in range(20):  # warm-up
+            for _ in range(0 if args.unary_only else 20):  # warm-up
                 await paths.grpc_run(session)
                 await paths.http_run(session)
-            await unary(paths, session, 50)
-            cpu, cp_cpu = cpu_seconds(edge.proc.pid), cpu_seconds(cp.proc.pid)
-            grpc_unary, http_unary = await unary(paths, session, args.unary)
-            cpu = cpu_seconds(edge.proc.pid) - cpu
-            cp_cpu = (cpu_seconds(cp.proc.pid) - cp_cpu) / 2
-            print(f"\n  unary GetSession, {args.unary} each, alternating")
-            print(describe("gRPC", grpc_unary))
-            print(describe("HTTP/JSON through the edge", http_unary))
-            added = percentile(http_unary, 50) - percentile(grpc_unary, 50)
-            print(f"  edge adds p50 {added * 1000:.2f} ms")
-            print(
-                f"  CPU per call: edge {cpu / args.unary * 1000:.3f} ms, "
-                f"control plane {cp_cpu / args.unary * 1000:.3f} ms"
-            )
+            await unary_phase(paths, edge, cp.proc.pid, session, args.unary)
+            if args.unary_only:
+                return
             grpc_runs, http_runs = [], []
             cpu, cp_cpu = cpu_seconds(edge.proc.pid), cpu_seconds(cp.proc.pid)
             for _ in range(args.runs):
@@ -450,7 +514,8 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--fanout-tokens", type=int, default=30)
     parser.add_argument("--fanout-delay-ms", type=int, default=100)
-    parser.add_argument("--fanout-only", action="store_true", help="only the shared fan-out")
+    parser.add_argument("--fanout-only", action="store_true", help="only the fan-out phases")
+    parser.add_argument("--unary-only", action="store_true", help="only the unary round trips")
     parser.add_argument(
         "--no-distinct-keys",
         dest="distinct_keys",

@@ -22,6 +22,16 @@ SSE_SUBSCRIBERS = Gauge("ap_sse_subscribers", "Server-sent event streams open to
 SSE_UPSTREAMS = Gauge(
     "ap_sse_upstream_streams", "gRPC streams to the control plane feeding them now."
 )
+SSE_GUARDS = Gauge(
+    "ap_sse_guard_streams",
+    "gRPC streams that carry no event, one per further key on a shared feed: the control "
+    "plane ends it when that key loses the right to stream.",
+)
+SSE_HANDOVERS = Counter(
+    "ap_sse_upstream_handovers",
+    "Shared feeds whose upstream moved to another key's credentials (its key left or lost "
+    "the right to stream), resuming after the last event.",
+)
 SSE_SHARED_JOINS = Counter(
     "ap_sse_shared_joins", "Subscribers served from an open feed instead of a new upstream stream."
 )

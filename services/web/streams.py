@@ -11,11 +11,15 @@ the cursor, so a reconnecting EventSource resumes exactly after the last event i
     subscriber ─┼─ Feed: one upstream gRPC stream + a ring of recent events ─ control plane
     subscriber ─┘
 
-Subscribers with the same RPC, request (cursor aside) and Authorization share a feed, as
-long as its ring still holds everything after their cursor. The control plane still decides
-for each of them: before joining, a subscriber calls the resource's Get (the stream's path
-template without its `:verb`) with its own credentials, and joins only if that succeeds;
-a stream with no such Get is never shared. Anyone else gets a feed of their own.
+Subscribers with the same RPC and request (cursor aside) share a feed, whatever their
+credentials, as long as its ring still holds everything after their cursor. The control
+plane still decides for each of them: before joining, a subscriber calls the resource's Get
+(the stream's path template without its `:verb`) with its own credentials, and joins only
+if that succeeds; a stream with no such Get is never shared. The upstream runs as one
+subscriber group's credentials (a group: the subscribers with one Authorization); each other
+group holds a Guard, a stream of its own that carries nothing and that the control plane
+ends when the group's credentials lose the right to stream, which ends just that group. A
+revoked or departed upstream group hands the upstream over to the next group.
 
 Each subscriber's queue is bounded: one that falls `sse_buffer_events` behind, or accepts
 no bytes for `sse_send_timeout_seconds`, is dropped, and its EventSource resumes with
@@ -197,31 +201,92 @@ def _error_event(status: status_pb2.Status) -> bytes:
     )
 
 
-class Feed:
-    """One upstream stream, its recent frames, and the subscribers it serves."""
+Connect = Callable[[message.Message, Credentials], grpc.aio.UnaryStreamCall]  # type: ignore[type-arg]
+# A cursor past any position: a guard stream with it is sent nothing, only ended.
+_NOTHING_AFTER = 2**63 - 1
+# The upstream's errors that are about its credentials, not the stream: another
+# subscriber's credentials take the upstream over.
+_CREDENTIAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+class Guard:
+    """A stream of one subscriber group's own that carries nothing and ends on revocation.
+
+    The same stream RPC with the cursor past any position: the control plane authorizes it
+    as any stream, sends it no event, and ends it when the credentials lose the right to
+    stream (revocation.py), which ends the group's subscribers with that error.
+    """
 
     def __init__(
         self,
-        key: tuple[str, bytes, str] | None,
         call: grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
+        on_end: Callable[[status_pb2.Status], None],
+    ) -> None:
+        self._call = call
+        self._on_end = on_end
+        metrics.SSE_GUARDS.inc()
+        self._task = asyncio.create_task(self._watch(), name="sse guard")
+
+    async def _watch(self) -> None:
+        try:
+            async for _ in self._call:
+                pass
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.CANCELLED:
+                self._on_end(status_of_rpc_error(err))
+        except asyncio.CancelledError:
+            pass
+        finally:
+            metrics.SSE_GUARDS.dec()
+
+    def cancel(self) -> None:
+        """End the guard stream (its group left, or took the upstream over)."""
+        self._call.cancel()
+        if self._task is not asyncio.current_task():
+            self._task.cancel()
+
+
+class Feed:
+    """One upstream stream, its recent frames, and the subscribers it serves.
+
+    The upstream runs with the credentials of one subscriber group (subscribers with the
+    same Authorization), the owner; every other group holds a Guard of its own. When the
+    owner group leaves, or the control plane ends the upstream for its credentials, the next
+    group takes it over, resuming after the last position: no gap, no duplicate.
+    """
+
+    def __init__(
+        self,
+        key: tuple[str, bytes] | None,
+        connect: Connect,
+        request: message.Message,
+        owner: Credentials,
         *,
         shape: StreamShape,
-        cursor: int,
         replay_limit: int,
         forget: Callable[[Feed], None],
     ) -> None:
         self.key = key
-        self._call = call
+        self._connect = connect
+        self._request = request
         self._shape = shape
         self._ring: deque[Frame] = deque()
         self._replay_limit = replay_limit
         self._forget = forget
-        # Every frame after `floor` is in the ring or still to come.
-        self.floor = cursor
+        # Every frame after `floor` is in the ring or still to come; `position` was last.
+        self.position = self.floor = int(getattr(request, shape.cursor_field))
         self.open = True
-        self.subscribers: set[Subscriber] = set()
+        self.owner = owner
+        self.groups: dict[str | None, set[Subscriber]] = {}
+        self._guards: dict[str | None, Guard] = {}
         metrics.SSE_UPSTREAMS.inc()
-        self._task = asyncio.create_task(self._pump(), name=f"feed {shape.cursor_field}")
+        self._call = self._upstream()
+        self._task = asyncio.create_task(self._pump(self._call), name="feed")
+
+    @property
+    def subscribers(self) -> set[Subscriber]:
+        """Return every subscriber of the feed."""
+        return set().union(*self.groups.values())
 
     def can_join(self, cursor: int) -> bool:
         """Say whether a subscriber after `cursor` can be served from this feed."""
@@ -232,51 +297,112 @@ class Feed:
         subscriber.feed = self
         for frame in self._ring:
             subscriber.offer(frame)
-        self.subscribers.add(subscriber)
+        group = subscriber.credentials.authorization
+        if group not in self.groups:
+            self.groups[group] = set()
+            if group != self.owner.authorization:
+                self._guards[group] = self._guard(subscriber.credentials)
+        self.groups[group].add(subscriber)
 
     def leave(self, subscriber: Subscriber) -> None:
         """Remove a subscriber; with none left, cancel the upstream call now."""
-        self.subscribers.discard(subscriber)
-        if not self.subscribers:
+        group = subscriber.credentials.authorization
+        members = self.groups.get(group)
+        if members is None:
+            return
+        members.discard(subscriber)
+        if members:
+            return
+        del self.groups[group]
+        if (guard := self._guards.pop(group, None)) is not None:
+            guard.cancel()
+        if not self.groups:
             self.close()
+        elif group == self.owner.authorization and self.open:
+            self._hand_over()
 
     def close(self) -> None:
-        """Cancel the upstream call and forget the feed."""
+        """Cancel the upstream call and the guards, and forget the feed."""
         if self.open:
             self.open = False
             self._forget(self)
+            metrics.SSE_UPSTREAMS.dec()
             self._call.cancel()
             if self._task is not asyncio.current_task():
                 self._task.cancel()
+            for guard in self._guards.values():
+                guard.cancel()
+            self._guards.clear()
 
-    async def _pump(self) -> None:
+    def _upstream(self) -> grpc.aio.UnaryStreamCall:  # type: ignore[type-arg]
+        request = type(self._request)()
+        request.CopyFrom(self._request)
+        setattr(request, self._shape.cursor_field, self.position)
+        return self._connect(request, self.owner)
+
+    def _guard(self, credentials: Credentials) -> Guard:
+        request = type(self._request)()
+        request.CopyFrom(self._request)
+        setattr(request, self._shape.cursor_field, _NOTHING_AFTER)
+        group = credentials.authorization
+        return Guard(
+            self._connect(request, credentials), lambda failure: self._fail(group, failure)
+        )
+
+    def _fail(self, group: str | None, failure: status_pb2.Status) -> None:
+        """End one group's subscribers with the control plane's error (their guard ended)."""
+        self._guards.pop(group, None)
+        for subscriber in list(self.groups.get(group, ())):
+            subscriber.finish("failed", failure)
+
+    def _hand_over(self) -> None:
+        """Run the upstream with the next group's credentials, after the last position."""
+        group, members = next(iter(self.groups.items()))
+        if (guard := self._guards.pop(group, None)) is not None:
+            guard.cancel()
+        self.owner = next(iter(members)).credentials
+        self._call.cancel()
+        if self._task is not asyncio.current_task():
+            self._task.cancel()
+        metrics.SSE_HANDOVERS.inc()
+        self._call = self._upstream()
+        self._task = asyncio.create_task(self._pump(self._call), name="feed")
+
+    async def _pump(self, call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
         shape = self._shape
         try:
-            async for response in self._call:
+            async for response in call:
                 item = getattr(response, shape.item_field)
                 position = int(getattr(item, shape.position_field))
                 event = getattr(item, shape.type_field) if shape.type_field else shape.item_field
                 frame = Frame(position, encode_event(position, event, to_json(item)))
+                self.position = position
                 self._ring.append(frame)
                 if len(self._ring) > self._replay_limit:
                     self.floor = self._ring.popleft().position
-                for subscriber in list(self.subscribers):
-                    subscriber.offer(frame)
+                for members in list(self.groups.values()):
+                    for subscriber in list(members):
+                        subscriber.offer(frame)
             self._end("ended", None)
         except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.CANCELLED:
-                self._end("failed", status_of_rpc_error(err))
+            if err.code() == grpc.StatusCode.CANCELLED:
+                return
+            failure = status_of_rpc_error(err)
+            if err.code() in _CREDENTIAL_CODES and self.open:
+                # The owner's credentials lost the right; everyone else's still stands.
+                self._fail(self.owner.authorization, failure)
+                self.groups.pop(self.owner.authorization, None)
+                if self.groups:
+                    self._hand_over()
+                    return
+            self._end("failed", failure)
         except asyncio.CancelledError:
             pass
-        finally:
-            metrics.SSE_UPSTREAMS.dec()
-            self.close()
 
     def _end(self, why: str, failure: status_pb2.Status | None) -> None:
-        self.open = False
-        self._forget(self)
-        for subscriber in list(self.subscribers):
+        for subscriber in self.subscribers:
             subscriber.finish(why, failure)
+        self.close()
 
 
 def authorizer_of(stream: Route, routes: list[Route]) -> Route | None:
@@ -317,7 +443,7 @@ class StreamHub:
             for stream in routes
             if stream.streaming and (get := authorizer_of(stream, routes)) is not None
         }
-        self._feeds: dict[tuple[str, bytes, str], Feed] = {}
+        self._feeds: dict[tuple[str, bytes], Feed] = {}
         self._subscribers: set[Subscriber] = set()
         self.stopping = False
 
@@ -343,11 +469,7 @@ class StreamHub:
             keyed = type(request)()
             keyed.CopyFrom(request)
             keyed.ClearField(shape.cursor_field)
-            key = (
-                route.grpc_path,
-                keyed.SerializeToString(deterministic=True),
-                credentials.authorization,
-            )
+            key = (route.grpc_path, keyed.SerializeToString(deterministic=True))
             feed = self._feeds.get(key)
             if feed is not None and feed.can_join(cursor):
                 await self._authorize(route, request, credentials)
@@ -358,13 +480,18 @@ class StreamHub:
             route.grpc_path,
             request_serializer=type(request).SerializeToString,
             response_deserializer=route.response_class().FromString,
-        )(request, metadata=credentials.metadata)
+        )
+
+        def connect(request: message.Message, credentials: Credentials) -> grpc.aio.UnaryStreamCall:  # type: ignore[type-arg]
+            return call(request, metadata=credentials.metadata)
+
         shared_key = key if key is not None and key not in self._feeds else None
         feed = Feed(
             shared_key,
-            call,
+            connect,
+            request,
+            credentials,
             shape=shape,
-            cursor=cursor,
             replay_limit=self._replay_events if shared_key is not None else 0,
             forget=self._forget,
         )

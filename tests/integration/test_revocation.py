@@ -17,7 +17,6 @@ import asyncpg
 import grpc
 import pytest
 from agentplatform.v1 import (
-    api_key_pb2,
     api_key_service_pb2,
     api_key_service_pb2_grpc,
     run_pb2,
@@ -38,7 +37,7 @@ from services.control_plane import policy
 from services.control_plane.app import ControlPlane
 from services.control_plane.auth import Principal
 from tests.harness import Client, Stack, start_control_plane
-from tests.integration.helpers import new_run, new_session
+from tests.integration.helpers import new_key, new_member, new_run, new_session
 
 # A revoked principal's streams end within this long of the change's commit.
 PROMPTLY = 1.0
@@ -141,29 +140,6 @@ def run_stream(channel: grpc.aio.Channel, key: str, run: str) -> Follower:
         timeout=60,
     )
     return Follower(call).start()
-
-
-async def new_key(owner: Client, user: str = "") -> api_key_service_pb2.CreateApiKeyResponse:
-    """Have the owner make a key (for `user`, default themselves)."""
-    return await api_key_service_pb2_grpc.ApiKeyServiceStub(owner.channel).CreateApiKey(
-        api_key_service_pb2.CreateApiKeyRequest(
-            api_key=api_key_pb2.ApiKey(display_name="streams", user=user)
-        ),
-        metadata=owner.auth,
-        timeout=10,
-    )
-
-
-async def new_member(owner: Client, role: str) -> tuple[str, str]:
-    """Add a member; return their member name and a key for them."""
-    member = await workspace_service_pb2_grpc.WorkspaceServiceStub(owner.channel).CreateMember(
-        workspace_service_pb2.CreateMemberRequest(
-            member=workspace_pb2.Member(role=role, display_name=f"{role} streamer")
-        ),
-        metadata=owner.auth,
-        timeout=10,
-    )
-    return member.name, (await new_key(owner, member.user)).key
 
 
 async def set_role(owner: Client, member: str, role: str) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import secrets
 
 import httpx
+from agentplatform.events import TERMINAL_TYPES as TERMINAL
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from services.web.app import Edge
 from services.web.login import COOKIE_NAME
 from tests.harness import Stack
-from tests.integration.helpers import new_session
+from tests.integration.helpers import new_run, new_session
 from tests.web.helpers import EventReader, bearer, running_edge
 
 EVIL = "https://evil.example"
@@ -142,3 +144,42 @@ async def test_logout_clears_the_cookie_and_ends_its_streams(stack: Stack, edge:
             assert await EventReader(stream).read() == []  # the stream ended by itself
         assert COOKIE_NAME not in http.cookies
         assert (await http.get("/v1/sessions")).status_code == 401
+
+
+async def test_logout_of_the_login_a_shared_feed_runs_as_hands_it_to_another_key(
+    stack: Stack, edge: Edge
+) -> None:
+    """The cookie's key stops being used upstream; a bearer subscriber goes on without a gap."""
+    session = await new_session(stack.owner)
+    url = f"/v1/{session.name}:streamEvents"
+    handovers = REGISTRY.get_sample_value("ap_sse_upstream_handovers_total") or 0.0
+    async with (
+        httpx.AsyncClient(base_url=edge.url, timeout=15) as browser,
+        httpx.AsyncClient(base_url=edge.url, timeout=15) as program,
+    ):
+        created = await program.post(
+            "/v1/apiKeys", json={"displayName": "browser"}, headers=bearer(stack.owner.api_key)
+        )
+        assert created.status_code == 200, created.text
+        token = await _login(browser, created.json()["key"])
+        async with (
+            browser.stream("GET", url) as cookie_stream,
+            program.stream("GET", url, headers=bearer(stack.owner.api_key)) as key_stream,
+        ):
+            assert edge.hub is not None and edge.hub.upstream_count == 1
+            reader, cookie_reader = EventReader(key_stream), EventReader(cookie_stream)
+            await new_run(stack.owner, session.name, "hi [[tokens=2]]")
+            before = await reader.read(until=TERMINAL)
+            assert [e.id for e in await cookie_reader.read(until=TERMINAL)] == [
+                e.id for e in before
+            ]
+            logout = await browser.post("/auth/logout", headers={"x-csrf-token": token})
+            assert logout.status_code == 204
+            assert await cookie_reader.read() == []  # the login's stream ended
+            assert (
+                REGISTRY.get_sample_value("ap_sse_upstream_handovers_total") or 0.0
+            ) == handovers + 1
+            await new_run(stack.owner, session.name, "again [[tokens=2]]")
+            after = await reader.read(until=TERMINAL)
+            ids = [int(e.id) for e in before + after]
+            assert ids == list(range(ids[0], ids[0] + len(ids)))

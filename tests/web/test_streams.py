@@ -16,7 +16,7 @@ from services.web.login import Credentials
 from services.web.streams import EventStreamResponse
 from services.web.transcode import build_request
 from tests.harness import Stack
-from tests.integration.helpers import new_run, new_session
+from tests.integration.helpers import new_member, new_run, new_session
 from tests.web.helpers import EventReader, SseEvent, bearer, read_events, running_edge
 
 
@@ -266,6 +266,135 @@ async def test_revoking_a_key_ends_its_shared_feed_for_every_subscriber(
                 error = last.data["error"]
                 assert (error["code"], error["status"]) == (401, "UNAUTHENTICATED")
                 assert [d["reason"] for d in error["details"]] == ["UNAUTHENTICATED"]
+
+
+async def _new_key(http: httpx.AsyncClient, owner: dict[str, str], name: str) -> tuple[str, str]:
+    """Create an API key of the owner's workspace; return (its Authorization, its name)."""
+    created = await http.post("/v1/apiKeys", json={"displayName": name}, headers=owner)
+    assert created.status_code == 200, created.text
+    return f"Bearer {created.json()['key']}", created.json()["apiKey"]["name"]
+
+
+async def test_two_keys_on_one_run_share_one_upstream_each_from_its_cursor(
+    stack: Stack, edge: Edge
+) -> None:
+    """A second key joins the first key's feed (one upstream, one guard): exact suffixes."""
+    owner = bearer(stack.owner.api_key)
+    session = await new_session(stack.owner)
+    upstreams, guards = _sample("ap_sse_upstream_streams"), _sample("ap_sse_guard_streams")
+    async with httpx.AsyncClient(base_url=edge.url, timeout=15) as http:
+        other, _ = await _new_key(http, owner, "second")
+        run = await new_run(stack.owner, session.name, "hi [[tokens=20]] [[delay_ms=30]]")
+        url = f"/v1/{run.name}:streamEvents"
+        joins = _sample("ap_sse_shared_joins_total")
+        async with http.stream("GET", url, headers=owner) as first:
+            reader = EventReader(first)
+            head = await reader.read(until={"output_text.delta"})
+            async with http.stream(
+                "GET", url, headers={"authorization": other, "last-event-id": "2"}
+            ) as second:
+                assert second.status_code == 200
+                assert _sample("ap_sse_shared_joins_total") == joins + 1
+                assert _sample("ap_sse_upstream_streams") == upstreams + 1
+                assert _sample("ap_sse_guard_streams") == guards + 1
+                assert edge.hub is not None and edge.hub.upstream_count == 1
+                joined = await read_events(second)
+            full = head + await reader.read()
+    assert full[-1].event in TERMINAL
+    assert [int(e.id) for e in full] == list(range(1, len(full) + 1))
+    assert [e.id for e in joined] == [e.id for e in full[2:]]
+    await _until(lambda: _sample("ap_sse_upstream_streams") == upstreams, "upstream closed")
+    await _until(lambda: _sample("ap_sse_guard_streams") == guards, "guard closed")
+
+
+async def test_revoking_a_joined_key_ends_only_its_subscriber(stack: Stack, edge: Edge) -> None:
+    """The second key's guard ends with its revocation; the first key's stream goes on."""
+    owner = bearer(stack.owner.api_key)
+    session = await new_session(stack.owner)
+    url = f"/v1/{session.name}:streamEvents"
+    async with httpx.AsyncClient(base_url=edge.url, timeout=15) as http:
+        other, other_name = await _new_key(http, owner, "joined")
+        async with (
+            http.stream("GET", url, headers=owner) as first,
+            http.stream("GET", url, headers={"authorization": other}) as second,
+        ):
+            assert edge.hub is not None and edge.hub.upstream_count == 1
+            readers = [EventReader(first), EventReader(second)]
+            await new_run(stack.owner, session.name, "hi [[tokens=2]]")
+            before = [await reader.read(until=TERMINAL) for reader in readers]
+            assert [e.id for e in before[0]] == [e.id for e in before[1]]
+            revoked = await http.delete(f"/v1/{other_name}", headers=owner)
+            assert revoked.status_code == 200, revoked.text
+            async with asyncio.timeout(5.0):
+                (*_, last) = await readers[1].read(until={"error"})
+                assert await readers[1].read() == []  # and the response ends
+            assert last.data["error"]["status"] == "UNAUTHENTICATED"
+            await new_run(stack.owner, session.name, "again [[tokens=2]]")
+            after = await readers[0].read(until=TERMINAL)
+            assert int(after[0].id) == int(before[0][-1].id) + 1
+            assert after[-1].event in TERMINAL
+
+
+async def test_revoking_the_key_a_shared_upstream_runs_as_hands_it_over_without_gap(
+    stack: Stack, edge: Edge
+) -> None:
+    """The feed's first key is revoked: its subscriber ends; the other resumes gaplessly."""
+    owner = bearer(stack.owner.api_key)
+    session = await new_session(stack.owner)
+    url = f"/v1/{session.name}:streamEvents"
+    async with httpx.AsyncClient(base_url=edge.url, timeout=15) as http:
+        first_key, first_name = await _new_key(http, owner, "first")
+        handovers = _sample("ap_sse_upstream_handovers_total")
+        async with (
+            http.stream("GET", url, headers={"authorization": first_key}) as first,
+            http.stream("GET", url, headers=owner) as second,
+        ):
+            assert edge.hub is not None and edge.hub.upstream_count == 1
+            readers = [EventReader(first), EventReader(second)]
+            await new_run(stack.owner, session.name, "hi [[tokens=2]]")
+            before = [await reader.read(until=TERMINAL) for reader in readers]
+            revoked = await http.delete(f"/v1/{first_name}", headers=owner)
+            assert revoked.status_code == 200, revoked.text
+            async with asyncio.timeout(5.0):
+                (*_, last) = await readers[0].read(until={"error"})
+                assert await readers[0].read() == []
+            assert last.data["error"]["status"] == "UNAUTHENTICATED"
+            await _until(
+                lambda: _sample("ap_sse_upstream_handovers_total") == handovers + 1, "handover"
+            )
+            await new_run(stack.owner, session.name, "again [[tokens=2]] [[delay_ms=20]]")
+            after = await readers[1].read(until=TERMINAL)
+            ids = [int(e.id) for e in before[1] + after]
+            assert ids == list(range(ids[0], ids[0] + len(ids)))
+            assert edge.hub.upstream_count == 1
+
+
+async def test_removing_a_joined_member_ends_only_their_subscriber(
+    stack: Stack, edge: Edge
+) -> None:
+    """DeleteMember ends the member's guard with PERMISSION_DENIED; the owner's stream goes on."""
+    owner = bearer(stack.owner.api_key)
+    session = await new_session(stack.owner)
+    url = f"/v1/{session.name}:streamEvents"
+    member, key = await new_member(stack.owner, "member")
+    async with (
+        httpx.AsyncClient(base_url=edge.url, timeout=15) as http,
+        http.stream("GET", url, headers=owner) as first,
+        http.stream("GET", url, headers=bearer(key)) as second,
+    ):
+        assert edge.hub is not None and edge.hub.upstream_count == 1
+        readers = [EventReader(first), EventReader(second)]
+        await new_run(stack.owner, session.name, "hi [[tokens=2]]")
+        before = [await reader.read(until=TERMINAL) for reader in readers]
+        removed = await http.delete(f"/v1/{member}", headers=owner)
+        assert removed.status_code == 200, removed.text
+        async with asyncio.timeout(5.0):
+            (*_, last) = await readers[1].read(until={"error"})
+            assert await readers[1].read() == []
+        assert last.data["error"]["status"] == "PERMISSION_DENIED"
+        await new_run(stack.owner, session.name, "again [[tokens=2]]")
+        after = await readers[0].read(until=TERMINAL)
+        assert int(after[0].id) == int(before[0][-1].id) + 1
 
 
 async def test_a_client_that_stops_reading_is_dropped_and_resumes_exactly(stack: Stack) -> None:
