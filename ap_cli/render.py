@@ -79,6 +79,9 @@ class EventRenderer:
             "tool_call_denied": self._denied,
             "run_cancel_requested": self._cancel_requested,
             "usage": self._add_usage,
+            # Opaque: for the worker to give back to the model; the reasoning text it
+            # carries has streamed already as reasoning.summary.delta.
+            "reasoning_state": lambda _event: None,
             "run_completed": self._run_completed,
             "run_failed": self._run_failed,
             "run_cancelled": self._run_cancelled,

@@ -88,6 +88,37 @@ def _message_turns(message: Any, where: str) -> list[Turn]:
     return turns
 
 
+def _check_thinking(body: Mapping[str, Any], max_tokens: int, messages: list[Any]) -> None:
+    """With extended thinking on, refuse what Anthropic refuses.
+
+    The budget must be at least 1024 and below max_tokens; the last assistant message, when
+    it called tools, must start with its thinking block as streamed: its signature unchanged.
+    """
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or budget < 1024:
+        raise BadRequestError("thinking.enabled.budget_tokens: Input should be >= 1024")
+    if budget >= max_tokens:
+        raise BadRequestError("`max_tokens` must be greater than `thinking.budget_tokens`")
+    assistant = [m for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+    if not assistant or not isinstance(assistant[-1].get("content"), list):
+        return
+    blocks = assistant[-1]["content"]
+    if not any(isinstance(b, dict) and b.get("type") == "tool_use" for b in blocks):
+        return
+    first = blocks[0] if isinstance(blocks[0], dict) else {}
+    if first.get("type") not in ("thinking", "redacted_thinking"):
+        raise BadRequestError(
+            "messages: Expected `thinking` or `redacted_thinking`, but found "
+            f"`{first.get('type')}`. When `thinking` is enabled, a final `assistant` message "
+            "must start with a thinking block"
+        )
+    if first.get("type") == "thinking" and first.get("signature") != _SIGNATURE:
+        raise BadRequestError("messages: Invalid `signature` in `thinking` block")
+
+
 def _string(item: Mapping[str, Any], key: str, where: str) -> str:
     """Return ``item[key]``, which must be a non-empty string."""
     value = item.get(key)
@@ -172,6 +203,7 @@ class Messages:
         for n, message in enumerate(messages):
             turns.extend(_message_turns(message, f"messages.{n}"))
         _check_tools(body.get("tools"))
+        _check_thinking(body, max_tokens, messages)
         return Call(
             model=model, stream=bool(body.get("stream")), conversation=tuple(turns), body=body
         )

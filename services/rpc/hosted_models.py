@@ -35,6 +35,45 @@ from services.rpc.settings import SettingsError
 
 ApiKind = Literal["chat_completions", "responses", "messages"]
 API_KINDS: tuple[ApiKind, ...] = ("chat_completions", "responses", "messages")
+ReasoningEffort = Literal["minimal", "low", "medium", "high"]
+# Anthropic refuses a smaller thinking budget.
+MIN_THINKING_BUDGET_TOKENS = 1024
+
+
+def reasoning_problem(
+    api: ApiKind,
+    effort: ReasoningEffort | None,
+    budget: int | None,
+    max_output_tokens: int,
+    *,
+    names: tuple[str, str, str],
+) -> str | None:
+    """Say what is wrong with a model's reasoning settings, naming the variables; None if fine.
+
+    `names` are how the configuration spells the effort, the thinking budget and the output
+    limit (AP_MODEL_REASONING_EFFORT… or an AP_MODELS entry's keys).
+    """
+    effort_name, budget_name, max_name = names
+    if effort is not None and api == "messages":
+        return (
+            f"{effort_name} is set for a messages (Anthropic) model, which takes a thinking "
+            f"budget instead: set {budget_name}"
+        )
+    if budget is None:
+        return None
+    if api != "messages":
+        return (
+            f"{budget_name} is set for a {api} model; only messages (Anthropic) models take "
+            f"a thinking budget: set {effort_name} instead"
+        )
+    if budget < MIN_THINKING_BUDGET_TOKENS:
+        return f"{budget_name} is {budget}; Anthropic needs at least {MIN_THINKING_BUDGET_TOKENS}"
+    if budget >= max_output_tokens:
+        return (
+            f"{budget_name} ({budget}) must be less than {max_name} ({max_output_tokens}): "
+            "the thinking budget is part of the reply's tokens"
+        )
+    return None
 
 
 class ModelPrices(BaseModel):
@@ -80,6 +119,12 @@ class HostedModelConfig(BaseModel):
         default=None, gt=0, description="Tokens the model reads at most; unset: never trimmed."
     )
     max_output_tokens: int = Field(default=4096, gt=0, description="Sent as max_tokens.")
+    reasoning_effort: ReasoningEffort | None = Field(
+        default=None, description="Reasoning asked of an OpenAI-format model; unset: none asked."
+    )
+    thinking_budget_tokens: int | None = Field(
+        default=None, gt=0, description="Extended thinking asked of a messages model."
+    )
     prices: ModelPrices = Field(default_factory=ModelPrices)
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     idle_timeout_seconds: float = Field(default=60.0, gt=0)
@@ -104,6 +149,8 @@ class _ModelsEntry(BaseModel):
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     context_window: int | None = Field(default=None, gt=0)
     max_output_tokens: int = Field(default=4096, gt=0)
+    reasoning_effort: ReasoningEffort | None = None
+    thinking_budget_tokens: int | None = Field(default=None, gt=0)
     prices: ModelPrices = Field(default_factory=ModelPrices)
 
 
@@ -122,6 +169,12 @@ class HostedModelSettings(BaseSettings):
     api_key: SecretStr | None = None
     context_window: int | None = Field(default=None, gt=0)
     max_output_tokens: int = Field(default=4096, gt=0)
+    reasoning_effort: ReasoningEffort | None = Field(
+        default=None, description="minimal, low, medium or high: reasoning asked of the model."
+    )
+    thinking_budget_tokens: int | None = Field(
+        default=None, gt=0, description="Tokens of extended thinking (messages models)."
+    )
     price_input: float = Field(default=0.0, ge=0, description="USD per million input tokens.")
     price_cached_input: float | None = Field(default=None, ge=0)
     price_output: float = Field(default=0.0, ge=0, description="USD per million output tokens.")
@@ -182,6 +235,19 @@ class HostedModelSettings(BaseSettings):
             "retry_max_wait_seconds": self.retry_max_wait_seconds,
         }
         if self.base_url and self.name:
+            problem = reasoning_problem(
+                self.api,
+                self.reasoning_effort,
+                self.thinking_budget_tokens,
+                self.max_output_tokens,
+                names=(
+                    "AP_MODEL_REASONING_EFFORT",
+                    "AP_MODEL_THINKING_BUDGET_TOKENS",
+                    "AP_MODEL_MAX_OUTPUT_TOKENS",
+                ),
+            )
+            if problem is not None:
+                raise ValueError(problem)
             prices = ModelPrices(
                 input=self.price_input,
                 cached_input=self.price_cached_input,
@@ -196,6 +262,8 @@ class HostedModelSettings(BaseSettings):
                     api_key=self.api_key,
                     context_window=self.context_window,
                     max_output_tokens=self.max_output_tokens,
+                    reasoning_effort=self.reasoning_effort,
+                    thinking_budget_tokens=self.thinking_budget_tokens,
                     prices=prices,
                     **common,
                 ),
@@ -218,6 +286,19 @@ class HostedModelSettings(BaseSettings):
                     for e in err.errors()
                 )
                 raise ValueError(f"AP_MODELS[{index}] is invalid: {problems}") from None
+            problem = reasoning_problem(
+                entry.api,
+                entry.reasoning_effort,
+                entry.thinking_budget_tokens,
+                entry.max_output_tokens,
+                names=(
+                    f"AP_MODELS[{index}].reasoning_effort",
+                    f"AP_MODELS[{index}].thinking_budget_tokens",
+                    f"AP_MODELS[{index}].max_output_tokens",
+                ),
+            )
+            if problem is not None:
+                raise ValueError(problem)
             key = None
             if entry.api_key_env is not None:
                 value = env.get(entry.api_key_env)
@@ -237,6 +318,8 @@ class HostedModelSettings(BaseSettings):
                     key_variable=entry.api_key_env or f"AP_MODELS[{index}].api_key_env",
                     context_window=entry.context_window,
                     max_output_tokens=entry.max_output_tokens,
+                    reasoning_effort=entry.reasoning_effort,
+                    thinking_budget_tokens=entry.thinking_budget_tokens,
                     prices=entry.prices,
                     **common,
                 )

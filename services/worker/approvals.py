@@ -6,7 +6,8 @@
         ALWAYS_ASK   ─► tool_call.approval_requested; the run is parked (SuspendRun)
 
 A parked run's next claim carries its events. `replay` rebuilds from them what the model
-was told and said (the turns already recorded are never asked of the model again) and the
+was told and said (the turns already recorded are never asked of the model again, their
+signed reasoning, "reasoning.state", given back with their calls) and the
 open turn whose calls were decided: approved calls that have not run are run, denied and
 expired ones become error results, and a call that started but never reported (its worker
 died) is answered as of unknown outcome rather than run twice.
@@ -20,7 +21,13 @@ from dataclasses import dataclass, field
 from agentplatform.gateway.v1 import gateway_service_pb2 as gw
 from agentplatform.v1 import run_pb2, tool_pb2
 
-from services.worker.model import AssistantMessage, Message, ToolCallRequest, ToolResult
+from services.worker.model import (
+    AssistantMessage,
+    Message,
+    ReasoningBlock,
+    ToolCallRequest,
+    ToolResult,
+)
 
 REFUSED = "TOOL_REFUSED"
 
@@ -81,6 +88,7 @@ class Turn:
     results: dict[str, ToolResult] = field(default_factory=dict)
     approved: set[str] = field(default_factory=set)
     denied: dict[str, run_pb2.ToolCallDenied] = field(default_factory=dict)
+    reasoning: tuple[ReasoningBlock, ...] = ()
 
     def closed(self) -> bool:
         """Say whether every call of the turn has a result."""
@@ -88,7 +96,9 @@ class Turn:
 
     def messages(self) -> list[Message]:
         """Return the turn as the model's conversation holds it (results in the calls' order)."""
-        out: list[Message] = [AssistantMessage("".join(self.text), tuple(self.calls.values()))]
+        out: list[Message] = [
+            AssistantMessage("".join(self.text), tuple(self.calls.values()), self.reasoning)
+        ]
         return out + [self.results[c] for c in self.calls if c in self.results]
 
 
@@ -110,6 +120,30 @@ def _add_usage(total: run_pb2.Usage, call: run_pb2.Usage) -> None:
         setattr(total, name, getattr(total, name) + getattr(call, name))
 
 
+def _record_call(turn: Turn, event: run_pb2.RunEvent) -> None:
+    """Add what a tool call event says to the turn (other events say nothing of calls)."""
+    kind = event.WhichOneof("payload")
+    if kind == "tool_call_started":
+        s = event.tool_call_started
+        turn.calls.setdefault(s.call_id, ToolCallRequest(s.call_id, s.tool, s.arguments_json))
+        turn.started.add(s.call_id)
+    elif kind == "tool_call_approval_requested":
+        a = event.tool_call_approval_requested
+        turn.calls.setdefault(a.call_id, ToolCallRequest(a.call_id, a.tool, a.arguments_json))
+        turn.asked.add(a.call_id)
+    elif kind == "tool_call_completed":
+        c = event.tool_call_completed
+        call = turn.calls.get(c.call_id)
+        if call is not None:
+            turn.results[c.call_id] = ToolResult(
+                c.call_id, call.name, c.result, is_error=c.is_error
+            )
+    elif kind == "tool_call_approved":
+        turn.approved.add(event.tool_call_approved.call_id)
+    elif kind == "tool_call_denied":
+        turn.denied[event.tool_call_denied.call_id] = event.tool_call_denied
+
+
 def replay(events: Sequence[run_pb2.RunEvent]) -> Replayed:
     """Rebuild a run's turns from its events, in order.
 
@@ -122,38 +156,23 @@ def replay(events: Sequence[run_pb2.RunEvent]) -> Replayed:
     usage = run_pb2.Usage()
     for event in events:
         kind = event.WhichOneof("payload")
+        if kind in ("output_text_delta", "reasoning_state") and current.calls:
+            # The model speaks (or reasons) again after its calls: the next turn.
+            turns.append(current)
+            current = Turn()
         if kind == "output_text_delta":
-            if current.calls:
-                turns.append(current)
-                current = Turn()
             current.text.append(event.output_text_delta.text)
-        elif kind == "tool_call_started":
-            s = event.tool_call_started
-            current.calls.setdefault(
-                s.call_id, ToolCallRequest(s.call_id, s.tool, s.arguments_json)
+        elif kind == "reasoning_state":
+            current.reasoning = tuple(
+                ReasoningBlock(b.thinking, b.signature, b.redacted_data)
+                for b in event.reasoning_state.blocks
             )
-            current.started.add(s.call_id)
-        elif kind == "tool_call_approval_requested":
-            a = event.tool_call_approval_requested
-            current.calls.setdefault(
-                a.call_id, ToolCallRequest(a.call_id, a.tool, a.arguments_json)
-            )
-            current.asked.add(a.call_id)
-        elif kind == "tool_call_completed":
-            c = event.tool_call_completed
-            call = current.calls.get(c.call_id)
-            if call is not None:
-                current.results[c.call_id] = ToolResult(
-                    c.call_id, call.name, c.result, is_error=c.is_error
-                )
-        elif kind == "tool_call_approved":
-            current.approved.add(event.tool_call_approved.call_id)
-        elif kind == "tool_call_denied":
-            current.denied[event.tool_call_denied.call_id] = event.tool_call_denied
         elif kind == "usage":
             _add_usage(usage, event.usage)
         elif kind == "run_attempt_started" and not (current.asked or current.closed()):
             current = Turn()
+        else:
+            _record_call(current, event)
     if current.closed():
         turns.append(current)
         return Replayed(turns, None, usage)

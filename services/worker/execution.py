@@ -45,6 +45,7 @@ from services.worker.model import (
     Message,
     ModelError,
     ModelRequest,
+    ReasoningBlock,
     ReasoningDelta,
     TextDelta,
     ToolCallRequest,
@@ -153,6 +154,19 @@ class StopReason(enum.Enum):
     CANCELLED = "cancelled"  # finish it as cancelled
     LEASE_LOST = "lease_lost"  # another worker holds it: abandon it
     RELEASED = "released"  # this worker is draining: hand it back
+
+
+def reasoning_state_event(blocks: tuple[ReasoningBlock, ...]) -> run_pb2.RunEvent:
+    """Record a turn's signed reasoning, which the model must be given back with its calls."""
+    state = run_pb2.ReasoningState(
+        blocks=[
+            run_pb2.ReasoningBlock(
+                thinking=b.thinking, signature=b.signature, redacted_data=b.redacted_data
+            )
+            for b in blocks
+        ]
+    )
+    return run_pb2.RunEvent(reasoning_state=state)
 
 
 HOSTED_MODEL_UNAVAILABLE = Failed(
@@ -432,7 +446,7 @@ class RunExecution:
                     ModelRequest(system, tuple(messages), model.settings, offered)
                 )
                 called = time.monotonic()
-                step_text, calls = await self._model_step(model, request, sink, usage)
+                step_text, calls, reasoning = await self._model_step(model, request, sink, usage)
                 self._model_seconds += time.monotonic() - called
                 if (over := budget_crossed(self._claim, usage)) is not None:
                     return over
@@ -443,7 +457,10 @@ class RunExecution:
                     raise ModelError(
                         Reason.MODEL_ERROR, "The model called a tool, but none is offered."
                     )
-                messages.append(AssistantMessage("".join(step_text), tuple(calls)))
+                if reasoning:
+                    # Recorded so that a run resumed after an approval can give it back too.
+                    sink.emit(reasoning_state_event(reasoning))
+                messages.append(AssistantMessage("".join(step_text), tuple(calls), reasoning))
                 results = await self._tool_step(sink, calls, offered_names, policies)
                 if isinstance(results, Suspended):
                     return results
@@ -460,10 +477,12 @@ class RunExecution:
     @staticmethod
     async def _model_step(
         model: HostedModel, request: ModelRequest, sink: EventSink, usage: run_pb2.Usage
-    ) -> tuple[list[str], list[ToolCallRequest]]:
-        """Stream one model call into events; return its text and the tool calls it asked for."""
+    ) -> tuple[list[str], list[ToolCallRequest], tuple[ReasoningBlock, ...]]:
+        """Stream one model call into events; return its text, the tool calls it asked for and
+        the reasoning to give back with them."""
         step_text: list[str] = []
         calls: list[ToolCallRequest] = []
+        reasoning: list[ReasoningBlock] = []
 
         def retrying(retry: run_pb2.ModelRetry) -> None:
             log.info("model_call_retry", retry=retry.retry, delay_ms=retry.delay_ms)
@@ -487,7 +506,9 @@ class RunExecution:
                     sink.emit(run_pb2.RunEvent(usage=call_usage))
                 case ToolCallRequest():
                     calls.append(item)
-        return step_text, calls
+                case ReasoningBlock():
+                    reasoning.append(item)
+        return step_text, calls, tuple(reasoning)
 
     async def _resume(
         self,

@@ -1,8 +1,13 @@
 """The model-provider seam: neutral requests in, a stream of neutral `ModelEvent`s out.
 
     ModelRequest(system, messages, tools, settings)
-        └─► ModelClient.stream() ─► TextDelta | ReasoningDelta | UsageReport | ToolCallRequest
+        └─► ModelClient.stream() ─► TextDelta | ReasoningDelta | ReasoningBlock | UsageReport
+                                    | ToolCallRequest
                                     (ModelError with an ErrorReason when the call fails)
+
+A `ReasoningBlock` is reasoning the provider wants back verbatim (Anthropic's signed
+thinking): the run keeps it on the turn's `AssistantMessage`, and the adapter sends it with
+the turn's tool calls on the next call.
 
 Each wire format (services/worker/providers/) is one `ModelClient`: it shapes the request
 for its API and maps what the API streams back onto these types. Nothing outside an adapter
@@ -38,11 +43,25 @@ class ToolCallRequest:
 
 
 @dataclass(frozen=True)
+class ReasoningBlock:
+    """A block of reasoning to give back to the model unchanged, as its provider returned it.
+
+    Anthropic's thinking block (its text and signature) or redacted thinking block (its
+    encrypted `redacted_data`); its text has streamed already as ReasoningDelta.
+    """
+
+    thinking: str = ""
+    signature: str = ""
+    redacted_data: str = ""
+
+
+@dataclass(frozen=True)
 class AssistantMessage:
-    """What the model said earlier: its text, and the tool calls it asked for."""
+    """What the model said earlier: its text, the tool calls it asked for, its signed reasoning."""
 
     text: str
     tool_calls: tuple[ToolCallRequest, ...] = ()
+    reasoning: tuple[ReasoningBlock, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +92,9 @@ class ModelSettings:
 
     model: str
     max_output_tokens: int = 4096
+    # Reasoning asked of the model: an effort (OpenAI formats) or a thinking budget (Messages).
+    reasoning_effort: str | None = None
+    thinking_budget_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +138,7 @@ class UsageReport:
     cached_input_tokens: int = 0
 
 
-ModelEvent = TextDelta | ReasoningDelta | UsageReport | ToolCallRequest
+ModelEvent = TextDelta | ReasoningDelta | ReasoningBlock | UsageReport | ToolCallRequest
 
 
 class ModelError(Exception):

@@ -287,6 +287,56 @@ async def test_bad_requests_get_400_naming_the_field(
     assert named in payload["error"]["message"]
 
 
+THINKING = {"type": "enabled", "budget_tokens": 1024}
+
+
+def _after_tool_use(first_block: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A conversation whose last assistant turn called a tool, led by ``first_block``."""
+    blocks = [{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {}}]
+    return [
+        {"role": "user", "content": "look"},
+        {"role": "assistant", "content": ([first_block] if first_block else []) + blocks},
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"}],
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"thinking": {"type": "enabled", "budget_tokens": 512}}, "budget_tokens"),
+        (
+            {"max_tokens": 1024, "thinking": THINKING},
+            "`max_tokens` must be greater than `thinking.budget_tokens`",
+        ),
+        (
+            {"max_tokens": 2048, "thinking": THINKING, "messages": _after_tool_use(None)},
+            "Expected `thinking` or `redacted_thinking`, but found `tool_use`",
+        ),
+        (
+            {
+                "max_tokens": 2048,
+                "thinking": THINKING,
+                "messages": _after_tool_use(
+                    {"type": "thinking", "thinking": "hm", "signature": "forged"}
+                ),
+            },
+            "Invalid `signature` in `thinking` block",
+        ),
+    ],
+)
+async def test_extended_thinking_is_refused_as_anthropic_refuses_it(
+    model: DevModel, client: httpx.AsyncClient, change: dict[str, Any], named: str
+) -> None:
+    """A bad budget, or a tool-use turn without its signed thinking block, gets 400."""
+    response = await client.post(f"{model.base_url}/messages", json={**_body("hi"), **change})
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert named in response.json()["error"]["message"]
+
+
 async def test_anthropic_version_header_is_required(model: DevModel) -> None:
     """A request without anthropic-version gets 400, as the API answers it."""
     async with httpx.AsyncClient() as http:

@@ -203,3 +203,59 @@ async def test_retry_after_is_waited_in_full(api_stack: Stack) -> None:
     (retry,) = [e.model_retry for e in events if e.type == "model.retry"]
     assert 300 <= retry.delay_ms <= 1100  # retry-after-ms (OpenAI) or whole seconds (Anthropic)
     assert events[-1].type == "run.completed"
+
+
+@pytest.mark.parametrize(
+    ("api", "reasoning"),
+    [
+        ("chat_completions", {"reasoning_effort": "low"}),
+        ("responses", {"reasoning_effort": "low"}),
+        ("messages", {"thinking_budget_tokens": 2048}),
+    ],
+)
+async def test_requested_reasoning_through_a_tool_call_round_trip(
+    api: str, reasoning: dict[str, object], pg_admin_dsn: str, template_dsn: str, tmp_path: Path
+) -> None:
+    """Reasoning configured per model is asked for; Anthropic's signed thinking goes back.
+
+    With extended thinking the dev model, like Anthropic, refuses a follow-up whose tool-use
+    turn lacks its thinking block with the signature unchanged: the run completing proves the
+    worker sent it back, and the turn's blocks are recorded as "reasoning.state".
+    """
+    dsn = await clone_database(pg_admin_dsn, template_dsn)
+    settings = {"api": api, **reasoning}
+    async with start_gateway_stack(dsn, tmp_path, model_settings=settings) as gw_stack:
+        await gw_stack.add_http_tool(
+            gw_stack.owner,
+            "lookup",
+            gw_stack.tools.base + "/echo/{item}",
+            parameters={
+                "type": "object",
+                "properties": {"item": {"type": "string"}},
+                "required": ["item"],
+            },
+        )
+        _, events = await gw_stack.run(
+            gw_stack.owner, 'Look it up [[tool=lookup args={"item": "a"}]] [[reasoning=2]]'
+        )
+        assert events[-1].type == "run.completed", events[-1]
+        assert joined(events, "reasoning_summary_delta")
+        first, follow_up = gw_stack.stack.devmodel.requests[-2:]
+        match api:
+            case "chat_completions":
+                assert first["reasoning_effort"] == "low"
+            case "responses":
+                assert first["reasoning"] == {"effort": "low", "summary": "auto"}
+            case "messages":
+                assert first["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+                (state,) = [e.reasoning_state for e in events if e.type == "reasoning.state"]
+                (block,) = state.blocks
+                assert block.signature and block.thinking
+                turn = follow_up["messages"][-2]
+                assert turn["role"] == "assistant"
+                assert turn["content"][0] == {
+                    "type": "thinking",
+                    "thinking": block.thinking,
+                    "signature": block.signature,
+                }
+                assert turn["content"][-1]["type"] == "tool_use"

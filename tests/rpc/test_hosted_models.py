@@ -144,6 +144,75 @@ def test_a_list_of_models_with_keys_by_reference(monkeypatch: pytest.MonkeyPatch
             {"AP_MODEL_BASE_URL": "http://x", "AP_MODEL_NAME": "m", "AP_MODEL_API": "grpc"},
             "AP_MODEL_API: Input should be",
         ),
+        (
+            {
+                "AP_MODEL_BASE_URL": "http://x",
+                "AP_MODEL_NAME": "m",
+                "AP_MODEL_REASONING_EFFORT": "extreme",
+            },
+            "AP_MODEL_REASONING_EFFORT: Input should be 'minimal', 'low', 'medium' or 'high'",
+        ),
+        (
+            {
+                "AP_MODEL_BASE_URL": "http://x",
+                "AP_MODEL_NAME": "m",
+                "AP_MODEL_API": "messages",
+                "AP_MODEL_REASONING_EFFORT": "high",
+            },
+            "AP_MODEL_REASONING_EFFORT is set for a messages (Anthropic) model, which takes a "
+            "thinking budget instead: set AP_MODEL_THINKING_BUDGET_TOKENS",
+        ),
+        (
+            {
+                "AP_MODEL_BASE_URL": "http://x",
+                "AP_MODEL_NAME": "m",
+                "AP_MODEL_THINKING_BUDGET_TOKENS": "2048",
+            },
+            "AP_MODEL_THINKING_BUDGET_TOKENS is set for a chat_completions model",
+        ),
+        (
+            {
+                "AP_MODEL_BASE_URL": "http://x",
+                "AP_MODEL_NAME": "m",
+                "AP_MODEL_API": "messages",
+                "AP_MODEL_THINKING_BUDGET_TOKENS": "lots",
+            },
+            "AP_MODEL_THINKING_BUDGET_TOKENS: Input should be a valid integer",
+        ),
+        (
+            {
+                "AP_MODEL_BASE_URL": "http://x",
+                "AP_MODEL_NAME": "m",
+                "AP_MODEL_API": "messages",
+                "AP_MODEL_THINKING_BUDGET_TOKENS": "512",
+            },
+            "AP_MODEL_THINKING_BUDGET_TOKENS is 512; Anthropic needs at least 1024",
+        ),
+        (
+            {
+                "AP_MODEL_BASE_URL": "http://x",
+                "AP_MODEL_NAME": "m",
+                "AP_MODEL_API": "messages",
+                "AP_MODEL_THINKING_BUDGET_TOKENS": "4096",
+            },
+            "AP_MODEL_THINKING_BUDGET_TOKENS (4096) must be less than AP_MODEL_MAX_OUTPUT_TOKENS "
+            "(4096)",
+        ),
+        (
+            {
+                "AP_MODELS": '[{"api": "messages", "base_url": "http://x", "model": "m", '
+                '"max_output_tokens": 2000, "thinking_budget_tokens": 3000}]'
+            },
+            "AP_MODELS[0].thinking_budget_tokens (3000) must be less than "
+            "AP_MODELS[0].max_output_tokens (2000)",
+        ),
+        (
+            {
+                "AP_MODELS": '[{"api": "responses", "base_url": "http://x", "model": "m", '
+                '"reasoning_effort": "max"}]'
+            },
+            "AP_MODELS[0] is invalid: reasoning_effort: Input should be",
+        ),
     ],
 )
 def test_mistakes_are_refused_in_plain_words(
@@ -156,6 +225,32 @@ def test_mistakes_are_refused_in_plain_words(
     err = refusal(monkeypatch, capsys, env)
     assert expected in err
     assert "sk-plain" not in err
+
+
+def test_reasoning_is_asked_per_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An effort for OpenAI-format models, a thinking budget for Anthropic ones; unset: none."""
+    (single,) = load(
+        monkeypatch,
+        {
+            "AP_MODEL_BASE_URL": "https://api.openai.com/v1",
+            "AP_MODEL_NAME": "o4-mini",
+            "AP_MODEL_API": "responses",
+            "AP_MODEL_REASONING_EFFORT": "low",
+        },
+    ).offered
+    assert (single.reasoning_effort, single.thinking_budget_tokens) == ("low", None)
+    models = [
+        {"id": "o", "api": "chat_completions", "base_url": "http://x", "model": "o3",
+         "reasoning_effort": "high"},
+        {"id": "c", "api": "messages", "base_url": "http://y", "model": "claude",
+         "max_output_tokens": 16000, "thinking_budget_tokens": 10000},
+        {"id": "plain", "base_url": "http://z", "model": "llama"},
+    ]  # fmt: skip
+    monkeypatch.delenv("AP_MODEL_REASONING_EFFORT")
+    monkeypatch.delenv("AP_MODEL_API")
+    settings = load(monkeypatch, {"AP_MODELS": json.dumps(models)})
+    found = {m.id: (m.reasoning_effort, m.thinking_budget_tokens) for m in settings.offered}
+    assert found == {"o": ("high", None), "c": (None, 10000), "plain": (None, None)}
 
 
 def test_cost_is_dollars_per_million_times_tokens_in_micros() -> None:

@@ -22,7 +22,12 @@ ADAPTERS: dict[ApiKind, Callable[[HostedModelConfig, httpx.AsyncClient], ModelCl
 
 def open_model(config: HostedModelConfig, http: httpx.AsyncClient) -> HostedModel:
     """Return one offered model behind its API's adapter."""
-    settings = ModelSettings(model=config.model, max_output_tokens=config.max_output_tokens)
+    settings = ModelSettings(
+        model=config.model,
+        max_output_tokens=config.max_output_tokens,
+        reasoning_effort=config.reasoning_effort,
+        thinking_budget_tokens=config.thinking_budget_tokens,
+    )
     return HostedModel(ADAPTERS[config.api](config, http), settings, config)
 
 

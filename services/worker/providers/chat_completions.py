@@ -63,6 +63,10 @@ def request_body(request: ModelRequest) -> dict[str, Any]:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if request.settings.reasoning_effort is not None:
+        # OpenAI's reasoning models and vLLM take it; the reasoning comes back as
+        # reasoning_content (or reasoning) where the server exposes it.
+        body["reasoning_effort"] = request.settings.reasoning_effort
     if request.tools:
         body["tools"] = [_tool(t) for t in request.tools]
     return body

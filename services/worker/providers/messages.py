@@ -3,10 +3,15 @@
 The system prompt is `system`; messages alternate user and assistant, so consecutive ones of
 a role are merged into one message of several blocks: a tool call is an assistant `tool_use`
 block, its result a user `tool_result` block. The stream is named server-sent events: content
-blocks (`text`, `thinking`, `tool_use`) opened by `content_block_start`, grown by
-`content_block_delta` (`text_delta`, `thinking_delta`, a tool's input as `input_json_delta`
-pieces) and closed by `content_block_stop`; usage comes in `message_start` (input) and
-`message_delta` (cumulative output); `message_stop` ends it, `error` ends a failed one.
+blocks (`text`, `thinking`, `redacted_thinking`, `tool_use`) opened by `content_block_start`,
+grown by `content_block_delta` (`text_delta`, `thinking_delta` and its `signature_delta`, a
+tool's input as `input_json_delta` pieces) and closed by `content_block_stop`; usage comes in
+`message_start` (input) and `message_delta` (cumulative output); `message_stop` ends it,
+`error` ends a failed one.
+
+Extended thinking (`thinking_budget_tokens`) asks for `thinking` blocks; each closed one is a
+ReasoningBlock the run keeps, and a turn that called tools sends its blocks back unchanged
+before its `tool_use` blocks, as the API requires.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from services.worker.model import (
     ModelError,
     ModelEvent,
     ModelRequest,
+    ReasoningBlock,
     ReasoningDelta,
     TextDelta,
     ToolCallRequest,
@@ -78,6 +84,11 @@ def request_body(request: ModelRequest) -> dict[str, Any]:
         "messages": messages,
         "stream": True,
     }
+    if request.settings.thinking_budget_tokens is not None:
+        body["thinking"] = {
+            "type": "enabled",
+            "budget_tokens": request.settings.thinking_budget_tokens,
+        }
     if request.tools:
         body["tools"] = [_tool(t) for t in request.tools]
     return body
@@ -87,8 +98,11 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
     match message:
         case UserMessage(text=text):
             return "user", [{"type": "text", "text": text}] if text else []
-        case AssistantMessage(text=text, tool_calls=calls):
-            blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+        case AssistantMessage(text=text, tool_calls=calls, reasoning=reasoning):
+            # Thinking comes first and goes back as it came: with extended thinking, the
+            # turn that called tools must carry its signed (and redacted) thinking blocks.
+            blocks: list[dict[str, Any]] = [_reasoning_block(r) for r in reasoning]
+            blocks += [{"type": "text", "text": text}] if text else []
             blocks += [
                 {
                     "type": "tool_use",
@@ -104,6 +118,12 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
             if is_error:
                 block["is_error"] = True
             return "user", [block]
+
+
+def _reasoning_block(block: ReasoningBlock) -> dict[str, Any]:
+    if block.redacted_data:
+        return {"type": "redacted_thinking", "data": block.redacted_data}
+    return {"type": "thinking", "thinking": block.thinking, "signature": block.signature}
 
 
 def _arguments(arguments_json: str) -> Any:
@@ -124,8 +144,9 @@ def _tool(tool: ToolSpec) -> dict[str, Any]:
 
 
 async def _parse_stream(frames: AsyncIterator[Frame]) -> AsyncIterator[ModelEvent]:
-    # Open tool_use blocks by index: id, name and the pieces of their input's JSON.
-    tools: dict[int, dict[str, str]] = {}
+    # Open blocks by index: a tool_use's id, name and the pieces of its input's JSON; a
+    # thinking block's text and signature; a redacted_thinking block's data.
+    blocks: dict[int, dict[str, str]] = {}
     usage: dict[str, Any] = {}
     stopped = False
     async for frame in frames:
@@ -134,7 +155,7 @@ async def _parse_stream(frames: AsyncIterator[Frame]) -> AsyncIterator[ModelEven
         try:
             event = json.loads(frame.data)
             kind = str(event.get("type") or frame.event)
-            events = _events(kind, event, tools, usage)
+            events = _events(kind, event, blocks, usage)
         except (ValueError, TypeError, KeyError, AttributeError):
             raise malformed() from None
         for item in events:
@@ -157,28 +178,37 @@ async def _parse_stream(frames: AsyncIterator[Frame]) -> AsyncIterator[ModelEven
 
 
 def _events(
-    kind: str, event: dict[str, Any], tools: dict[int, dict[str, str]], usage: dict[str, Any]
+    kind: str, event: dict[str, Any], blocks: dict[int, dict[str, str]], usage: dict[str, Any]
 ) -> list[ModelEvent]:
     match kind:
         case "content_block_delta":
-            return _delta(event, tools)
+            return _delta(event, blocks)
         case "content_block_start":
             block = event["content_block"]
-            if block.get("type") == "tool_use":
-                if not block.get("name"):
-                    raise ModelError(
-                        Reason.MODEL_ERROR, "The model streamed a tool call without a name."
-                    )
-                tools[int(event["index"])] = {
-                    "id": str(block.get("id") or ""),
-                    "name": str(block["name"]),
-                    "input": "",
-                }
+            index = int(event["index"])
+            match block.get("type"):
+                case "tool_use":
+                    if not block.get("name"):
+                        raise ModelError(
+                            Reason.MODEL_ERROR, "The model streamed a tool call without a name."
+                        )
+                    blocks[index] = {
+                        "type": "tool_use",
+                        "id": str(block.get("id") or ""),
+                        "name": str(block["name"]),
+                        "input": "",
+                    }
+                case "thinking":
+                    # The text streams as thinking_delta, the signature as signature_delta.
+                    blocks[index] = {
+                        "type": "thinking",
+                        "thinking": str(block.get("thinking") or ""),
+                        "signature": str(block.get("signature") or ""),
+                    }
+                case "redacted_thinking":
+                    blocks[index] = {"type": "redacted_thinking", "data": str(block["data"])}
         case "content_block_stop":
-            tool = tools.pop(int(event["index"]), None)
-            if tool is not None:
-                call_id = tool["id"] or f"toolu_{event['index']}"
-                return [ToolCallRequest(call_id, tool["name"], tool["input"] or "{}")]
+            return _closed(event, blocks.pop(int(event["index"]), None))
         case "message_start":
             usage.update(event["message"].get("usage") or {})
         case "message_delta":
@@ -196,13 +226,33 @@ def _events(
     return []
 
 
-def _delta(event: dict[str, Any], tools: dict[int, dict[str, str]]) -> list[ModelEvent]:
+def _closed(event: dict[str, Any], block: dict[str, str] | None) -> list[ModelEvent]:
+    """Return what a finished content block gives the run: a tool call or signed reasoning."""
+    if block is None:
+        return []  # a text block
+    match block["type"]:
+        case "tool_use":
+            call_id = block["id"] or f"toolu_{event['index']}"
+            return [ToolCallRequest(call_id, block["name"], block["input"] or "{}")]
+        case "thinking":
+            return [ReasoningBlock(thinking=block["thinking"], signature=block["signature"])]
+        case "redacted_thinking":
+            return [ReasoningBlock(redacted_data=block["data"])]
+    return []
+
+
+def _delta(event: dict[str, Any], blocks: dict[int, dict[str, str]]) -> list[ModelEvent]:
     delta = event["delta"]
+    block = blocks.get(int(event["index"]))
     match delta.get("type"):
         case "text_delta" if delta.get("text"):
             return [TextDelta(str(delta["text"]))]
         case "thinking_delta" if delta.get("thinking"):
+            if block is not None and block["type"] == "thinking":
+                block["thinking"] += str(delta["thinking"])
             return [ReasoningDelta(str(delta["thinking"]))]
-        case "input_json_delta":
-            tools[int(event["index"])]["input"] += str(delta.get("partial_json") or "")
-    return []  # signature_delta and the like
+        case "signature_delta" if block is not None and block["type"] == "thinking":
+            block["signature"] += str(delta.get("signature") or "")
+        case "input_json_delta" if block is not None and block["type"] == "tool_use":
+            block["input"] += str(delta.get("partial_json") or "")
+    return []

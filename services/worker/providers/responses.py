@@ -69,6 +69,9 @@ def request_body(request: ModelRequest) -> dict[str, Any]:
         "store": False,
         "stream": True,
     }
+    if request.settings.reasoning_effort is not None:
+        # A summary is what the API streams of the reasoning (its full text stays hidden).
+        body["reasoning"] = {"effort": request.settings.reasoning_effort, "summary": "auto"}
     if request.tools:
         body["tools"] = [_tool(t) for t in request.tools]
     return body
@@ -79,6 +82,8 @@ def _items(message: Message) -> list[dict[str, Any]]:
         case UserMessage(text=text):
             return [{"type": "message", "role": "user", "content": text}]
         case AssistantMessage(text=text, tool_calls=calls):
+            # Reasoning items are not given back: with store false the API would need their
+            # encrypted content, and it reasons anew without them.
             items: list[dict[str, Any]] = []
             if text or not calls:
                 items.append({"type": "message", "role": "assistant", "content": text})

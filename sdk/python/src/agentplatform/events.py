@@ -23,6 +23,7 @@ renderer in `ap_cli/render.py`.
                 tool_call_approved         tool_call.approved
                 tool_call_denied           tool_call.denied
     usage       usage                      usage
+    state       reasoning_state            reasoning.state
     terminal    run_completed              run.completed
                 run_failed                 run.failed
                 run_cancelled              run.cancelled
@@ -44,6 +45,7 @@ class Category(enum.Enum):
     TEXT = "text"  # model output: reply or reasoning text
     TOOL = "tool"  # a tool call's progress, approval request or decision
     USAGE = "usage"  # one model call's token counts
+    STATE = "state"  # what the model must be given back (signed reasoning); clients skip it
     TERMINAL = "terminal"  # the run ended; exactly one per run, always the last
 
 
@@ -74,6 +76,7 @@ KINDS: Mapping[str, EventKind] = {
         EventKind("tool_call_approved", "tool_call.approved", Category.TOOL),
         EventKind("tool_call_denied", "tool_call.denied", Category.TOOL),
         EventKind("usage", "usage", Category.USAGE),
+        EventKind("reasoning_state", "reasoning.state", Category.STATE),
         EventKind("run_completed", "run.completed", Category.TERMINAL),
         EventKind("run_failed", "run.failed", Category.TERMINAL),
         EventKind("run_cancelled", "run.cancelled", Category.TERMINAL),

@@ -32,6 +32,10 @@ export const KINDS = {
     summary: (p) => `Transcript fitted: ${p.omittedMessages || 0} oldest messages left out, ${p.keptMessages || 0} kept (~${Number(p.estimatedTokens || 0)} of ${Number(p.contextWindow || 0)} tokens)`,
   },
   "reasoning.summary.delta": {category: "reasoning", summary: (p) => quote(p.text)},
+  "reasoning.state": {
+    category: "reasoning",
+    summary: (p) => `Signed reasoning kept for the model (${(p.blocks || []).length} blocks)`,
+  },
   "output_text.delta": {category: "text", summary: (p) => quote(p.text)},
   "tool_call.started": {
     category: "tool",
