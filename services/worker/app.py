@@ -20,6 +20,7 @@ from services.rpc.settings import SettingsError
 from services.worker.dispatch import ControlPlane
 from services.worker.doctor import check_models
 from services.worker.execution import RunExecution, StopReason
+from services.worker.metrics import HOSTED_MODEL_UP
 from services.worker.model import HostedModel
 from services.worker.providers import open_hosted_models
 from services.worker.settings import WorkerSettings
@@ -103,6 +104,7 @@ class Worker:
     async def _check_models(self) -> None:
         assert self._http is not None
         for check in await check_models(self.model, self._http):
+            HOSTED_MODEL_UP.labels(check.model.id, check.model.api).set(1 if check.ok else 0)
             if check.ok:
                 log.info("hosted_model_check", model=check.model.id, detail=check.message)
             else:

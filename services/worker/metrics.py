@@ -9,7 +9,7 @@ import time
 
 from agentplatform.events import TEXT_PAYLOADS
 from agentplatform.v1 import run_pb2
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 TOOL_CALL_OUTCOMES = ("ok", "error", "timeout", "cancelled")
 
@@ -24,6 +24,13 @@ TOOL_CALLS = Counter(
     "Tool calls a worker made for its runs, by tool, outcome (ok, error: the tool or the "
     "gateway reported one, timeout, cancelled: the run stopped first) and workspace.",
     ["tool", "outcome", "workspace"],
+)
+HOSTED_MODEL_UP = Gauge(
+    "ap_hosted_model_up",
+    "1 if the worker's start-up check found the offered model answering (reachable, the "
+    "credentials accepted, the model name known), 0 if not; the log line "
+    "hosted_model_check_failed says why.",
+    ["model", "api"],
 )
 
 

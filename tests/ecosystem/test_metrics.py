@@ -36,6 +36,7 @@ LISTED = {
     "ap_stream_subscribers": "gauge",
     "ap_lease_rescues": "counter",
     "ap_tool_calls": "counter",
+    "ap_hosted_model_up": "gauge",
     "ap_vault_resolves": "counter",
     "ap_grpc_requests": "counter",
     "ap_grpc_request_duration_seconds": "histogram",

@@ -10,9 +10,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 
 from devtools.devmodel import DevModel
-from devtools.processes import free_port
+from devtools.processes import eventually, free_port
+from services.rpc.hosted_models import HostedModelSettings
+from tests.harness import start_worker
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(60)]
 
@@ -124,3 +127,31 @@ async def test_a_service_with_a_half_set_model_stops_at_start_up(service: str) -
     text = out.decode()
     assert "AP_MODEL_NAME is set but AP_MODEL_BASE_URL is not" in text
     assert "Traceback" not in text
+
+
+async def test_the_worker_reports_each_models_check_as_a_metric(devmodel: DevModel) -> None:
+    """At start-up the worker sets ap_hosted_model_up per model: 1 answering, 0 refused."""
+    models = [
+        entry("metric-good", "chat_completions", devmodel.base_url, "served-model", "GOOD_KEY"),
+        entry("metric-bad-key", "messages", devmodel.base_url, "served-model", "BAD_KEY"),
+    ]
+    variables = {"AP_MODELS": json.dumps(models), "GOOD_KEY": KEY, "BAD_KEY": "sk-wrong"}
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in variables.items():
+            env.setenv(name, value)
+        model = HostedModelSettings.from_env()
+    # No control plane listens there: the worker starts anyway and checks its models.
+    worker = await start_worker(f"127.0.0.1:{free_port()}", "doctor-token", model)
+
+    def up(model_id: str, api: str) -> float | None:
+        return REGISTRY.get_sample_value("ap_hosted_model_up", {"model": model_id, "api": api})
+
+    async def both_checked() -> bool:
+        return None not in (up("metric-good", "chat_completions"), up("metric-bad-key", "messages"))
+
+    try:
+        await eventually(both_checked)
+        assert up("metric-good", "chat_completions") == 1
+        assert up("metric-bad-key", "messages") == 0
+    finally:
+        await worker.stop()
