@@ -376,7 +376,8 @@ class DispatchService(dispatch_service_pb2_grpc.DispatchServiceServicer):
             )
             return pb.FinishRunResponse(terminal_sequence=last)
         self._rt.announce(row, all_events)
-        await self._lifecycle.promote(name.session_id)
+        if row["session_has_waiting"]:
+            await self._lifecycle.promote(name.session_id)
         return pb.FinishRunResponse(terminal_sequence=terminal.sequence)
 
     async def SuspendRun(

@@ -37,6 +37,11 @@ log = structlog.get_logger()
 EVENTS_CHANNEL = "ap_run_events"
 QUEUE_CHANNEL = "ap_runs_queued"
 _NOTIFY_PAYLOAD_LIMIT = 7900  # Postgres refuses NOTIFY payloads of 8000 bytes or more
+# Sends notifications in order, one per (channel, payload) pair, in one statement.
+_NOTIFY_ALL = (
+    "SELECT pg_notify(n.channel, n.payload)"
+    " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS n(channel, payload, i) ORDER BY n.i"
+)
 _CHANNEL_BUFFER = 4096
 _REPLAY_PAGE = 500
 
@@ -480,13 +485,19 @@ class Notifier:
             self._wake.clear()
             payloads, queued = self._payloads(), self._queued
             self._pending, self._queued = {}, False
+            channels = [EVENTS_CHANNEL] * len(payloads)
+            if queued:
+                channels.insert(0, QUEUE_CHANNEL)
+                payloads.insert(0, "")
+            if not channels:
+                continue
             try:
                 async with self._pool.acquire() as conn:
                     if queued:
                         self.own_backends.add(conn.get_server_pid())
-                        await conn.execute("SELECT pg_notify($1, '')", QUEUE_CHANNEL)
-                    for payload in payloads:
-                        await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, payload)
+                    # One statement (one round trip) for all of a wake's notifications, the
+                    # queue's first; Postgres delivers them in this order at its commit.
+                    await conn.execute(_NOTIFY_ALL, channels, payloads)
             except DATABASE_ERRORS as err:
                 # Peers' pollers cover a lost notification; it costs latency, not events.
                 log.warning("notify_failed", error=str(err))

@@ -312,7 +312,10 @@ WITH run AS (
   WHERE id = $3 AND fencing_token = $4 AND state = 'running'
     AND ($5::bigint = 0 OR last_event_sequence = $5 - 1)
   RETURNING id, session_id, state, attempt, last_event_sequence, create_time,
-            true AS touches_session, {_ENDED_RUN_COLUMNS}),
+            true AS touches_session, {_ENDED_RUN_COLUMNS},
+            -- Whether a run waits behind this one: only then is a promotion worth a statement.
+            EXISTS (SELECT 1 FROM runs w WHERE w.session_id = runs.session_id
+                    AND w.state = 'waiting') AS session_has_waiting),
 reply AS (
   INSERT INTO messages (id, session_id, role, text, run_id)
   SELECT $7, run.session_id, 'assistant', $10, run.id FROM run WHERE $10::text IS NOT NULL)""",
@@ -339,7 +342,9 @@ async def run_finish(
 
     `first_sequence` is the worker's first event's, or 0 when only the terminal event is
     stored; None when the fence or the sequence does not hold. The run's usage is recorded
-    in the same statement (`_USAGE_RECORDED`).
+    in the same statement (`_USAGE_RECORDED`). `session_has_waiting` says whether the session
+    has a run waiting behind this one (as of the statement's snapshot; a create that commits
+    after it is promoted by the maintenance loop's stalled-queue sweep, as before).
     """
     return await conn.fetchrow(
         _RUN_FINISH,
